@@ -1,0 +1,28 @@
+# The two commands that matter: `make demo` and `make test`. Each sets up .venv on first use.
+PY ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: demo test bench clean
+
+$(STAMP): pyproject.toml
+	test -d $(VENV) || $(PY) -m venv $(VENV)
+	# torch==2.13.0 resolves to the CPU build on local disk; installing it first keeps pip
+	# from pulling a multi-GB CUDA build to satisfy the plain `torch>=2.4` requirement.
+	$(BIN)/pip install -q torch==2.13.0
+	$(BIN)/pip install -q -e '.[test,bench]'
+	touch $(STAMP)
+
+demo: $(STAMP)
+	$(BIN)/genlab demo
+
+test: $(STAMP)
+	$(BIN)/python -m pytest tests
+
+bench: $(STAMP)
+	$(BIN)/genlab bench packing
+	$(BIN)/genlab bench train
+
+clean:
+	rm -rf $(VENV) runs

@@ -1,0 +1,102 @@
+"""Command line: parse arguments, call the library, print. Bad input ends in one line on stderr
+and exit status 2; Ctrl-C in exit status 130."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from genlab.errors import GenlabError
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message):  # one line, no usage dump
+        raise GenlabError(f"{self.prog}: {message} (see `{self.prog} --help`)")
+
+
+def _positive_int(s: str) -> int:
+    try:
+        v = int(s)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{s!r} is not an integer") from None
+    if v < 1:
+        raise argparse.ArgumentTypeError(f"{s!r} must be >= 1")
+    return v
+
+
+def _nonneg_float(s: str) -> float:
+    try:
+        v = float(s)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{s!r} is not a number") from None
+    if not v >= 0 or v == float("inf"):
+        raise argparse.ArgumentTypeError(f"{s!r} must be a finite number >= 0")
+    return v
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = _Parser(prog="genlab", description="Train, evaluate and sample generative models.")
+    sub = p.add_subparsers(dest="cmd", required=True, parser_class=_Parser)
+
+    t = sub.add_parser("train", help="train a model; writes a run directory")
+    t.add_argument("--preset", help="start from a preset (see `genlab presets`)")
+    t.add_argument("--config", help="TOML config file applied after the preset")
+    t.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override one config key, e.g. --set train.lr=3e-4 (repeatable)")
+    t.add_argument("--steps", type=_positive_int, help="shortcut for --set train.steps=N")
+    t.add_argument("--out", help="run directory (default runs/PRESET-TIMESTAMP)")
+    t.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
+    t.add_argument("--no-progress", action="store_true", help="no live progress bar")
+
+    s = sub.add_parser("sample", help="generate text from a trained run")
+    s.add_argument("run")
+    s.add_argument("--prompt", default="")
+    s.add_argument("--max-new-tokens", type=_positive_int, default=200)
+    s.add_argument("--temperature", type=_nonneg_float, default=0.8, help="0 = greedy")
+    s.add_argument("--top-k", type=int, default=0, help="keep the K most likely tokens (0 = all)")
+    s.add_argument("--top-p", type=_nonneg_float, default=1.0, help="nucleus sampling mass (1 = off)")
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--no-cache", action="store_true", help="recompute the whole sequence every step")
+
+    e = sub.add_parser("eval", help="validation loss, perplexity and bits per byte of a run")
+    e.add_argument("run")
+    e.add_argument("--data", help="evaluate on this corpus instead of the run's validation split")
+    e.add_argument("--json", action="store_true")
+
+    i = sub.add_parser("info", help="config, parameter count and FLOPs per token of a run or preset")
+    i.add_argument("run", help="a run directory or a preset name")
+
+    pl = sub.add_parser("plot", help="write loss and learning-rate curves of a run as PNG")
+    pl.add_argument("run")
+
+    pr = sub.add_parser("presets", help="list the presets")
+    pr.add_argument("--keys", action="store_true", help="also list every config key")
+
+    sub.add_parser("demo", help="train the default model on the embedded corpus, evaluate, sample")
+
+    b = sub.add_parser("bench", help="benchmarks (see docs/benchmarks.md)")
+    b.add_argument("which", choices=["packing", "train", "rnn"])
+    b.add_argument("--steps", type=_positive_int, default=None, help="timed steps per configuration")
+    b.add_argument("--json", dest="json_out", help="also write the results to this JSON file")
+    b.add_argument("--quick", action="store_true", help="small shapes, for a smoke test")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    try:
+        args = build_parser().parse_args(argv)
+        from genlab import commands
+
+        return getattr(commands, f"cmd_{args.cmd}")(args) or 0
+    except GenlabError as e:
+        msg = str(e).splitlines()[0] if str(e) else "error"
+        print(f"genlab: error: {msg}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("genlab: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())
+

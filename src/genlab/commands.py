@@ -1,0 +1,223 @@
+"""What each `genlab` subcommand does. cli.py parses; this module calls the library and prints."""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from genlab import config as C
+from genlab.errors import GenlabError
+
+
+def _print(*a, **k):
+    print(*a, **k, flush=True)
+
+
+# ---------------------------------------------------------------------------- loading a run
+def load_run(path: str, device: str = "cpu"):
+    """(run dir, config, task, model with the newest intact checkpoint's weights)."""
+    from genlab.train import checkpoint
+    from genlab.train.rundir import RunDir
+    from genlab.train.trainer import make_task
+
+    run = RunDir.open(path)
+    cfg = run.config()
+    task = make_task(cfg)
+    task.load_for_inference(run.path)
+    model = task.build_model()
+    ckpt = checkpoint.latest_valid(run.path)
+    if ckpt is None:
+        raise GenlabError(f"{run.path}: no complete checkpoint (has the run saved one yet?)")
+    checkpoint.load(ckpt, model, with_state=False)
+    model.to(device).eval()
+    return run, cfg, task, model
+
+
+# ---------------------------------------------------------------------------- train
+def cmd_train(args) -> int:
+    overrides = list(args.overrides)
+    if args.steps:
+        overrides.append(f"train.steps={args.steps}")
+    if args.resume:
+        if args.preset or args.config:
+            raise GenlabError("--resume continues the run's own config.toml; drop --preset/--config")
+        cfg = None
+    else:
+        cfg = C.resolve(args.preset, args.config, overrides)
+    from genlab.train.trainer import prepare_training
+
+    run, trainer = prepare_training(cfg, args.out, args.resume, not args.no_progress, overrides)
+    _print(f"run dir: {run.path}")
+    try:
+        last = trainer.fit()
+    except KeyboardInterrupt:
+        _print("interrupted: a checkpoint was written; continue with `genlab train --out RUN --resume`",
+               file=sys.stderr)
+        raise
+    _report(run, last)
+    return 0
+
+
+def _report(run, last: dict) -> None:
+    keys = ("step", "loss", "val_loss", "val_ppl", "val_bpb", "tokens_per_s")
+    parts = [f"{k} {last[k]:.4g}" if isinstance(last[k], float) else f"{k} {last[k]}" for k in keys if k in last]
+    _print("finished: " + ", ".join(parts))
+    _print(f"run dir: {run.path}")
+
+
+# ---------------------------------------------------------------------------- sample
+def stream_sample(task, model, prompt: str, max_new_tokens: int, temperature: float, top_k: int,
+                  top_p: float, seed: int, use_cache: bool = True, out=sys.stdout) -> str:
+    """Print tokens as they are produced; return the generated text."""
+    from genlab.tasks.lm import generate
+
+    tok = task.tokenizer
+    ids: list[int] = []
+    shown = ""
+    for nxt in generate(model, task.prompt_ids(prompt), max_new_tokens, temperature, top_k, top_p, seed,
+                        use_cache=use_cache):
+        ids.append(nxt)
+        text = tok.decode(ids)
+        stable = text.rstrip("\ufffd")  # hold back a multi-byte character still being spelled
+        if len(stable) > len(shown):
+            out.write(stable[len(shown):])
+            out.flush()
+            shown = stable
+    text = tok.decode(ids)
+    if len(text) > len(shown):
+        out.write(text[len(shown):])
+    out.write("\n")
+    out.flush()
+    return text
+
+
+def cmd_sample(args) -> int:
+    if args.top_k < 0:
+        raise GenlabError(f"--top-k {args.top_k} must be >= 0")
+    if args.top_p > 1:
+        raise GenlabError(f"--top-p {args.top_p} must be between 0 and 1")
+    _, _, task, model = load_run(args.run)
+    sys.stdout.write(args.prompt)
+    stream_sample(task, model, args.prompt, args.max_new_tokens, args.temperature, args.top_k, args.top_p,
+                  args.seed, use_cache=not args.no_cache)
+    return 0
+
+
+# ---------------------------------------------------------------------------- eval
+def cmd_eval(args) -> int:
+    run, cfg, task, model = load_run(args.run)
+    if args.data:
+        data = task.eval_dataset(args.data)
+    else:
+        task.prepare(run.path, fresh=False)
+        data = task.val_data
+        if data is None:
+            raise GenlabError(f"{run.path}: the corpus has no validation documents; pass --data PATH")
+    res = task.evaluate(model, data)
+    res = {"run": str(run.path), "data": args.data or "validation split", **res}
+    if args.json:
+        _print(json.dumps(res))
+    else:
+        for k, v in res.items():
+            _print(f"{k:>12}  {v:.4f}" if isinstance(v, float) else f"{k:>12}  {v}")
+    return 0
+
+
+# ---------------------------------------------------------------------------- info
+def cmd_info(args) -> int:
+    from genlab.models import build_lm, count_params
+    from genlab.scaling.flops import flops_per_token
+
+    if args.run in C.PRESETS:
+        cfg = C.preset(args.run)
+        vocab = 256 if cfg.data.tokenizer == "byte" else cfg.data.vocab_size
+        source = f"preset {args.run}"
+    else:
+        from genlab.data.tokenizer import load_tokenizer
+        from genlab.train.rundir import RunDir
+
+        run = RunDir.open(args.run)
+        cfg = run.config()
+        vocab = load_tokenizer(run.path / "tokenizer.json").vocab_size
+        source = f"run {run.path} ({run.status().get('status')}, step {run.status().get('step', 0)})"
+    with torch.device("meta"):
+        model = build_lm(cfg.model, vocab, cfg.data.packing_length)
+    n = count_params(model)
+    fl = flops_per_token(cfg.model, vocab, cfg.data.packing_length)
+    _print(f"# {source}")
+    _print(C.to_toml(cfg))
+    _print(f"# vocab size            {vocab:,}")
+    _print(f"# parameters            {n['total']:,} (non-embedding {n['non_embedding']:,})")
+    _print(f"# FLOPs/token forward   {fl['fwd_flops_per_token']:,.0f}")
+    _print(f"# FLOPs/token training  {fl['train_flops_per_token']:,.0f}  (M, non-embedding: {fl['M']:,.0f})")
+    return 0
+
+
+# ---------------------------------------------------------------------------- plot, presets
+def cmd_plot(args) -> int:
+    from genlab.plot import plot_run
+    from genlab.train.rundir import RunDir
+
+    run = RunDir.open(args.run)
+    for p in plot_run(run):
+        _print(p)
+    return 0
+
+
+def cmd_presets(args) -> int:
+    width = max(map(len, C.PRESETS))
+    for name, (desc, _) in C.PRESETS.items():
+        mark = " (demo default)" if name == C.DEMO_PRESET else ""
+        _print(f"{name:<{width}}  {desc}{mark}")
+    if args.keys:
+        _print("\nconfig keys (--set KEY=VALUE):")
+        for k in C.all_keys():
+            _print(f"  {k}")
+    return 0
+
+
+# ---------------------------------------------------------------------------- demo
+DEMO_PROMPTS = ("The ", "def ", "import ")
+
+
+def cmd_demo(args) -> int:
+    from genlab.train.trainer import prepare_training
+
+    cfg = C.preset(C.DEMO_PRESET).validate()
+    _print(f"genlab demo: training preset {C.DEMO_PRESET} on the embedded corpus "
+           f"(pydoc topics + a slice of the standard library)")
+    run, trainer = prepare_training(cfg, Path("runs") / f"demo-{time.strftime('%Y%m%d-%H%M%S')}")
+    _print(f"run dir: {run.path}")
+    last = trainer.fit()
+    ev = trainer.task.evaluate(trainer.model, device=trainer.device)
+    _print(f"\nvalidation: loss {ev['val_loss']:.4f}  perplexity {ev['val_ppl']:.2f}  "
+           f"bits/byte {ev['val_bpb']:.4f}  ({ev['val_tokens']:,} tokens)")
+    _print(f"training throughput (last interval): {last.get('tokens_per_s', 0):,.0f} tokens/s")
+    from genlab.plot import plot_run
+
+    plots = plot_run(run)
+    trainer.model.cpu()
+    for i, prompt in enumerate(DEMO_PROMPTS):
+        _print(f"\n--- sample {i + 1} (prompt {prompt!r}, temperature 0.8, top-k 40) ---")
+        sys.stdout.write(prompt)
+        stream_sample(trainer.task, trainer.model, prompt, 120, 0.8, 40, 1.0, seed=i)
+    _print(f"\nplots: {', '.join(str(p) for p in plots)}")
+    _print(f"run dir: {run.path}")
+    _print(f"next: genlab sample {run.path} --prompt 'def ' | genlab eval {run.path} | genlab info {run.path}")
+    return 0
+
+
+# ---------------------------------------------------------------------------- bench
+def cmd_bench(args) -> int:
+    import importlib
+
+    mod = importlib.import_module(f"genlab.bench.{args.which}")
+    results = mod.run(steps=args.steps, quick=args.quick)
+    if args.json_out:
+        Path(args.json_out).write_text(json.dumps(results, indent=2) + "\n")
+    _print(json.dumps(results))
+    return 0

@@ -1,0 +1,121 @@
+"""Attention over a flat, packed token stream, with interchangeable backends.
+
+Every backend takes the flash-attention varlen layout and returns the same thing:
+
+    q (T, H, D), k (T, H_kv, D), v (T, H_kv, Dv), cu_seqlens (n_seq + 1,) int32, max_seqlen
+    -> out (T, H, Dv)
+
+Queries attend only to keys of their own sequence. `causal`: key j <= query i. `window = W`
+(> 0): a query sees at most W keys *including itself*, i.e. allowed iff 0 <= i - j < W
+(flash-attention's window_size=(W-1, 0)). A query that sees no key outputs zeros.
+
+Backends: `naive` (materialised (T, T) scores; the reference) and `sdpa` (torch's fused
+kernel, one call per run of equal-length sequences: on CPU this beat a block-diagonal mask
+3x, see shared/reference). Later backends register themselves in BACKENDS.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+
+from genlab.errors import GenlabError
+
+
+def _repeat_kv(x: torch.Tensor, n_rep: int) -> torch.Tensor:
+    return x if n_rep == 1 else x.repeat_interleave(n_rep, dim=1)
+
+
+def allowed_mask(cu_seqlens: torch.Tensor, T: int, causal: bool, window: int | None,
+                 device=None) -> torch.Tensor:
+    """(T, T) bool: query i may attend key j."""
+    device = device or cu_seqlens.device
+    lens = (cu_seqlens[1:] - cu_seqlens[:-1]).long().to(device)
+    doc = torch.repeat_interleave(torch.arange(len(lens), device=device), lens)
+    pos = torch.arange(T, device=device)
+    m = doc[:, None] == doc[None, :]
+    if causal:
+        m &= pos[None, :] <= pos[:, None]
+    if window:
+        m &= (pos[:, None] - pos[None, :]) < window
+        if not causal:
+            m &= (pos[None, :] - pos[:, None]) < window
+    return m
+
+
+def naive_attention(q, k, v, cu_seqlens, max_seqlen, causal=True, window=None, scale=None):
+    T, H, D = q.shape
+    scale = scale if scale is not None else D ** -0.5
+    n_rep = H // k.shape[1]
+    k, v = _repeat_kv(k, n_rep), _repeat_kv(v, n_rep)
+    scores = torch.einsum("ihd,jhd->hij", q, k) * scale  # (H, T, T)
+    mask = allowed_mask(cu_seqlens, T, causal, window, q.device)
+    scores = scores.masked_fill(~mask, float("-inf"))
+    probs = torch.softmax(scores, dim=-1)
+    probs = torch.nan_to_num(probs, nan=0.0)  # rows with no key: all -inf -> NaN -> 0
+    return torch.einsum("hij,jhd->ihd", probs, v)
+
+
+def _runs_of_equal_length(cu: list[int]) -> list[tuple[int, int, int]]:
+    """Group consecutive sequences of equal length: (start token, n sequences, length)."""
+    runs = []
+    i = 0
+    while i < len(cu) - 1:
+        n = cu[i + 1] - cu[i]
+        j = i + 1
+        while j < len(cu) - 1 and cu[j + 1] - cu[j] == n:
+            j += 1
+        runs.append((cu[i], j - i, n))
+        i = j
+    return runs
+
+
+def _window_mask(n: int, causal: bool, window: int, device) -> torch.Tensor:
+    pos = torch.arange(n, device=device)
+    diff = pos[:, None] - pos[None, :]
+    m = diff < window
+    m &= (diff >= 0) if causal else (-diff < window)
+    return m
+
+
+def sdpa_attention(q, k, v, cu_seqlens, max_seqlen, causal=True, window=None, scale=None):
+    T, H, D = q.shape
+    Hkv = k.shape[1]
+    outs = []
+    cu = cu_seqlens.tolist()
+    for start, count, n in _runs_of_equal_length(cu):
+        if n == 0:
+            continue
+        end = start + count * n
+        # (count, n, H, D) -> (count, H, n, D): a view, no copy
+        qs = q[start:end].view(count, n, H, D).transpose(1, 2)
+        ks = k[start:end].view(count, n, Hkv, D).transpose(1, 2)
+        vs = v[start:end].view(count, n, Hkv, v.shape[-1]).transpose(1, 2)
+        if window and window < n:
+            mask = _window_mask(n, causal, window, q.device)
+            o = F.scaled_dot_product_attention(qs, ks, vs, attn_mask=mask, scale=scale,
+                                               enable_gqa=Hkv != H)
+        else:
+            o = F.scaled_dot_product_attention(qs, ks, vs, is_causal=causal, scale=scale,
+                                               enable_gqa=Hkv != H)
+        outs.append(o.transpose(1, 2).reshape(count * n, H, v.shape[-1]))
+    return outs[0] if len(outs) == 1 else torch.cat(outs)
+
+
+AttentionFn = Callable[..., torch.Tensor]
+BACKENDS: dict[str, AttentionFn] = {"naive": naive_attention, "sdpa": sdpa_attention}
+
+
+def pick_backend(name: str, device: torch.device | str = "cpu") -> str:
+    if name == "auto":
+        return "sdpa"
+    if name not in BACKENDS:
+        raise GenlabError(f"unknown attention backend {name!r}; available: auto, {', '.join(BACKENDS)}")
+    return name
+
+
+def attention(q, k, v, cu_seqlens, max_seqlen, causal=True, window=None, scale=None,
+              backend: str = "sdpa") -> torch.Tensor:
+    return BACKENDS[backend](q, k, v, cu_seqlens, max_seqlen, causal=causal, window=window, scale=scale)

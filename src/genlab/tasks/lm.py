@@ -1,0 +1,170 @@
+"""Language modelling task: corpus -> tokenizer -> packed rows -> model -> next-token loss.
+
+The trainer sees only this object's methods: prepare, build_model, initial_state, next_batch,
+loss, evaluate. Sampling lives here too (the generation loop with a KV cache).
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Iterator
+
+import torch
+import torch.nn.functional as F
+
+from genlab.config import RunConfig
+from genlab.data.packing import IGNORE, Batch, TokenDataset
+from genlab.data.text import load_corpus, split_documents
+from genlab.data.tokenizer import build_tokenizer, load_tokenizer
+from genlab.errors import GenlabError
+from genlab.models import build_lm
+
+TOKENIZER_FILE = "tokenizer.json"
+
+
+class LMTask:
+    name = "lm"
+
+    def __init__(self, cfg: RunConfig):
+        self.cfg = cfg
+        self.tokenizer = None
+        self.train_data: TokenDataset | None = None
+        self.val_data: TokenDataset | None = None
+
+    # ------------------------------------------------------------------ data
+    def encode_docs(self, docs: list[str]) -> list[list[int]]:
+        tok = self.tokenizer
+        ids = tok.encode_batch(docs)
+        if tok.bos_id is not None:
+            ids = [[tok.bos_id] + x for x in ids]
+        return ids
+
+    def prepare(self, run_dir: Path | None, fresh: bool = True) -> None:
+        """Read and split the corpus; train the tokenizer (fresh run) or load it from the run dir."""
+        d = self.cfg.data
+        docs = load_corpus(d.path)
+        train_docs, val_docs = split_documents(docs, d.val_fraction)
+        tok_path = Path(run_dir) / TOKENIZER_FILE if run_dir else None
+        if not fresh and tok_path is not None:
+            self.tokenizer = load_tokenizer(tok_path)
+        else:
+            self.tokenizer = build_tokenizer(d.tokenizer, train_docs, d.vocab_size)
+        t = self.cfg.train
+        self.train_data = TokenDataset(self.encode_docs(train_docs), d.packing_length, t.batch_rows,
+                                       mode=d.mode, seed=t.seed, buffer=d.pack_buffer)
+        self.val_data = None
+        if val_docs:
+            self.val_data = TokenDataset(self.encode_docs(val_docs), d.packing_length, t.batch_rows,
+                                         mode="packed", buffer=d.pack_buffer, shuffle=False)
+
+    def save_artifacts(self, run_dir: Path) -> None:
+        self.tokenizer.save(Path(run_dir) / TOKENIZER_FILE)
+
+    def load_for_inference(self, run_dir: Path) -> None:
+        self.tokenizer = load_tokenizer(Path(run_dir) / TOKENIZER_FILE)
+
+    def eval_dataset(self, path: str) -> TokenDataset:
+        docs = load_corpus(path)
+        return TokenDataset(self.encode_docs(docs), self.cfg.data.packing_length, self.cfg.train.batch_rows,
+                            mode="packed", buffer=self.cfg.data.pack_buffer, shuffle=False)
+
+    # ------------------------------------------------------------------ model and loss
+    def build_model(self) -> torch.nn.Module:
+        return build_lm(self.cfg.model, self.tokenizer.vocab_size, self.cfg.data.packing_length)
+
+    def initial_state(self):
+        return (0, 0)
+
+    def next_batch(self, state) -> tuple[Batch, tuple[int, int]]:
+        return self.train_data.batch_at(state)
+
+    @staticmethod
+    def loss(model, batch: Batch) -> tuple[torch.Tensor, int]:
+        """Summed next-token cross-entropy (nats) and the number of predicted tokens."""
+        h = model(batch.input_ids, batch.position_ids, batch.cu_seqlens, batch.max_seqlen)
+        logits = model.head(h).float()
+        loss_sum = F.cross_entropy(logits, batch.targets, ignore_index=IGNORE, reduction="sum")
+        return loss_sum, batch.n_targets
+
+    @torch.no_grad()
+    def evaluate(self, model, data: TokenDataset | None = None, max_batches: int | None = None,
+                 device="cpu") -> dict[str, float]:
+        data = data if data is not None else self.val_data
+        if data is None:
+            return {}
+        was_training = model.training
+        model.eval()
+        tbytes = torch.tensor(self.tokenizer.token_bytes(), dtype=torch.float64)
+        nll, n, nbytes = 0.0, 0, 0.0
+        for i, batch in enumerate(data.iter_epoch()):
+            if max_batches is not None and i >= max_batches:
+                break
+            batch = batch.to(device)
+            loss_sum, count = self.loss(model, batch)
+            nll += float(loss_sum)
+            n += count
+            tg = batch.targets.cpu()
+            nbytes += float(tbytes[tg[tg != IGNORE]].sum())
+        model.train(was_training)
+        if n == 0:
+            return {}
+        loss = nll / n
+        return {"val_loss": loss, "val_ppl": math.exp(min(loss, 700)),
+                "val_bpb": nll / math.log(2) / max(nbytes, 1.0), "val_tokens": n}
+
+    # ------------------------------------------------------------------ sampling
+    def prompt_ids(self, prompt: str) -> list[int]:
+        ids = self.tokenizer.encode(prompt)
+        if self.tokenizer.bos_id is not None:
+            ids = [self.tokenizer.bos_id] + ids
+        if not ids:
+            raise GenlabError("the prompt is empty and this tokenizer has no start token; give --prompt TEXT")
+        return ids
+
+
+def sample_next(logits: torch.Tensor, temperature: float, top_k: int, top_p: float,
+                generator: torch.Generator) -> int:
+    """One token from (V,) logits; temperature 0 = greedy."""
+    if temperature <= 0:
+        return int(logits.argmax())
+    logits = logits.float() / temperature
+    if top_k and top_k < logits.shape[-1]:
+        kth = torch.topk(logits, top_k).values[-1]
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    probs = torch.softmax(logits, dim=-1)
+    if 0 < top_p < 1:
+        sp, si = probs.sort(descending=True)
+        keep = sp.cumsum(0) - sp < top_p  # keep the smallest prefix whose mass reaches top_p
+        probs = torch.zeros_like(probs).scatter(0, si, sp * keep)
+        probs /= probs.sum()
+    return int(torch.multinomial(probs, 1, generator=generator))
+
+
+@torch.no_grad()
+def generate(model, prompt: list[int], max_new_tokens: int, temperature: float = 1.0, top_k: int = 0,
+             top_p: float = 1.0, seed: int = 0, use_cache: bool = True, stop_id: int | None = None,
+             device="cpu") -> Iterator[int]:
+    """Yield new token ids one at a time. With `use_cache` the prompt is encoded once and each
+    step feeds one token; without it, the whole sequence is re-run every step (the reference)."""
+    model.eval()
+    g = torch.Generator().manual_seed(seed)
+    ids = list(prompt)
+    total = len(ids) + max_new_tokens
+    cache = model.new_cache(total) if use_cache else None
+    feed = ids
+    for _ in range(max_new_tokens):
+        if cache is not None:
+            x = torch.tensor(feed, device=device)
+            pos = torch.arange(cache.len, cache.len + len(feed), device=device)
+        else:
+            x = torch.tensor(ids, device=device)
+            pos = torch.arange(len(ids), device=device)
+        cu = torch.tensor([0, len(x)], dtype=torch.int32, device=device)
+        h = model(x, pos, cu, len(x), cache)
+        nxt = sample_next(model.head(h[-1]).cpu(), temperature, top_k, top_p, g)
+        yield nxt
+        if stop_id is not None and nxt == stop_id:
+            return
+        ids.append(nxt)
+        feed = [nxt]

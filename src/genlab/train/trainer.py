@@ -1,0 +1,189 @@
+"""The one training loop. It knows a task only through: prepare, save_artifacts, build_model,
+initial_state, next_batch, loss (summed loss, count) and evaluate."""
+
+from __future__ import annotations
+
+import math
+import random
+import time
+from contextlib import nullcontext
+from pathlib import Path
+
+import torch
+
+from genlab.config import RunConfig
+from genlab.errors import GenlabError
+from genlab.train import checkpoint
+from genlab.train.optim import build_optimizer, lr_factor, set_lr
+from genlab.train.progress import TrainProgress
+from genlab.train.rundir import RunDir
+
+
+def pick_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise GenlabError("train.device = 'cuda' but no CUDA device is available; use auto or cpu")
+    return torch.device(name)
+
+
+def make_task(cfg: RunConfig):
+    if cfg.task == "lm":
+        from genlab.tasks.lm import LMTask
+
+        return LMTask(cfg)
+    raise GenlabError(f"unknown task {cfg.task!r}; available: lm")  # pragma: no cover
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    torch.manual_seed(seed)
+
+
+class Trainer:
+    def __init__(self, cfg: RunConfig, run: RunDir, resume: bool = False, progress: bool = True,
+                 log=print):
+        self.cfg, self.run, self.resume, self.show_progress, self.log = cfg, run, resume, progress, log
+        t = cfg.train
+        if t.threads:
+            torch.set_num_threads(t.threads)
+        self.device = pick_device(t.device)
+        seed_everything(t.seed)
+        self.task = make_task(cfg)
+        self.task.prepare(run.path, fresh=not resume)
+        self.model = self.task.build_model().to(self.device)
+        self.opt = build_optimizer(self.model, t)
+        self.step = 0
+        self.data_state = self.task.initial_state()
+        self.tokens_seen = 0
+        if resume:
+            self._restore()
+        self.amp = (torch.autocast("cuda", dtype=torch.bfloat16) if self.device.type == "cuda"
+                    else nullcontext())
+
+    # ------------------------------------------------------------------ state
+    def _state(self) -> dict:
+        st = {"step": self.step, "data_state": list(self.data_state), "tokens_seen": self.tokens_seen,
+              "optimizer": self.opt.state_dict(), "torch_rng": torch.get_rng_state(),
+              "python_rng": list(random.getstate()[1])}
+        if torch.cuda.is_available():
+            st["cuda_rng"] = torch.cuda.get_rng_state_all()
+        return st
+
+    def _restore(self) -> None:
+        ckpt = checkpoint.latest_valid(self.run.path)
+        if ckpt is None:
+            raise GenlabError(f"{self.run.path}: no complete checkpoint to resume from")
+        st = checkpoint.load(ckpt, self.model)
+        self.opt.load_state_dict(st["optimizer"])
+        self.step = int(st["step"])
+        self.data_state = tuple(st["data_state"])
+        self.tokens_seen = int(st["tokens_seen"])
+        torch.set_rng_state(st["torch_rng"])
+        random.setstate((3, tuple(st["python_rng"]), None))
+        if "cuda_rng" in st and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(st["cuda_rng"])
+        self.run.truncate_metrics(self.step)
+        self.log(f"resumed from {ckpt.name} (step {self.step})")
+
+    def save_checkpoint(self) -> Path:
+        return checkpoint.save(self.run.path, self.step, self.model, self._state(), self.cfg.train.keep_ckpts)
+
+    # ------------------------------------------------------------------ loop
+    def train_step(self) -> dict:
+        t = self.cfg.train
+        batches = []
+        for _ in range(t.grad_accum):
+            batch, self.data_state = self.task.next_batch(self.data_state)
+            batches.append(batch.to(self.device))
+        n_total = sum(b.n_targets for b in batches)
+        lr = t.lr * lr_factor(self.step, t)
+        set_lr(self.opt, lr)
+        loss_total = 0.0
+        for batch in batches:
+            with self.amp:
+                loss_sum, _ = self.task.loss(self.model, batch)
+            (loss_sum / max(1, n_total)).backward()
+            loss_total += float(loss_sum.detach())
+        gnorm = float(torch.nn.utils.clip_grad_norm_(self.model.parameters(), t.grad_clip or float("inf")))
+        self.opt.step()
+        self.opt.zero_grad(set_to_none=True)
+        self.step += 1
+        n_real = sum(b.n_real for b in batches)
+        self.tokens_seen += n_real
+        return {"loss": loss_total / max(1, n_total), "lr": lr, "grad_norm": gnorm, "n_real": n_real,
+                "real_fraction": n_real / max(1, sum(b.capacity for b in batches))}
+
+    def evaluate(self) -> dict:
+        return self.task.evaluate(self.model, max_batches=self.cfg.train.eval_batches, device=self.device)
+
+    def fit(self) -> dict:
+        t = self.cfg.train
+        self.run.set_status("running", self.step)
+        last: dict = {}
+        interval_tokens, interval_start = 0, time.perf_counter()
+        progress = TrainProgress(t.steps, self.step, enabled=self.show_progress)
+        try:
+            with progress:
+                while self.step < t.steps:
+                    m = self.train_step()
+                    if not math.isfinite(m["loss"]):
+                        raise GenlabError(f"loss became {m['loss']} at step {self.step}; lower train.lr "
+                                          f"(now {t.lr}) or check the data")
+                    interval_tokens += m["n_real"]
+                    now = time.perf_counter()
+                    tps = interval_tokens / max(1e-9, now - interval_start)
+                    progress.update(self.step, m["loss"], tps)
+                    is_last = self.step == t.steps
+                    record = None
+                    if self.step % t.log_every == 0 or is_last:
+                        record = {"step": self.step, "loss": m["loss"], "lr": m["lr"], "tokens": self.tokens_seen,
+                                  "tokens_per_s": tps, "real_fraction": m["real_fraction"],
+                                  "grad_norm": m["grad_norm"]}
+                        interval_tokens, interval_start = 0, now
+                    if self.step % t.eval_every == 0 or is_last:
+                        ev = self.evaluate()
+                        if ev:
+                            record = record or {"step": self.step, "loss": m["loss"], "lr": m["lr"],
+                                                "tokens": self.tokens_seen}
+                            record.update(ev)
+                            progress.note(f"step {self.step}: val_loss {ev['val_loss']:.4f}")
+                        interval_start = time.perf_counter()  # eval time is not training throughput
+                    if record:
+                        self.run.append_metrics(record)
+                        last = record
+                    if self.step % t.ckpt_every == 0 or is_last:
+                        self.save_checkpoint()
+        except KeyboardInterrupt:
+            self.save_checkpoint()
+            self.run.set_status("interrupted", self.step)
+            raise
+        self.run.set_status("finished", self.step)
+        return last
+
+
+def prepare_training(cfg: RunConfig | None, out: str | Path | None, resume: bool = False,
+                     progress: bool = True, overrides: list[str] | None = None, log=print):
+    """Check everything, then create (or reopen, with resume) the run dir. Returns (run, trainer).
+
+    On resume the run's own config.toml is used, with `overrides` applied (e.g. more steps)."""
+    from genlab.config import apply_overrides, to_toml
+
+    if resume:
+        run = RunDir.open_for_resume(out)
+        cfg = apply_overrides(run.config(), overrides or []).validate()
+        trainer = Trainer(cfg, run, resume=True, progress=progress, log=log)
+        if overrides:
+            (run.path / "config.toml").write_text(to_toml(cfg))
+    else:
+        run = RunDir.plan(cfg, out)
+        trainer = Trainer(cfg, run, resume=False, progress=progress, log=log)  # all input checks
+        run.create(cfg, trainer.task)
+    return run, trainer
+
+
+def train(cfg: RunConfig | None, out: str | Path | None, resume: bool = False, progress: bool = True,
+          overrides: list[str] | None = None, log=print):
+    """Train to the end. Returns (run dir, last metrics record)."""
+    run, trainer = prepare_training(cfg, out, resume, progress, overrides, log)
+    return run, trainer.fit()
