@@ -71,10 +71,11 @@ def _report(run, last: dict) -> None:
 
 # ---------------------------------------------------------------------------- sample
 def stream_sample(task, model, prompt: str, max_new_tokens: int, temperature: float, top_k: int,
-                  top_p: float, seed: int, use_cache: bool = True, out=sys.stdout) -> str:
+                  top_p: float, seed: int, use_cache: bool = True, out=None) -> str:
     """Print tokens as they are produced; return the generated text."""
     from genlab.tasks.lm import generate
 
+    out = out or sys.stdout
     tok = task.tokenizer
     ids: list[int] = []
     shown = ""

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import math
 import random
+import signal
+import threading
 import time
 from contextlib import nullcontext
 from pathlib import Path
@@ -17,6 +19,30 @@ from genlab.train import checkpoint
 from genlab.train.optim import build_optimizer, lr_factor, set_lr
 from genlab.train.progress import TrainProgress
 from genlab.train.rundir import RunDir
+
+
+class StopOnSignal:
+    """Turn the first Ctrl-C (SIGINT) or SIGTERM into a request to stop after the current step;
+    a second one interrupts at once. Outside the main thread, signals are left alone."""
+
+    def __init__(self):
+        self.requested = False
+        self._old = {}
+
+    def _handler(self, signum, frame):
+        if self.requested:
+            raise KeyboardInterrupt
+        self.requested = True
+
+    def __enter__(self):
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                self._old[sig] = signal.signal(sig, self._handler)
+        return self
+
+    def __exit__(self, *exc):
+        for sig, old in self._old.items():
+            signal.signal(sig, old)
 
 
 def pick_device(name: str) -> torch.device:
@@ -121,45 +147,46 @@ class Trainer:
         t = self.cfg.train
         self.run.set_status("running", self.step)
         last: dict = {}
-        interval_tokens, interval_start = 0, time.perf_counter()
-        progress = TrainProgress(t.steps, self.step, enabled=self.show_progress)
-        try:
-            with progress:
-                while self.step < t.steps:
-                    m = self.train_step()
-                    if not math.isfinite(m["loss"]):
-                        raise GenlabError(f"loss became {m['loss']} at step {self.step}; lower train.lr "
-                                          f"(now {t.lr}) or check the data")
-                    interval_tokens += m["n_real"]
-                    now = time.perf_counter()
-                    tps = interval_tokens / max(1e-9, now - interval_start)
-                    progress.update(self.step, m["loss"], tps)
-                    is_last = self.step == t.steps
-                    record = None
-                    if self.step % t.log_every == 0 or is_last:
-                        record = {"step": self.step, "loss": m["loss"], "lr": m["lr"], "tokens": self.tokens_seen,
-                                  "tokens_per_s": tps, "real_fraction": m["real_fraction"],
-                                  "grad_norm": m["grad_norm"]}
-                        interval_tokens, interval_start = 0, now
-                    if self.step % t.eval_every == 0 or is_last:
-                        ev = self.evaluate()
-                        if ev:
-                            record = record or {"step": self.step, "loss": m["loss"], "lr": m["lr"],
-                                                "tokens": self.tokens_seen}
-                            record.update(ev)
-                            progress.note(f"step {self.step}: val_loss {ev['val_loss']:.4f}")
-                        interval_start = time.perf_counter()  # eval time is not training throughput
-                    if record:
-                        self.run.append_metrics(record)
-                        last = record
-                    if self.step % t.ckpt_every == 0 or is_last:
-                        self.save_checkpoint()
-        except KeyboardInterrupt:
-            self.save_checkpoint()
-            self.run.set_status("interrupted", self.step)
-            raise
+        self._interval = [0, time.perf_counter()]  # real tokens and start time of the logging interval
+        with TrainProgress(t.steps, self.step, enabled=self.show_progress) as progress, StopOnSignal() as stop:
+            while self.step < t.steps:
+                if stop.requested:  # checked between whole steps, so the saved state is consistent
+                    self.save_checkpoint()
+                    self.run.set_status("interrupted", self.step)
+                    raise KeyboardInterrupt
+                m = self.train_step()
+                if not math.isfinite(m["loss"]):
+                    raise GenlabError(f"loss became {m['loss']} at step {self.step}; lower train.lr "
+                                      f"(now {t.lr}) or check the data")
+                last = self._log(m, progress) or last
+                if self.step % t.ckpt_every == 0 or self.step == t.steps:
+                    self.save_checkpoint()
         self.run.set_status("finished", self.step)
         return last
+
+    def _log(self, m: dict, progress: TrainProgress) -> dict | None:
+        """Progress bar every step; a metrics.jsonl record on log and eval steps."""
+        t = self.cfg.train
+        self._interval[0] += m["n_real"]
+        now = time.perf_counter()
+        tps = self._interval[0] / max(1e-9, now - self._interval[1])
+        progress.update(self.step, m["loss"], tps)
+        is_last = self.step == t.steps
+        record = None
+        if self.step % t.log_every == 0 or is_last:
+            record = {"step": self.step, "loss": m["loss"], "lr": m["lr"], "tokens": self.tokens_seen,
+                      "tokens_per_s": tps, "real_fraction": m["real_fraction"], "grad_norm": m["grad_norm"]}
+            self._interval = [0, now]
+        if self.step % t.eval_every == 0 or is_last:
+            ev = self.evaluate()
+            if ev:
+                record = record or {"step": self.step, "loss": m["loss"], "lr": m["lr"], "tokens": self.tokens_seen}
+                record.update(ev)
+                progress.note(f"step {self.step}: val_loss {ev['val_loss']:.4f}")
+            self._interval[1] = time.perf_counter()  # evaluation time is not training throughput
+        if record:
+            self.run.append_metrics(record)
+        return record
 
 
 def prepare_training(cfg: RunConfig | None, out: str | Path | None, resume: bool = False,

@@ -1,0 +1,25 @@
+import os
+
+import pytest
+import torch
+
+torch.set_num_threads(min(2, os.cpu_count() or 1))
+
+
+@pytest.fixture
+def tiny_corpus(tmp_path):
+    """A small .jsonl corpus with CJK and emoji, enough documents for a split."""
+    import json
+
+    texts = [f"document {i}: " + ("the quick brown fox jumps over the lazy dog. " * (1 + i % 5))
+             + ("日本語のテキスト 🎉 " if i % 3 == 0 else "") for i in range(40)]
+    p = tmp_path / "corpus.jsonl"
+    p.write_text("".join(json.dumps({"text": t}, ensure_ascii=False) + "\n" for t in texts), encoding="utf-8")
+    return p
+
+
+def tiny_overrides(path, steps=6, extra=()):
+    return [f"data.path={path}", "data.tokenizer=byte", "data.packing_length=64", "model.d_model=32",
+            "model.n_layer=2", "model.n_head=4", "model.n_kv_head=2", f"train.steps={steps}", "train.batch_rows=4",
+            "train.log_every=1", "train.eval_every=3", "train.eval_batches=2", "train.ckpt_every=3",
+            "train.warmup_steps=2", "train.lr=3e-3", *extra]
