@@ -138,6 +138,11 @@ def test_commands_on_a_trained_run(capsys, trained_run):
     assert code == 0
     res = json.loads(out)
     assert res["val_loss"] > 0 and res["val_ppl"] > 1 and res["val_bpb"] > 0
+    other = trained_run.parent / "other.txt"
+    other.write_text("a different text to score. " * 40, encoding="utf-8")
+    code, out, _ = _run(capsys, ["eval", str(trained_run), "--data", str(other), "--json"])
+    n = len("a different text to score. " * 40)  # byte tokens, cut into chunks of 64: one target lost per chunk
+    assert code == 0 and json.loads(out)["val_tokens"] == n - -(-n // 64)
     code, out, _ = _run(capsys, ["sample", str(trained_run), "--prompt", "line 日本", "--max-new-tokens", "12",
                                  "--seed", "1"])
     assert code == 0 and out.startswith("line 日本")

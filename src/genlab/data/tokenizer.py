@@ -42,6 +42,8 @@ class BPETokenizer:
 
     def __init__(self, tok):
         self.tok = tok
+        # user text that happens to spell "<|endoftext|>" is ordinary text, so encoding is lossless
+        tok.encode_special_tokens = True
         self.vocab_size = tok.get_vocab_size()
         self.bos_id = tok.token_to_id(EOT)
 

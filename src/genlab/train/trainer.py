@@ -138,7 +138,7 @@ class Trainer:
         n_real = sum(b.n_real for b in batches)
         self.tokens_seen += n_real
         return {"loss": loss_total / max(1, n_total), "lr": lr, "grad_norm": gnorm, "n_real": n_real,
-                "real_fraction": n_real / max(1, sum(b.capacity for b in batches))}
+                "capacity": sum(b.capacity for b in batches)}
 
     def evaluate(self) -> dict:
         return self.task.evaluate(self.model, max_batches=self.cfg.train.eval_batches, device=self.device)
@@ -147,7 +147,8 @@ class Trainer:
         t = self.cfg.train
         self.run.set_status("running", self.step)
         last: dict = {}
-        self._interval = [0, time.perf_counter()]  # real tokens and start time of the logging interval
+        # real tokens, token slots and start time of the current logging interval
+        self._interval = [0, 0, time.perf_counter()]
         with TrainProgress(t.steps, self.step, enabled=self.show_progress) as progress, StopOnSignal() as stop:
             while self.step < t.steps:
                 if stop.requested:  # checked between whole steps, so the saved state is consistent
@@ -168,22 +169,24 @@ class Trainer:
         """Progress bar every step; a metrics.jsonl record on log and eval steps."""
         t = self.cfg.train
         self._interval[0] += m["n_real"]
+        self._interval[1] += m["capacity"]
         now = time.perf_counter()
-        tps = self._interval[0] / max(1e-9, now - self._interval[1])
+        tps = self._interval[0] / max(1e-9, now - self._interval[2])
         progress.update(self.step, m["loss"], tps)
         is_last = self.step == t.steps
         record = None
         if self.step % t.log_every == 0 or is_last:
             record = {"step": self.step, "loss": m["loss"], "lr": m["lr"], "tokens": self.tokens_seen,
-                      "tokens_per_s": tps, "real_fraction": m["real_fraction"], "grad_norm": m["grad_norm"]}
-            self._interval = [0, now]
+                      "tokens_per_s": tps, "real_fraction": self._interval[0] / max(1, self._interval[1]),
+                      "grad_norm": m["grad_norm"]}  # real_fraction: over every batch since the last record
+            self._interval = [0, 0, now]
         if self.step % t.eval_every == 0 or is_last:
             ev = self.evaluate()
             if ev:
                 record = record or {"step": self.step, "loss": m["loss"], "lr": m["lr"], "tokens": self.tokens_seen}
                 record.update(ev)
                 progress.note(f"step {self.step}: val_loss {ev['val_loss']:.4f}")
-            self._interval[1] = time.perf_counter()  # evaluation time is not training throughput
+            self._interval[2] = time.perf_counter()  # evaluation time is not training throughput
         if record:
             self.run.append_metrics(record)
         return record
