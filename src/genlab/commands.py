@@ -22,7 +22,7 @@ def load_run(path: str, device: str = "cpu"):
     """(run dir, config, task, model with the newest intact checkpoint's weights)."""
     from genlab.train import checkpoint
     from genlab.train.rundir import RunDir
-    from genlab.train.trainer import make_task
+    from genlab.tasks import make_task
 
     run = RunDir.open(path)
     cfg = run.config()
@@ -97,29 +97,14 @@ def stream_sample(task, model, prompt: str, max_new_tokens: int, temperature: fl
 
 
 def cmd_sample(args) -> int:
-    if args.top_k < 0:
-        raise GenlabError(f"--top-k {args.top_k} must be >= 0")
-    if args.top_p > 1:
-        raise GenlabError(f"--top-p {args.top_p} must be between 0 and 1")
-    _, _, task, model = load_run(args.run)
-    sys.stdout.write(args.prompt)
-    stream_sample(task, model, args.prompt, args.max_new_tokens, args.temperature, args.top_k, args.top_p,
-                  args.seed, use_cache=not args.no_cache)
+    run, _, task, model = load_run(args.run)
+    task.sample_cli(run, model, args)
     return 0
 
 
-# ---------------------------------------------------------------------------- eval
 def cmd_eval(args) -> int:
-    run, cfg, task, model = load_run(args.run)
-    if args.data:
-        data = task.eval_dataset(args.data)
-    else:
-        task.prepare(run.path, fresh=False)
-        data = task.val_data
-        if data is None:
-            raise GenlabError(f"{run.path}: the corpus has no validation documents; pass --data PATH")
-    res = task.evaluate(model, data)
-    res = {"run": str(run.path), "data": args.data or "validation split", **res}
+    run, _, task, model = load_run(args.run)
+    res = {"run": str(run.path), **task.eval_report(run, model, args.data)}
     if args.json:
         _print(json.dumps(res))
     else:

@@ -80,8 +80,10 @@ class RunConfig:
 
 SECTIONS = {"data": DataConfig, "model": ModelConfig, "train": TrainConfig}
 
+TASK_NAMES = ("lm",)  # the same names as genlab.tasks.TASKS
+
 CHOICES = {
-    "task": ("lm",),
+    "task": TASK_NAMES,
     "data.tokenizer": ("bpe", "byte"),
     "data.mode": ("packed", "padded"),
     "model.arch": ("transformer", "lstm", "gru"),

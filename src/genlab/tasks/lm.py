@@ -113,6 +113,30 @@ class LMTask:
         return {"val_loss": loss, "val_ppl": math.exp(min(loss, 700)),
                 "val_bpb": nll / math.log(2) / max(nbytes, 1.0), "val_tokens": n}
 
+    # ------------------------------------------------------------------ CLI entry points
+    def eval_report(self, run, model, data_path: str | None) -> dict:
+        if data_path:
+            data = self.eval_dataset(data_path)
+        else:
+            self.prepare(run.path, fresh=False)
+            data = self.val_data
+            if data is None:
+                raise GenlabError(f"{run.path}: the corpus has no validation documents; pass --data PATH")
+        return {"data": data_path or "validation split", **self.evaluate(model, data)}
+
+    def sample_cli(self, run, model, args) -> None:
+        from genlab.commands import stream_sample
+
+        if args.top_k < 0:
+            raise GenlabError(f"--top-k {args.top_k} must be >= 0")
+        if args.top_p > 1:
+            raise GenlabError(f"--top-p {args.top_p} must be between 0 and 1")
+        ids = self.prompt_ids(args.prompt)  # checks the prompt before anything is printed
+        del ids
+        print(args.prompt, end="", flush=True)
+        stream_sample(self, model, args.prompt, args.max_new_tokens, args.temperature, args.top_k, args.top_p,
+                      args.seed, use_cache=not args.no_cache)
+
     # ------------------------------------------------------------------ sampling
     def prompt_ids(self, prompt: str) -> list[int]:
         ids = self.tokenizer.encode(prompt)

@@ -15,6 +15,7 @@ import torch
 
 from genlab.config import RunConfig
 from genlab.errors import GenlabError
+from genlab.tasks import make_task
 from genlab.train import checkpoint
 from genlab.train.optim import build_optimizer, lr_factor, set_lr
 from genlab.train.progress import TrainProgress
@@ -51,14 +52,6 @@ def pick_device(name: str) -> torch.device:
     if name == "cuda" and not torch.cuda.is_available():
         raise GenlabError("train.device = 'cuda' but no CUDA device is available; use auto or cpu")
     return torch.device(name)
-
-
-def make_task(cfg: RunConfig):
-    if cfg.task == "lm":
-        from genlab.tasks.lm import LMTask
-
-        return LMTask(cfg)
-    raise GenlabError(f"unknown task {cfg.task!r}; available: lm")  # pragma: no cover
 
 
 def seed_everything(seed: int) -> None:
