@@ -34,6 +34,15 @@ def _nonneg_float(s: str) -> float:
     return v
 
 
+def _bench_names() -> list[str]:
+    """Every module in genlab/bench/ with a run() is a benchmark (common.py holds helpers)."""
+    import pkgutil
+
+    import genlab.bench
+
+    return sorted(m.name for m in pkgutil.iter_modules(genlab.bench.__path__) if m.name != "common")
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = _Parser(prog="genlab", description="Train, evaluate and sample generative models.")
     sub = p.add_subparsers(dest="cmd", required=True, parser_class=_Parser)
@@ -75,7 +84,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser("demo", help="train the default model on the embedded corpus, evaluate, sample")
 
     b = sub.add_parser("bench", help="benchmarks (see docs/benchmarks.md)")
-    b.add_argument("which", choices=["packing", "train", "rnn"])
+    b.add_argument("which", choices=_bench_names(), help="which benchmark")
     b.add_argument("--steps", type=_positive_int, default=None, help="timed steps per configuration")
     b.add_argument("--json", dest="json_out", help="also write the results to this JSON file")
     b.add_argument("--quick", action="store_true", help="small shapes, for a smoke test")
