@@ -204,6 +204,7 @@ def cmd_bench(args) -> int:
     mod = importlib.import_module(f"genlab.bench.{args.which}")
     results = mod.run(steps=args.steps, quick=args.quick)
     if args.json_out:
+        Path(args.json_out).parent.mkdir(parents=True, exist_ok=True)
         Path(args.json_out).write_text(json.dumps(results, indent=2) + "\n")
     _print(json.dumps(results))
     return 0

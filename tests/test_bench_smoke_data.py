@@ -1,0 +1,80 @@
+"""Smoke tests of the data benchmarks: `genlab bench packing` and `genlab bench rnn` with quick=True."""
+
+import json
+
+import numpy as np
+import torch
+
+from genlab.bench import packing, rnn
+
+
+def test_bench_packing_quick():
+    threads = torch.get_num_threads()
+    r = packing.run(quick=True)
+    assert torch.get_num_threads() == threads  # the thread setting is restored
+    json.dumps(r)  # JSON-able
+    for key in ("benchmark", "machine", "config", "corpus", "modes", "ratio_real_tokens_per_s", "targets",
+                "best_fit_decreasing", "embedded_corpus"):
+        assert key in r
+    assert {"torch", "date"} <= set(r["machine"])
+    pk, pd = r["modes"]["packed"], r["modes"]["padded"]
+    for m in (pk, pd):
+        assert m["steps"] == r["config"]["steps"]
+        assert m["real_tokens_per_s"] > 0 and 0 < m["real_fraction"] <= 1
+        assert m["real_tokens"] <= m["capacity_tokens"]
+        assert np.isfinite(m["final_loss"])
+    assert pk["real_fraction"] >= pd["real_fraction"]
+    assert pk["real_fraction"] >= 0.95  # best-fit-decreasing over a buffer fills rows almost exactly
+    assert pd["real_fraction"] < 0.7  # the skewed corpus leaves padded rows mostly empty
+    assert r["ratio_real_tokens_per_s"] > 0
+    b = r["best_fit_decreasing"]
+    assert b["n_chunks"] >= b["n_docs"] and 0.95 <= b["one_buffer_fill"] <= 1
+    e = r["embedded_corpus"]
+    assert e["packed"]["real_fraction"] >= e["padded"]["real_fraction"]
+
+
+def test_skewed_corpus_deterministic_and_skewed():
+    p = dict(packing.DEFAULTS, n_docs=2000)
+    a, b = packing.skewed_corpus(p), packing.skewed_corpus(p)
+    assert len(a) == len(b) == 2000 and all(np.array_equal(x, y) for x, y in zip(a, b))
+    lengths = np.array([len(x) for x in a])
+    assert lengths.min() >= p["min_len"] and lengths.max() <= p["cap_factor"] * p["L"]
+    assert np.median(lengths) < p["L"] / 2 < lengths.max()  # most short, some long
+    assert all(x.min() >= 1 and x.max() < p["vocab"] for x in a)
+
+
+def test_match_width_formula_and_tolerance():
+    from genlab.config import ModelConfig
+    from genlab.models import build_lm, count_params
+
+    target = 3_344_384
+    for arch in ("lstm", "gru"):
+        w = rnn.match_width(arch, target, 2, 256)
+        assert abs(rnn.rnn_param_count(arch, w, 2, 256) / target - 1) < 0.05
+        m = build_lm(ModelConfig(arch=arch, d_model=24, n_layer=2), 256)
+        assert count_params(m)["total"] == rnn.rnn_param_count(arch, 24, 2, 256)
+
+
+def test_bench_rnn_quick(tmp_path):
+    r = rnn.run(quick=True, out_dir=tmp_path)
+    json.dumps(r)
+    for key in ("benchmark", "machine", "config", "models", "plot"):
+        assert key in r
+    names = [m["model"] for m in r["models"]]
+    assert names == ["transformer", "lstm", "gru"]
+    for m in r["models"]:
+        for key in ("params", "tokens_per_s", "steps", "val_loss", "val_bpb", "curve"):
+            assert key in m
+        assert abs(m["params_rel_diff"]) <= 0.05
+        assert m["steps"] >= 1 and m["tokens_per_s"] > 0
+        assert np.isfinite(m["val_loss"]) and m["val_loss"] < 8
+        # byte tokens: bits per byte is the loss in bits
+        assert abs(m["val_bpb"] - m["val_loss"] / np.log(2)) < 1e-3
+        assert len(m["curve"]) == r["config"]["slices"]
+    assert (tmp_path / "rnn_vs_transformer-quick.png").is_file()
+
+
+def test_bench_rnn_step_cap(tmp_path):
+    r = rnn.run(steps=2, quick=True, plot=False, seconds=5.0)
+    assert [m["steps"] for m in r["models"]] == [2, 2, 2]
+    assert r["plot"] is None
