@@ -66,6 +66,14 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--top-p", type=_nonneg_float, default=1.0, help="nucleus sampling mass (1 = off)")
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--no-cache", action="store_true", help="recompute the whole sequence every step")
+    s.add_argument("-n", "--num", type=_positive_int, default=64, help="density: how many samples")
+    s.add_argument("--out", help="density: output file, .png grid (image-shaped data) or .npy "
+                   "(default RUN/samples.png or RUN/samples.npy)")
+    s.add_argument("--steps", type=_positive_int, default=50, help="diffusion: sampler steps")
+    s.add_argument("--sampler", choices=("ddim", "ddpm"), default="ddim", help="diffusion: sampler")
+    s.add_argument("--guidance", type=_nonneg_float, default=3.0,
+                   help="diffusion: classifier-free guidance scale (1 = plain conditional, 0 = unconditional)")
+    s.add_argument("--eta", type=_nonneg_float, default=0.0, help="diffusion, ddim: noise (0 = deterministic)")
 
     e = sub.add_parser("eval", help="validation loss, perplexity and bits per byte of a run")
     e.add_argument("run")
@@ -75,6 +83,14 @@ def build_parser() -> argparse.ArgumentParser:
     i = sub.add_parser("info", help="config, parameter count and FLOPs per token of a run or preset")
     i.add_argument("run", help="a run directory or a preset name")
 
+    ex = sub.add_parser("export", help="write a run as a Hugging Face directory (deepseek runs)")
+    ex.add_argument("run")
+    ex.add_argument("out", help="output directory (must not exist or be empty)")
+    ex.add_argument("--format", choices=["hf"], default="hf", help="hf: config.json + model.safetensors")
+    im = sub.add_parser("import", help="make a genlab run dir from a Hugging Face directory")
+    im.add_argument("hf_dir", help="deepseek_v3 or dense Llama-style: config.json + *.safetensors")
+    im.add_argument("out", help="the new run directory")
+
     pl = sub.add_parser("plot", help="write loss and learning-rate curves of a run as PNG")
     pl.add_argument("run")
 
@@ -82,6 +98,14 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--keys", action="store_true", help="also list every config key")
 
     sub.add_parser("demo", help="train the default model on the embedded corpus, evaluate, sample")
+
+    dt = sub.add_parser("detect", help="stream a feature file through an action detection run, frame by frame")
+    dt.add_argument("run")
+    dt.add_argument("--features", required=True, help="(frames, feat_dim) float .npy of one video")
+    dt.add_argument("--smooth", type=_positive_int, default=1,
+                    help="per-class max of the scores over the last K frames (1 = off)")
+    dt.add_argument("--json", action="store_true", help="one JSON object per frame (JSON lines)")
+    dt.add_argument("--out", help="also write the (frames, classes) scores to this .npy or .csv file")
 
     b = sub.add_parser("bench", help="benchmarks (see docs/benchmarks.md)")
     b.add_argument("which", choices=_bench_names(), help="which benchmark")

@@ -19,7 +19,8 @@ def _print(*a, **k):
 
 # ---------------------------------------------------------------------------- loading a run
 def load_run(path: str, device: str = "cpu"):
-    """(run dir, config, task, model with the newest intact checkpoint's weights)."""
+    """(run dir, config, task, model with the weights of the best checkpoint (early stopping, RUN/best/)
+    or else the newest intact one); run.checkpoint_used names it."""
     from genlab.train import checkpoint
     from genlab.train.rundir import RunDir
     from genlab.tasks import make_task
@@ -29,7 +30,10 @@ def load_run(path: str, device: str = "cpu"):
     task = make_task(cfg)
     task.load_for_inference(run.path)
     model = task.build_model()
-    ckpt = checkpoint.latest_valid(run.path)
+    from genlab.train.trainer import BEST_DIR
+
+    ckpt = checkpoint.latest_valid(run.path / BEST_DIR) or checkpoint.latest_valid(run.path)
+    run.checkpoint_used = ckpt
     if ckpt is None:
         raise GenlabError(f"{run.path}: no complete checkpoint (has the run saved one yet?)")
     checkpoint.load(ckpt, model, with_state=False)
@@ -115,6 +119,8 @@ def cmd_eval(args) -> int:
 
 # ---------------------------------------------------------------------------- info
 def cmd_info(args) -> int:
+    if _task_info(args):  # tasks other than lm describe themselves
+        return 0
     from genlab.models import build_lm, count_params
     from genlab.scaling.flops import flops_per_token
 
@@ -132,6 +138,13 @@ def cmd_info(args) -> int:
         source = f"run {run.path} ({run.status().get('status')}, step {run.status().get('step', 0)})"
     with torch.device("meta"):
         model = build_lm(cfg.model, vocab, cfg.data.packing_length)
+    if cfg.model.arch == "deepseek":  # MoE: total vs activated parameters; MLA cache bytes per token
+        from genlab.models.deepseek.model import info_lines
+
+        _print(f"# {source}\n{C.to_toml(cfg)}\n# vocab size            {vocab:,}")
+        for line in info_lines(model):
+            _print(line)
+        return 0
     n = count_params(model)
     fl = flops_per_token(cfg.model, vocab, cfg.data.packing_length)
     _print(f"# {source}")
@@ -140,6 +153,70 @@ def cmd_info(args) -> int:
     _print(f"# parameters            {n['total']:,} (non-embedding {n['non_embedding']:,})")
     _print(f"# FLOPs/token forward   {fl['fwd_flops_per_token']:,.0f}")
     _print(f"# FLOPs/token training  {fl['train_flops_per_token']:,.0f}  (M, non-embedding: {fl['M']:,.0f})")
+    return 0
+
+
+def _task_info(args) -> bool:
+    """`genlab info` for a run or preset whose task is not lm: config, then the task's info_lines()."""
+    from genlab.tasks import make_task
+    from genlab.train.rundir import RunDir
+
+    if args.run in C.PRESETS:
+        run, cfg, source = None, C.preset(args.run).validate(), f"preset {args.run}"
+    else:
+        run = RunDir.open(args.run)
+        cfg = run.config()
+        source = f"run {run.path} ({run.status().get('status')}, step {run.status().get('step', 0)})"
+    if cfg.task == "lm":
+        return False
+    task = make_task(cfg)
+    if not hasattr(task, "info_lines"):
+        raise GenlabError(f"`genlab info` cannot describe {cfg.task!r} runs yet; see {source} config.toml")
+    _print(f"# {source}")
+    _print(C.to_toml(cfg))
+    for line in task.info_lines(run.path if run else None):
+        _print(f"# {line}")
+    return True
+
+
+# ---------------------------------------------------------------------------- detect
+def cmd_detect(args) -> int:
+    """Stream a (frames, feat_dim) .npy through a detection run one frame at a time."""
+    import numpy as np
+
+    from genlab.data.features import load_feature_file
+    from genlab.detect import StreamingDetector, load_detector
+
+    out = Path(args.out) if args.out else None
+    if out is not None and (out.suffix not in (".npy", ".csv") or not out.parent.is_dir()):
+        raise GenlabError(f"--out {args.out}: must be a .npy or .csv file in an existing directory")
+    model, classes = load_detector(args.run)
+    feats = load_feature_file(args.features, model.embed.in_features)
+    det = StreamingDetector(model, args.smooth)
+    rows, start = [], time.perf_counter()
+    for i, frame in enumerate(feats):
+        p = det.push(frame)  # (C,) scores for frame i, from frames <= i only
+        rows.append(p)
+        c = int(p.argmax())
+        if args.json:
+            _print(json.dumps({"frame": i, "class": classes[c], "score": float(p[c]),
+                               "scores": {name: float(v) for name, v in zip(classes, p)}}))
+        else:
+            _print(f"{i:>7}  {classes[c]:<20} {p[c]:.4f}")
+    per_frame = (time.perf_counter() - start) / len(feats)
+    if out is not None:
+        scores = np.stack(rows)
+        tmp = out.with_name(out.name + ".tmp")
+        with open(tmp, "wb") as f:
+            if out.suffix == ".npy":
+                np.save(f, scores)
+            else:
+                f.write((",".join(classes) + "\n").encode())
+                np.savetxt(f, scores, delimiter=",", fmt="%.7g")
+        tmp.replace(out)
+    print(f"genlab detect: {len(feats)} frames, {per_frame * 1e3:.2f} ms per frame (streaming, window "
+          f"{model.history}{f', smoothed over {args.smooth}' if args.smooth > 1 else ''})"
+          + (f"; scores written to {out}" if out else ""), file=sys.stderr)
     return 0
 
 
@@ -194,6 +271,21 @@ def cmd_demo(args) -> int:
     _print(f"\nplots: {', '.join(str(p) for p in plots)}")
     _print(f"run dir: {run.path}")
     _print(f"next: genlab sample {run.path} --prompt 'def ' | genlab eval {run.path} | genlab info {run.path}")
+    return 0
+
+
+# ---------------------------------------------------------------------------- Hugging Face interop
+def cmd_export(args) -> int:
+    from genlab.interop.hf import export_hf
+
+    _print(f"exported {args.run} -> {export_hf(args.run, args.out)} (format {args.format})")
+    return 0
+
+
+def cmd_import(args) -> int:
+    from genlab.interop.hf import import_hf
+
+    _print(f"imported {args.hf_dir} -> run dir {import_hf(args.hf_dir, args.out)}")
     return 0
 
 

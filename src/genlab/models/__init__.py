@@ -12,6 +12,10 @@ def build_lm(cfg: ModelConfig, vocab_size: int, max_len: int = 2048) -> nn.Modul
         from genlab.models.transformer import Transformer
 
         return Transformer(cfg, vocab_size, max_len)
+    if cfg.arch == "deepseek":
+        from genlab.models.deepseek.model import DeepSeekLM
+
+        return DeepSeekLM(cfg, vocab_size, max_len)
     from genlab.models.rnn import RNNLM
 
     return RNNLM(cfg, vocab_size)

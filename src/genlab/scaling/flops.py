@@ -1,36 +1,169 @@
-"""FLOPs per token for genlab's models (matmul FLOPs; elementwise work is not counted).
+"""FLOPs per token for genlab's models (matmul FLOPs; norms, activations and softmax are not counted).
 
-Conventions (DeepSeek LLM): one multiply-add = 2 FLOPs; training = forward + backward = 3x the
-forward; attention counted over the full context length l_seq (4 * d_attn * l_seq per layer per
-token forward: Q K^T and P V). `M` is the non-embedding training FLOPs per token, which for a
-standard dense model equals 72 * n_layer * d^2 + 12 * n_layer * d * l_seq when the MLP is 4d wide
-(8 d^2 params) — here the actual projection shapes are counted.
+Conventions (DeepSeek LLM, arXiv:2401.02954 §3.2):
+- one multiply-add = 2 FLOPs; training = forward + backward = 3x the forward;
+- attention scores and the weighted sum of values are counted over the full context l_seq,
+  4 * d_attn * l_seq per layer per token forward (Q K^T and P V), not halved for causality;
+- `M` = non-embedding training FLOPs per token, attention included, vocabulary head excluded.
+  For the standard dense model (multi-head attention 4d^2, SwiGLU 8/3 d wide = 8d^2 params):
+
+      M = 72 * n_layer * d^2 + 12 * n_layer * d * l_seq          (deepseek_M below)
+
+  and C = M * D is the training compute of D tokens (no extra factor 6).
+- 6*N1 = 6 * non-embedding matmul parameters (Kaplan); 6*N2 = 6 * (N1 + the vocabulary head, V*d)
+  (DeepSeek's "Chinchilla" count: 72 n d^2 + 6 V d; the embedding lookup is not a matmul).
+
+Beyond the dense case every layer is described by the matmul shapes a token actually goes
+through (`LayerShapes`): its activated weight elements and its attention widths. Then
+M = 3 * sum over layers of (2 * matmul_params + 2 * (attn_qk + attn_v) * l_seq). This is honest
+for the variants genlab has or will have:
+
+- grouped-query attention: the K and V projections are n_kv_head * head_dim wide, not d
+  (`attention_shapes`); score and value widths stay n_head * head_dim;
+- multi-head latent attention (DeepSeek-V2/V3, `mla_shapes`): low-rank query (optional), the
+  joint KV latent plus one shared RoPE key, the per-head up-projection of the latent to keys and
+  values, and the output projection; scores are (qk_nope + qk_rope) wide per head, values v wide.
+  (This counts the training-time form that materialises per-head keys; absorbing W_UK into the
+  query at inference changes the count, not training.)
+- mixture of experts (`moe_shapes`): only the top_k routed experts plus the shared experts a
+  token goes through, plus the router (d x n_routed).
+
+What an MLA/MoE config must provide (no fields exist for them yet): d_model, n_head,
+q_lora_rank (0 = plain query projection), kv_lora_rank, qk_nope_head_dim, qk_rope_head_dim,
+v_head_dim; and for MoE layers: n_routed_experts, n_shared_experts, top_k, expert hidden width,
+and which layers are dense (with their SwiGLU width). A model builds its list of LayerShapes
+from those and calls `flops_from_layers`.
 """
 
 from __future__ import annotations
 
+import functools
+import time
+from dataclasses import dataclass
+
 from genlab.config import ModelConfig
+from genlab.errors import GenlabError
 
 
-def flops_per_token(cfg: ModelConfig, vocab_size: int, seq_len: int) -> dict[str, float]:
+@dataclass(frozen=True)
+class LayerShapes:
+    """The activated matmul work of one layer for one token."""
+
+    matmul_params: int  # weight elements the token is multiplied by (MoE: activated experts only)
+    attn_qk: int = 0  # summed over heads: width of each query-key dot product (n_head * d_qk)
+    attn_v: int = 0  # summed over heads: width of each value vector (n_head * d_v)
+
+    def __add__(self, other: "LayerShapes") -> "LayerShapes":
+        return LayerShapes(self.matmul_params + other.matmul_params, self.attn_qk + other.attn_qk,
+                           self.attn_v + other.attn_v)
+
+
+def attention_shapes(d_model: int, n_head: int, n_kv_head: int, head_dim: int) -> LayerShapes:
+    """Multi-head (n_kv_head == n_head) or grouped-query attention: QKV and output projections."""
+    qkv = d_model * (n_head + 2 * n_kv_head) * head_dim
+    out = n_head * head_dim * d_model
+    return LayerShapes(qkv + out, n_head * head_dim, n_head * head_dim)
+
+
+def swiglu_shapes(d_model: int, hidden: int) -> LayerShapes:
+    """gate, up (d -> hidden) and down (hidden -> d)."""
+    return LayerShapes(3 * d_model * hidden)
+
+
+def mla_shapes(d_model: int, n_head: int, q_lora_rank: int, kv_lora_rank: int, qk_nope_head_dim: int,
+               qk_rope_head_dim: int, v_head_dim: int) -> LayerShapes:
+    """Multi-head latent attention (DeepSeek-V2/V3), training form."""
+    qk = qk_nope_head_dim + qk_rope_head_dim
+    if q_lora_rank:
+        q = d_model * q_lora_rank + q_lora_rank * n_head * qk  # wq_a, wq_b
+    else:
+        q = d_model * n_head * qk  # wq
+    kv_down = d_model * (kv_lora_rank + qk_rope_head_dim)  # wkv_a: latent + the shared rope key
+    kv_up = kv_lora_rank * n_head * (qk_nope_head_dim + v_head_dim)  # wkv_b
+    out = n_head * v_head_dim * d_model  # wo
+    return LayerShapes(q + kv_down + kv_up + out, n_head * qk, n_head * v_head_dim)
+
+
+def moe_shapes(d_model: int, expert_hidden: int, top_k: int, n_shared: int, n_routed: int) -> LayerShapes:
+    """DeepSeekMoE FFN as one token sees it: top_k routed + n_shared SwiGLU experts, and the router."""
+    return LayerShapes((top_k + n_shared) * 3 * d_model * expert_hidden + d_model * n_routed)
+
+
+def flops_from_layers(layers: list[LayerShapes], d_model: int, vocab_size: int, seq_len: int) -> dict[str, float]:
+    """FLOPs per token and parameter counts from per-layer activated matmul shapes."""
+    n1 = sum(layer.matmul_params for layer in layers)
+    attn_fwd = sum(2 * (layer.attn_qk + layer.attn_v) * seq_len for layer in layers)
+    body_fwd = 2 * n1 + attn_fwd
+    head = d_model * vocab_size
+    return {
+        "matmul_params": n1 + head,
+        "fwd_flops_per_token": body_fwd + 2 * head,
+        "train_flops_per_token": 3 * (body_fwd + 2 * head),
+        "M": 3 * body_fwd,  # non-embedding training FLOPs per token (DeepSeek LLM's M)
+        "N1": n1,  # non-embedding (activated) matmul parameters
+        "N2": n1 + head,  # ... plus the vocabulary head
+        "6N1": 6 * n1,
+        "6N2": 6 * (n1 + head),
+    }
+
+
+def model_layers(cfg: ModelConfig) -> list[LayerShapes]:
+    """The LayerShapes of a genlab model config (dense Transformer with MHA/GQA, LSTM, GRU)."""
     d = cfg.d_model
     if cfg.arch == "transformer":
         from genlab.models.transformer import ffn_width
 
-        H = cfg.n_head
-        hd = d // H
-        kv = cfg.n_kv_head or H
-        per_layer_params = d * (H + 2 * kv) * hd + H * hd * d + 3 * d * ffn_width(cfg)
-        attn_fwd = 4 * H * hd * seq_len  # per layer per token, forward
-    else:
+        hd = d // cfg.n_head
+        layer = attention_shapes(d, cfg.n_head, cfg.n_kv_head or cfg.n_head, hd) + swiglu_shapes(d, ffn_width(cfg))
+    elif cfg.arch in ("lstm", "gru"):
         gates = 4 if cfg.arch == "lstm" else 3
-        per_layer_params = gates * (d * d + d * d)
-        attn_fwd = 0
-    body_fwd = cfg.n_layer * (2 * per_layer_params + attn_fwd)
-    head_fwd = 2 * d * vocab_size
-    return {
-        "matmul_params": cfg.n_layer * per_layer_params + d * vocab_size,
-        "fwd_flops_per_token": body_fwd + head_fwd,
-        "train_flops_per_token": 3 * (body_fwd + head_fwd),
-        "M": 3 * body_fwd,  # non-embedding training FLOPs per token (DeepSeek LLM's M)
-    }
+        layer = LayerShapes(gates * (d * d + d * d))  # input-to-hidden and hidden-to-hidden per gate
+    else:
+        raise GenlabError(f"no FLOPs accounting for model.arch = {cfg.arch!r}; known: transformer, lstm, gru")
+    return [layer] * cfg.n_layer
+
+
+def flops_per_token(cfg: ModelConfig, vocab_size: int, seq_len: int) -> dict[str, float]:
+    """Keys: M, fwd_flops_per_token, train_flops_per_token, matmul_params, N1, N2, 6N1, 6N2."""
+    return flops_from_layers(model_layers(cfg), cfg.d_model, vocab_size, seq_len)
+
+
+def deepseek_M(n_layer: int, d_model: int, seq_len: int) -> int:
+    """DeepSeek LLM Eq. 2 for the standard dense model."""
+    return 72 * n_layer * d_model ** 2 + 12 * n_layer * d_model * seq_len
+
+
+def run_M(cfg) -> float | None:
+    """M of a run's model for MFU, or None where genlab has no accounting for the task's model.
+
+    A task may provide `model_flops_per_token()` itself; the LM task's M is computed here."""
+    if cfg.task == "lm" and cfg.model.arch in ("transformer", "lstm", "gru"):
+        return float(flops_per_token(cfg.model, 0, cfg.data.packing_length)["M"])  # M has no vocab term
+    return None
+
+
+@functools.lru_cache(maxsize=None)
+def measured_peak_flops(device: str = "cpu") -> float:
+    """This machine's dense matmul rate (FLOP/s), measured once per process and device.
+
+    It is the rate a large GEMM actually reaches (fp32 on CPU, bf16 on CUDA), not a datasheet
+    peak; MFU against it answers "how much of what this machine's GEMM does do we get". It costs
+    about 0.1-0.3 s. Give train.peak_flops to compare against a datasheet number instead."""
+    import torch
+
+    dev = torch.device(device)
+    n = 1024 if dev.type == "cpu" else 4096
+    dtype = torch.float32 if dev.type == "cpu" else torch.bfloat16
+    a = torch.randn(n, n, device=dev, dtype=dtype)
+    b = torch.randn(n, n, device=dev, dtype=dtype)
+    best = float("inf")
+    for _ in range(3):  # the fastest of three, after one warm-up
+        torch.mm(a, b)
+        if dev.type == "cuda":
+            torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        torch.mm(a, b)
+        if dev.type == "cuda":
+            torch.cuda.synchronize()
+        best = min(best, time.perf_counter() - t0)
+    return 2 * n ** 3 / best

@@ -24,6 +24,9 @@ from genlab.errors import GenlabError
 
 TASKS = {
     "lm": "genlab.tasks.lm:LMTask",
+    "diffusion": "genlab.tasks.diffusion:DiffusionTask",
+    "detection": "genlab.tasks.detection:DetectionTask",
+    "density": "genlab.tasks.density:DensityTask",
 }
 
 

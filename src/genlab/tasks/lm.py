@@ -85,6 +85,9 @@ class LMTask:
         h = model(batch.input_ids, batch.position_ids, batch.cu_seqlens, batch.max_seqlen)
         logits = model.head(h).float()
         loss_sum = F.cross_entropy(logits, batch.targets, ignore_index=IGNORE, reduction="sum")
+        extra = model.aux_loss(batch, h) if hasattr(model, "aux_loss") else None  # MoE balance, MTP (training)
+        if extra is not None:  # a mean-scale term: weighted by this batch's share of the step's targets
+            loss_sum = loss_sum + extra * batch.n_targets
         return loss_sum, batch.n_targets
 
     @torch.no_grad()

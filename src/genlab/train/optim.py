@@ -16,7 +16,13 @@ def build_optimizer(model: torch.nn.Module, t: TrainConfig) -> torch.optim.Optim
             (decay if p.dim() >= 2 else no_decay).append(p)
     groups = [{"params": decay, "weight_decay": t.weight_decay},
               {"params": no_decay, "weight_decay": 0.0}]
-    return torch.optim.AdamW(groups, lr=t.lr, betas=(t.beta1, t.beta2), eps=1e-8)
+    if t.optimizer == "adagrad":  # MADE's MNIST setup (Germain et al. 2015)
+        return torch.optim.Adagrad(groups, lr=t.lr, eps=t.eps)
+    if t.optimizer == "adadelta":  # MADE's UCI setup; lr 1.0 is Zeiler's rule as written
+        return torch.optim.Adadelta(groups, lr=t.lr, rho=t.beta2, eps=t.eps)
+    if t.optimizer == "sgd":  # NADE (Larochelle & Murray 2011), with schedule = inverse
+        return torch.optim.SGD(groups, lr=t.lr)
+    return torch.optim.AdamW(groups, lr=t.lr, betas=(t.beta1, t.beta2), eps=t.eps)
 
 
 def lr_factor(step: int, t: TrainConfig) -> float:
@@ -25,7 +31,8 @@ def lr_factor(step: int, t: TrainConfig) -> float:
     Linear warmup over warmup_steps, then:
     - multistep (DeepSeek LLM): 1.0 until 80% of training, 0.316 until 90%, then 0.1;
     - cosine: from 1.0 down to min_lr_ratio at the last step;
-    - constant.
+    - constant;
+    - inverse: 1 / (1 + lr_decay * step), the "decrease constant" of the NADE and MADE papers' code.
     """
     if t.warmup_steps and step < t.warmup_steps:
         return (step + 1) / t.warmup_steps
@@ -36,6 +43,8 @@ def lr_factor(step: int, t: TrainConfig) -> float:
         span = max(1, t.steps - t.warmup_steps - 1)
         p = min(1.0, (step - t.warmup_steps) / span)
         return t.min_lr_ratio + (1 - t.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * p))
+    if t.schedule == "inverse":
+        return 1.0 / (1.0 + t.lr_decay * (step - t.warmup_steps))
     return 1.0
 
 

@@ -17,9 +17,13 @@ from genlab.config import RunConfig
 from genlab.errors import GenlabError
 from genlab.tasks import make_task
 from genlab.train import checkpoint
+from genlab.train.activation_checkpoint import apply_activation_checkpointing
 from genlab.train.optim import build_optimizer, lr_factor, set_lr
+from genlab.train.guards import SpikeGuard
 from genlab.train.progress import TrainProgress
 from genlab.train.rundir import RunDir
+
+BEST_DIR = "best"  # RUN/best/checkpoints/step_N: the weights with the lowest val_loss (early stopping)
 
 
 class StopOnSignal:
@@ -71,10 +75,18 @@ class Trainer:
         self.task = make_task(cfg)
         self.task.prepare(run.path, fresh=not resume)
         self.model = self.task.build_model().to(self.device)
+        if t.precision == "fp8":  # block-scaled E4M3 Linears, fp32 masters (genlab.ops.fp8)
+            from genlab.ops.fp8 import convert_to_fp8
+
+            convert_to_fp8(self.model)
+        apply_activation_checkpointing(self.model, t.activation_checkpointing)  # "none": no change
         self.opt = build_optimizer(self.model, t)
         self.step = 0
         self.data_state = self.task.initial_state()
         self.tokens_seen = 0
+        self.guard = SpikeGuard(t.spike_window, t.spike_factor)  # loss-spike guard, train/guards.py
+        self.best = {"val_loss": float("inf"), "step": 0, "evals_since": 0}  # early stopping
+        self.stopped_early = False
         if resume:
             self._restore()
         self.amp = (torch.autocast("cuda", dtype=torch.bfloat16) if self.device.type == "cuda"
@@ -84,7 +96,8 @@ class Trainer:
     def _state(self) -> dict:
         st = {"step": self.step, "data_state": list(self.data_state), "tokens_seen": self.tokens_seen,
               "optimizer": self.opt.state_dict(), "torch_rng": torch.get_rng_state(),
-              "python_rng": list(random.getstate()[1])}
+              "python_rng": list(random.getstate()[1]), "best": dict(self.best)}
+        st["spike_guard"] = self.guard.state_dict()
         if torch.cuda.is_available():
             st["cuda_rng"] = torch.cuda.get_rng_state_all()
         return st
@@ -98,6 +111,11 @@ class Trainer:
         self.step = int(st["step"])
         self.data_state = tuple(st["data_state"])
         self.tokens_seen = int(st["tokens_seen"])
+        if "spike_guard" in st:
+            self.guard.load_state_dict(st["spike_guard"])
+        self.best = dict(st.get("best", self.best))
+        patience = self.cfg.train.early_stop_patience
+        self.stopped_early = bool(patience) and self.best["evals_since"] >= patience
         torch.set_rng_state(st["torch_rng"])
         random.setstate((3, tuple(st["python_rng"]), None))
         if "cuda_rng" in st and torch.cuda.is_available():
@@ -125,13 +143,19 @@ class Trainer:
             (loss_sum / max(1, n_total)).backward()
             loss_total += float(loss_sum.detach())
         gnorm = float(torch.nn.utils.clip_grad_norm_(self.model.parameters(), t.grad_clip or float("inf")))
-        self.opt.step()
+        spike = self.guard.check(loss_total / max(1, n_total), gnorm)  # None, or why this update is skipped
+        if spike is None:
+            self.opt.step()
         self.opt.zero_grad(set_to_none=True)
+        hook = getattr(self.model, "on_optimizer_step", None)  # once per step, after every micro-batch
+        self.model_metrics = hook() if hook is not None else {}  # e.g. MoE loads and MaxVio -> metrics.jsonl
         self.step += 1
+        if hasattr(self.task, "after_step"):  # optional task hook, e.g. an EMA of the weights (diffusion)
+            self.task.after_step(self.model, self.step)
         n_real = sum(b.n_real for b in batches)
         self.tokens_seen += n_real
         return {"loss": loss_total / max(1, n_total), "lr": lr, "grad_norm": gnorm, "n_real": n_real,
-                "capacity": sum(b.capacity for b in batches)}
+                "capacity": sum(b.capacity for b in batches), "skipped": spike}
 
     def evaluate(self) -> dict:
         return self.task.evaluate(self.model, max_batches=self.cfg.train.eval_batches, device=self.device)
@@ -143,7 +167,7 @@ class Trainer:
         # real tokens, token slots and start time of the current logging interval
         self._interval = [0, 0, time.perf_counter()]
         with TrainProgress(t.steps, self.step, enabled=self.show_progress) as progress, StopOnSignal() as stop:
-            while self.step < t.steps:
+            while self.step < t.steps and not self.stopped_early:
                 if stop.requested:  # checked between whole steps, so the saved state is consistent
                     self.save_checkpoint()
                     self.run.set_status("interrupted", self.step)
@@ -153,10 +177,27 @@ class Trainer:
                     raise GenlabError(f"loss became {m['loss']} at step {self.step}; lower train.lr "
                                       f"(now {t.lr}) or check the data")
                 last = self._log(m, progress) or last
-                if self.step % t.ckpt_every == 0 or self.step == t.steps:
+                if self.step % t.ckpt_every == 0 or self.step == t.steps or self.stopped_early:
                     self.save_checkpoint()
+        if self.stopped_early:
+            self.log(f"early stop at step {self.step}: no lower val_loss in {t.early_stop_patience} evaluations; "
+                     f"best {self.best['val_loss']:.4f} at step {self.best['step']} (kept in {BEST_DIR}/)")
         self.run.set_status("finished", self.step)
         return last
+
+    def _track_best(self, val_loss: float) -> None:
+        """Early stopping (train.early_stop_patience > 0): save each new best to RUN/best/; stop after
+        `patience` evaluations in a row without a lower val_loss."""
+        patience = self.cfg.train.early_stop_patience
+        if not patience:
+            return
+        if val_loss < self.best["val_loss"]:
+            self.best = {"val_loss": val_loss, "step": self.step, "evals_since": 0}
+            checkpoint.save(self.run.path / BEST_DIR, self.step, self.model, {"step": self.step,
+                            "val_loss": val_loss}, keep=1)
+        else:
+            self.best["evals_since"] += 1
+            self.stopped_early = self.best["evals_since"] >= patience
 
     def _log(self, m: dict, progress: TrainProgress) -> dict | None:
         """Progress bar every step; a metrics.jsonl record on log and eval steps."""
@@ -172,12 +213,19 @@ class Trainer:
             record = {"step": self.step, "loss": m["loss"], "lr": m["lr"], "tokens": self.tokens_seen,
                       "tokens_per_s": tps, "real_fraction": self._interval[0] / max(1, self._interval[1]),
                       "grad_norm": m["grad_norm"]}  # real_fraction: over every batch since the last record
+            record.update(getattr(self, "model_metrics", {}))
             self._interval = [0, 0, now]
+        if m.get("skipped"):  # a loss spike: always recorded, and told
+            record = record or {"step": self.step, "loss": m["loss"], "lr": m["lr"], "tokens": self.tokens_seen,
+                                "grad_norm": m["grad_norm"]}
+            record.update(skipped=True, skip_reason=m["skipped"])
+            (progress.note if progress.enabled else self.log)(f"step {self.step}: update skipped, {m['skipped']}")
         if self.step % t.eval_every == 0 or is_last:
             ev = self.evaluate()
             if ev:
                 record = record or {"step": self.step, "loss": m["loss"], "lr": m["lr"], "tokens": self.tokens_seen}
                 record.update(ev)
+                self._track_best(ev["val_loss"])
                 progress.note(f"step {self.step}: val_loss {ev['val_loss']:.4f}")
             self._interval[2] = time.perf_counter()  # evaluation time is not training throughput
         if record:

@@ -1,0 +1,383 @@
+"""`genlab bench train`: training throughput of genlab's Transformer against Hugging Face's Llama.
+
+Both models have the same shape (d_model 512, 8 layers, 8 heads without GQA, SwiGLU 1376, vocab
+8192), start from the same weights (genlab's are copied into the Llama) and train on the same
+batch, 8 rows of 512 tokens: each step is forward + loss + backward + AdamW step, on CPU in fp32,
+with `torch.set_num_threads(2)`.
+
+- genlab gets the batch as 8 single-document rows (cu_seqlens 0, 512, ..., 4096; positions
+  0..511 per row): the apples-to-apples comparison, and the target (genlab >= 1.1x HF tokens/s).
+  Its step is the trainer's: `LMTask.loss` (summed cross-entropy over logits = model.head(h)),
+  divided by the number of targets, backward, optimizer step.
+- HF: `LlamaForCausalLM(attn_implementation="sdpa")(input_ids, labels=input_ids).loss`, backward,
+  optimizer step.
+- an extra genlab row trains on real packed rows of the embedded corpus (several documents per
+  row, attention within each document); its FLOPs count the attention each document really does.
+- The optimizer is the same for both: torch.optim.AdamW, lr 1e-3, betas (0.9, 0.95), eps 1e-8,
+  weight decay 0.1 on matrices and 0 on vectors (genlab's rule), fused=True (PyTorch's fused CPU
+  kernel, for both).
+
+Fairness checks, cheap and done every run: with the same weights the two models' logits on one
+row must agree (max abs difference <= 1e-4), and since the models start equal and see the same
+batch, their losses at the first and last step must agree too (reported).
+
+Timing: warmup steps for each, then the timed steps interleaved (genlab, HF, packed, then the
+reverse order, ...) so that noise from other processes on the machine falls on all alike; the
+median step time of each is reported.
+
+FLOPs: `genlab.scaling.flops.flops_per_token(...)["train_flops_per_token"]` = 3x the forward
+matmul FLOPs, attention counted over the full context (4 d L per layer per token). The causal
+figure counts attention over the keys each query really sees ((L + 1) / 2 on average).
+Peak: a matmul microbenchmark over the model's own GEMMs at M = rows * L tokens: for each
+linear layer the forward x @ W^T and the backward dX = dY @ W, dW = dY^T @ x, plus the LM head,
+outputs preallocated, best of several runs each. `peak_gflops` (used for MFU) is the best shape's
+figure; `weighted_gflops` is the GEMM-only ceiling for this model's mix (total FLOPs / total time
+with each shape weighted by how often a step runs it).
+"""
+
+from __future__ import annotations
+
+import time
+
+import torch
+
+from genlab.bench.common import interleaved_times, machine_info, median, print_table
+from genlab.config import ModelConfig
+from genlab.data.packing import IGNORE, Batch, TokenDataset
+from genlab.models.transformer import Transformer, ffn_width
+from genlab.scaling.flops import flops_per_token
+from genlab.tasks.lm import LMTask
+
+FULL = dict(d_model=512, n_layer=8, n_head=8, ffn_hidden=1376, vocab=8192, rows=8, seq_len=512,
+            warmup=2, steps=5, tokenizer="bpe", corpus_docs=None)
+QUICK = dict(d_model=64, n_layer=2, n_head=2, ffn_hidden=96, vocab=512, rows=2, seq_len=64,
+             warmup=1, steps=2, tokenizer="byte", corpus_docs=8)
+THREADS = 2
+SEED = 0
+TARGET_RATIO = 1.1
+LOGIT_TOL = 1e-4
+OPTIM = dict(lr=1e-3, betas=(0.9, 0.95), eps=1e-8, weight_decay=0.1, fused=True)
+
+
+# ------------------------------------------------------------------------------ models
+def model_config(p: dict) -> ModelConfig:
+    return ModelConfig(d_model=p["d_model"], n_layer=p["n_layer"], n_head=p["n_head"],
+                       ffn_hidden=p["ffn_hidden"], attn_backend="sdpa")
+
+
+def build_hf(p: dict):
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    cfg = LlamaConfig(vocab_size=p["vocab"], hidden_size=p["d_model"], intermediate_size=p["ffn_hidden"],
+                      num_hidden_layers=p["n_layer"], num_attention_heads=p["n_head"],
+                      num_key_value_heads=p["n_head"], max_position_embeddings=p["seq_len"],
+                      rms_norm_eps=1e-5, rope_theta=10000.0, tie_word_embeddings=False,
+                      attention_bias=False, mlp_bias=False, attention_dropout=0.0,
+                      attn_implementation="sdpa")
+    model = LlamaForCausalLM(cfg)
+    assert model.config._attn_implementation == "sdpa", model.config._attn_implementation
+    return model
+
+
+@torch.no_grad()
+def copy_weights_to_hf(g: Transformer, hf) -> None:
+    """genlab's weights into the Llama: split the fused qkv and gate_up projections. RoPE needs
+    no permutation: genlab rotates pairs (x[i], x[i + D/2]), as Llama's rotate_half does."""
+    d, H = g.cfg.d_model, g.cfg.n_head
+    hd = d // H
+    kv = g.cfg.n_kv_head or H
+    ffn = ffn_width(g.cfg)
+    m = hf.model
+    m.embed_tokens.weight.copy_(g.embed.weight)
+    for blk, lyr in zip(g.blocks, m.layers):
+        q, k, v = blk.attn.qkv.weight.split([H * hd, kv * hd, kv * hd], dim=0)
+        lyr.self_attn.q_proj.weight.copy_(q)
+        lyr.self_attn.k_proj.weight.copy_(k)
+        lyr.self_attn.v_proj.weight.copy_(v)
+        lyr.self_attn.o_proj.weight.copy_(blk.attn.proj.weight)
+        gate, up = blk.mlp.gate_up.weight.split(ffn, dim=0)
+        lyr.mlp.gate_proj.weight.copy_(gate)
+        lyr.mlp.up_proj.weight.copy_(up)
+        lyr.mlp.down_proj.weight.copy_(blk.mlp.down.weight)
+        lyr.input_layernorm.weight.copy_(blk.attn_norm.weight)
+        lyr.post_attention_layernorm.weight.copy_(blk.mlp_norm.weight)
+    m.norm.weight.copy_(g.norm.weight)
+    hf.lm_head.weight.copy_(g.head.weight)
+
+
+def make_optimizer(model: torch.nn.Module) -> torch.optim.Optimizer:
+    """The same AdamW for both models: weight decay on matrices only (genlab's rule)."""
+    decay = [p for p in model.parameters() if p.requires_grad and p.dim() >= 2]
+    no_decay = [p for p in model.parameters() if p.requires_grad and p.dim() < 2]
+    kw = dict(OPTIM)
+    wd = kw.pop("weight_decay")
+    return torch.optim.AdamW([{"params": decay, "weight_decay": wd}, {"params": no_decay, "weight_decay": 0.0}],
+                             **kw)
+
+
+# ------------------------------------------------------------------------------ batches
+def rows_batch(ids: torch.Tensor) -> Batch:
+    """(R, L) token ids as R single-document rows of the flat stream."""
+    R, L = ids.shape
+    targets = torch.full((R, L), IGNORE, dtype=torch.long)
+    targets[:, :-1] = ids[:, 1:]
+    cu = torch.arange(0, R * L + 1, L, dtype=torch.int32)
+    return Batch(ids.reshape(-1).clone(), targets.reshape(-1), torch.arange(L).repeat(R), cu, L,
+                 R * L, R * L, R)
+
+
+def packed_batch(p: dict) -> Batch:
+    """The first batch (seeded) of packed rows of the embedded corpus: several documents per
+    row, each attending only to itself."""
+    from genlab.data.text import embedded_corpus
+    from genlab.data.tokenizer import build_tokenizer
+
+    docs = embedded_corpus()
+    if p["corpus_docs"]:
+        docs = docs[:p["corpus_docs"]]
+    tok = build_tokenizer(p["tokenizer"], docs, p["vocab"])
+    ds = TokenDataset(tok.encode_batch(docs), p["seq_len"], p["rows"], mode="packed", seed=SEED)
+    batch, _ = ds.batch_at((0, 0))
+    return batch
+
+
+# ------------------------------------------------------------------------------ FLOPs and peak
+def train_flops(cfg: ModelConfig, vocab: int, seq_lens: list[int]) -> tuple[float, float]:
+    """(full-context, causal) training FLOPs of one batch of sequences of these lengths.
+    Full-context: flops_per_token at each sequence's own length (attention over all L keys);
+    causal: attention over the (n + 1) / 2 keys a query sees on average."""
+    full = causal = 0.0
+    d_attn = cfg.n_head * (cfg.d_model // cfg.n_head)
+    for n in seq_lens:
+        f = flops_per_token(cfg, vocab, n)["train_flops_per_token"] * n
+        attn_full = 3 * cfg.n_layer * 4 * d_attn * n * n
+        attn_causal = 3 * cfg.n_layer * 4 * d_attn * n * (n + 1) / 2
+        full += f
+        causal += f - attn_full + attn_causal
+    return full, causal
+
+
+def gemm_shapes(cfg: ModelConfig, vocab: int, M: int) -> list[tuple[str, int, int, int, str, int]]:
+    """(name, m, k, n, kind, count per step) of every matmul in one training step."""
+    d, H = cfg.d_model, cfg.n_head
+    hd = d // H
+    kv = cfg.n_kv_head or H
+    ffn = ffn_width(cfg)
+    linears = [("qkv", d, (H + 2 * kv) * hd, cfg.n_layer), ("proj", H * hd, d, cfg.n_layer),
+               ("gate_up", d, 2 * ffn, cfg.n_layer), ("down", ffn, d, cfg.n_layer), ("head", d, vocab, 1)]
+    shapes = []
+    for name, K, N, count in linears:
+        shapes += [(f"{name} fwd  x@W^T", M, K, N, "fwd", count),
+                   (f"{name} bwd dY@W", M, N, K, "dx", count),
+                   (f"{name} bwd dY^T@x", N, M, K, "dw", count)]
+    return shapes
+
+
+def _time_gemm(m: int, k: int, n: int, kind: str, reps: int) -> float:
+    g = torch.Generator().manual_seed(SEED)
+    if kind == "fwd":  # F.linear: x (m, k) @ W^T, W stored (n, k)
+        a, b = torch.randn(m, k, generator=g), torch.randn(n, k, generator=g).t()
+    elif kind == "dx":  # dY (m, k=N) @ W (N, n=K)
+        a, b = torch.randn(m, k, generator=g), torch.randn(k, n, generator=g)
+    else:  # dW = dY^T @ x: dY stored (M, N), x (M, K)
+        a, b = torch.randn(k, m, generator=g).t(), torch.randn(k, n, generator=g)
+    out = torch.empty(m, n)
+    torch.mm(a, b, out=out)
+    best = float("inf")
+    for _ in range(reps):
+        t0 = time.perf_counter()
+        torch.mm(a, b, out=out)
+        best = min(best, time.perf_counter() - t0)
+    return best
+
+
+def measure_peak(cfg: ModelConfig, vocab: int, M: int, reps: int = 5, prior: dict | None = None) -> dict:
+    """Best GFLOP/s of each of the model's GEMM shapes (merged with an earlier measurement)."""
+    rows = []
+    for i, (name, m, k, n, kind, count) in enumerate(gemm_shapes(cfg, vocab, M)):
+        t = _time_gemm(m, k, n, kind, reps)
+        if prior is not None:
+            t = min(t, prior["shapes"][i]["seconds"])
+        rows.append({"shape": name, "m": m, "k": k, "n": n, "count": count, "seconds": t,
+                     "gflops": 2 * m * k * n / t / 1e9})
+    best = max(rows, key=lambda r: r["gflops"])
+    total_flops = sum(2 * r["m"] * r["k"] * r["n"] * r["count"] for r in rows)
+    total_time = sum(r["seconds"] * r["count"] for r in rows)
+    return {"peak_gflops": best["gflops"], "peak_shape": f"{best['shape']} ({best['m']}x{best['k']}x{best['n']})",
+            "weighted_gflops": total_flops / total_time / 1e9,
+            "method": f"torch.mm fp32, outputs preallocated, best of {reps} runs (twice: before and after "
+                      "the training steps), M = {M} tokens; peak = best shape; weighted = total FLOPs / "
+                      "total time of one step's GEMM mix".replace("{M}", str(M)),
+            "shapes": rows}
+
+
+# ------------------------------------------------------------------------------ the benchmark
+def run(steps: int | None = None, quick: bool = False) -> dict:
+    p = dict(QUICK if quick else FULL)
+    if steps:
+        p["steps"] = steps
+    old_threads = torch.get_num_threads()
+    torch.set_num_threads(THREADS)
+    try:
+        return _run(p, quick)
+    finally:
+        torch.set_num_threads(old_threads)
+
+
+def _run(p: dict, quick: bool) -> dict:
+    R, L, V = p["rows"], p["seq_len"], p["vocab"]
+    cfg = model_config(p)
+    torch.manual_seed(SEED)
+    genlab = Transformer(cfg, V, L).train()
+    hf = build_hf(p).train()
+    copy_weights_to_hf(genlab, hf)
+
+    ids = torch.randint(0, V, (R, L), generator=torch.Generator().manual_seed(SEED))
+    batch = rows_batch(ids)
+    packed = packed_batch(p)
+    assert int(packed.input_ids.max()) < V
+    torch.manual_seed(SEED)
+    packed_model = Transformer(cfg, V, L).train()
+
+    # --- fairness check: the same function (one row, same weights)
+    with torch.no_grad():
+        row = rows_batch(ids[:1])
+        lg = genlab.head(genlab(row.input_ids, row.position_ids, row.cu_seqlens, row.max_seqlen))
+        lh = hf(input_ids=ids[:1]).logits[0]
+        logit_diff = float((lg - lh).abs().max())
+        logit_scale = float(lh.abs().max())
+
+    peak = measure_peak(cfg, V, R * L, reps=3 if quick else 5)
+
+    opts = {"genlab": make_optimizer(genlab), "hf": make_optimizer(hf), "genlab_packed": make_optimizer(packed_model)}
+    losses: dict[str, list[float]] = {k: [] for k in opts}
+
+    def step_genlab():
+        opt = opts["genlab"]
+        loss_sum, n = LMTask.loss(genlab, batch)
+        loss = loss_sum / max(1, n)
+        loss.backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        losses["genlab"].append(float(loss.detach()))
+
+    def step_hf():
+        opt = opts["hf"]
+        loss = hf(input_ids=ids, labels=ids).loss
+        loss.backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        losses["hf"].append(float(loss.detach()))
+
+    def step_packed():
+        opt = opts["genlab_packed"]
+        loss_sum, n = LMTask.loss(packed_model, packed)
+        loss = loss_sum / max(1, n)
+        loss.backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        losses["genlab_packed"].append(float(loss.detach()))
+
+    names = ["genlab", "hf", "genlab_packed"]
+    cpu: dict[str, list[float]] = {k: [] for k in names}
+
+    def cpu_timed(name, fn):  # also record the process's CPU seconds (both threads) per step
+        def step():
+            c0 = time.process_time()
+            fn()
+            cpu[name].append(time.process_time() - c0)
+        return step
+
+    times = interleaved_times([cpu_timed(n, f) for n, f in zip(names, (step_genlab, step_hf, step_packed))],
+                              p["warmup"], p["steps"])
+    peak = measure_peak(cfg, V, R * L, reps=3 if quick else 5, prior=peak)
+
+    rows_lens = [L] * R
+    packed_lens = (packed.cu_seqlens[1:] - packed.cu_seqlens[:-1]).tolist()
+    flops = {"genlab": train_flops(cfg, V, rows_lens), "hf": train_flops(cfg, V, rows_lens),
+             "genlab_packed": train_flops(cfg, V, packed_lens)}
+    tokens = {"genlab": R * L, "hf": R * L, "genlab_packed": packed.n_real}
+    results = {}
+    for name, ts in zip(names, times):
+        med = median(ts)
+        f_full, f_causal = flops[name]
+        cpu_med = median(cpu[name][p["warmup"]:])
+        results[name] = {
+            "step_times_s": [round(t, 4) for t in ts], "median_step_s": med, "tokens_per_step": tokens[name],
+            "tokens_per_s": tokens[name] / med, "median_cpu_s": cpu_med, "tokens_per_cpu_s": tokens[name] / cpu_med,
+            "gflops": f_full / med / 1e9, "gflops_causal": f_causal / med / 1e9,
+            "mfu": f_full / med / 1e9 / peak["peak_gflops"], "mfu_causal": f_causal / med / 1e9 / peak["peak_gflops"],
+            "loss_first": losses[name][0], "loss_last": losses[name][-1],
+        }
+    results["genlab_packed"].update(n_sequences=len(packed_lens), real_fraction=packed.real_fraction,
+                                    seq_len_mean=sum(packed_lens) / len(packed_lens))
+    ratio = results["genlab"]["tokens_per_s"] / results["hf"]["tokens_per_s"]
+    # noise-robust companions: the median over rounds of HF time / genlab time within the same
+    # round, and the ratio of CPU seconds per step (time the process actually ran)
+    paired = median([h / g for g, h in zip(times[0], times[1])])
+    cpu_ratio = results["hf"]["median_cpu_s"] / results["genlab"]["median_cpu_s"]
+    ftok = flops_per_token(cfg, V, L)
+    out = {
+        "benchmark": "train", "quick": quick, "machine": machine_info(),
+        "shape": {k: p[k] for k in ("d_model", "n_layer", "n_head", "ffn_hidden", "vocab", "rows", "seq_len")},
+        "dtype": "float32", "threads": THREADS, "warmup_steps": p["warmup"], "timed_steps": p["steps"],
+        "optimizer": {"name": "torch.optim.AdamW", **{k: v for k, v in OPTIM.items()}, "no_decay": "vectors"},
+        "flops_per_token": {"train": ftok["train_flops_per_token"],
+                            "train_causal": flops["genlab"][1] / (R * L),
+                            "note": "train = genlab.scaling.flops (attention over the full context); "
+                                    "train_causal counts the (L+1)/2 keys a causal query sees"},
+        "peak": peak,
+        "equivalence": {"max_abs_logit_diff": logit_diff, "max_abs_logit": logit_scale, "tolerance": LOGIT_TOL,
+                        "ok": logit_diff <= LOGIT_TOL,
+                        "loss_first_diff": abs(results["genlab"]["loss_first"] - results["hf"]["loss_first"]),
+                        "loss_last_diff": abs(results["genlab"]["loss_last"] - results["hf"]["loss_last"])},
+        "results": results,
+        "ratio_genlab_vs_hf": ratio, "target_ratio": TARGET_RATIO, "target_met": ratio >= TARGET_RATIO,
+        "ratio_paired_median": paired, "ratio_cpu_time": cpu_ratio,
+        "versions": {"torch": torch.__version__, "transformers": _transformers_version()},
+    }
+    _report(out)
+    return out
+
+
+def _transformers_version() -> str:
+    import transformers
+
+    return transformers.__version__
+
+
+def _report(r: dict) -> None:
+    s, res, pk = r["shape"], r["results"], r["peak"]
+    hf_tps = res["hf"]["tokens_per_s"]
+    labels = {"hf": f"HF LlamaForCausalLM (sdpa), {s['rows']} rows x {s['seq_len']}",
+              "genlab": f"genlab, {s['rows']} single-document rows x {s['seq_len']}",
+              "genlab_packed": f"genlab, {s['rows']} packed corpus rows ({res['genlab_packed']['n_sequences']} "
+                               "documents)"}
+    rows = []
+    for name in ("hf", "genlab", "genlab_packed"):
+        x = res[name]
+        rows.append([labels[name], f"{x['median_step_s']:.3f}", f"{x['median_cpu_s']:.2f}", f"{x['tokens_per_s']:,.0f}",
+                     f"{x['tokens_per_s'] / hf_tps:.2f}x", f"{x['gflops']:.1f}", f"{x['gflops_causal']:.1f}",
+                     f"{100 * x['mfu']:.1f}%", f"{100 * x['mfu_causal']:.1f}%",
+                     f"{x['loss_first']:.5f} -> {x['loss_last']:.5f}"])
+    m = r["machine"]
+    print_table(f"genlab bench train: d{s['d_model']} x {s['n_layer']} layers, {s['n_head']} heads, "
+                f"SwiGLU {s['ffn_hidden']}, vocab {s['vocab']}; fp32, {r['threads']} threads, "
+                f"median of {r['timed_steps']} interleaved steps ({m['cpu']}, torch {m['torch']})",
+                ["configuration", "step s", "CPU s", "tokens/s", "vs HF", "GFLOP/s", "GFLOP/s causal", "MFU",
+                 "MFU causal", "loss first -> last"], rows)
+    print_table(f"fp32 GEMM peak over the model's shapes: best {pk['peak_gflops']:.1f} GFLOP/s "
+                f"({pk['peak_shape']}), FLOP-weighted mix {pk['weighted_gflops']:.1f} GFLOP/s",
+                ["GEMM (m x k x n)", "per step", "GFLOP/s"],
+                [[f"{x['shape']} ({x['m']}x{x['k']}x{x['n']})", x["count"], f"{x['gflops']:.1f}"]
+                 for x in pk["shapes"]])
+    eq = r["equivalence"]
+    print(f"same function: max |logit diff| {eq['max_abs_logit_diff']:.2e} (logits up to "
+          f"{eq['max_abs_logit']:.2f}; tolerance {eq['tolerance']:g}) -> {'ok' if eq['ok'] else 'MISMATCH'}; "
+          f"loss diff first step {eq['loss_first_diff']:.1e}, last step {eq['loss_last_diff']:.1e}")
+    print(f"FLOPs/token (training): {r['flops_per_token']['train'] / 1e6:.1f} M full-context attention, "
+          f"{r['flops_per_token']['train_causal'] / 1e6:.1f} M causal")
+    verdict = "met" if r["target_met"] else "NOT met"
+    print(f"genlab / HF tokens/s = {r['ratio_genlab_vs_hf']:.3f} (target >= {r['target_ratio']}: {verdict}); "
+          f"median of per-round ratios {r['ratio_paired_median']:.3f}, CPU-time ratio {r['ratio_cpu_time']:.3f}; "
+          f"load average at the end {m.get('load_avg_1m', '?')}", flush=True)

@@ -1,0 +1,1 @@
+"""Diffusion numerics shared by the diffusion task and its benchmark: schedules, samplers, guidance."""

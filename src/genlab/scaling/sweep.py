@@ -1,0 +1,243 @@
+"""`genlab sweep`: learning rate x batch grids and IsoFLOP profiles, each point an ordinary run dir.
+
+    SWEEP/sweep.json          the grid (written once; a rerun must ask for the same grid)
+    SWEEP/points/<id>/        a genlab run dir per point, plus result.json once it is finished
+    SWEEP/results.csv         one row per finished point, rewritten after every point
+
+Per budget C (FLOPs, DeepSeek accounting C = M * D):
+- lr x batch: one model (size_factor `lr_batch_size` x DeepSeek's M_opt(C)), learning rates
+  lr_factors x eta_opt(C) and batches batch_factors x B_opt(C) (DeepSeek LLM Eq. 1);
+- IsoFLOP: models of size_factors x M_opt(C) (shape from scaling.plan.find_shape), each trained
+  on D = C / M tokens with eta_opt(C) and B_opt(C).
+A point that both grids share (same shape, lr and batch) is run once. Rerunning the same command
+skips finished points and resumes an interrupted one from its checkpoint.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+import shutil
+import time
+from pathlib import Path
+
+from genlab.config import ModelConfig, RunConfig, resolve
+from genlab.errors import GenlabError
+from genlab.scaling import laws
+from genlab.scaling.plan import find_shape
+
+# Defaults sized so that the whole sweep takes about 40 minutes on 2 cores (see docs/scaling.md).
+BUDGETS = (5e11, 1.5e12, 4.5e12)
+LR_FACTORS = (0.5, 1.0, 2.0)
+BATCH_FACTORS = (0.5, 1.0, 2.0)
+SIZE_FACTORS = (1.0, 2.0, 4.0, 8.0, 16.0)
+ASPECT = 32.0  # preferred d_model / n_layer: at this tiny scale 64 would leave only 1-2 layer models
+LR_BATCH_SIZE = 4.0  # the lr x batch grid's model, as a multiple of M_opt(C): the IsoFLOP middle
+BASE_OVERRIDES = ("data.tokenizer=byte", "data.packing_length=256")
+EVAL_ROWS = 512  # fixed validation rows every point is scored on (the same tokens for all)
+EVAL_BATCH_ROWS = 32
+SPEC, RESULTS, RESULT = "sweep.json", "results.csv", "result.json"
+COLUMNS = ("point", "lr_batch", "isoflop", "budget", "n_layer", "d_model", "n_head", "M", "N1", "N2", "seq_len",
+           "lr", "batch_seqs", "batch_tokens", "steps", "tokens", "compute", "val_loss", "val_bpb", "train_loss",
+           "seconds")
+
+KINDS = ("both", "lr-batch", "isoflop")
+
+
+def _positive(name: str, values) -> tuple[float, ...]:
+    vals = tuple(float(v) for v in values)
+    if not vals or any(not (v > 0 and v < float("inf")) for v in vals):
+        raise GenlabError(f"{name} {','.join(map(str, values))} must be a list of positive finite numbers")
+    return vals
+
+
+def make_spec(budgets=BUDGETS, kind: str = "both", lr_factors=LR_FACTORS, batch_factors=BATCH_FACTORS,
+              size_factors=SIZE_FACTORS, lr_batch_size: float = LR_BATCH_SIZE, overrides=()) -> dict:
+    """The grid as a JSON-able dict; every point's config is resolved and validated here."""
+    if kind not in KINDS:
+        raise GenlabError(f"--kind {kind!r} is not allowed; choose one of: {', '.join(KINDS)}")
+    spec = {"budgets": _positive("--budgets", budgets), "kind": kind,
+            "lr_factors": _positive("--lr-factors", lr_factors),
+            "batch_factors": _positive("--batch-factors", batch_factors),
+            "size_factors": _positive("--size-factors", size_factors),
+            "lr_batch_size": _positive("--lr-batch-size", [lr_batch_size])[0],
+            "overrides": [*BASE_OVERRIDES, *overrides]}
+    spec["points"] = _points(spec)
+    return spec
+
+
+def _points(spec: dict) -> list[dict]:
+    base = resolve(None, None, spec["overrides"])
+    L = base.data.packing_length
+    vocab = 256 if base.data.tokenizer == "byte" else base.data.vocab_size
+    law = laws.LAWS["deepseek"]
+    points: dict[str, dict] = {}
+
+    def add(C: float, size: float, lr: float, batch_tokens: float, kind: str):
+        mcfg, fl = find_shape(size, "M", base.model, vocab, L, aspect=ASPECT)
+        rows = max(1, round(batch_tokens / L))
+        steps = max(1, round(C / fl["M"] / (rows * L)))
+        pid = f"c{C:.3g}_n{mcfg.n_layer}_d{mcfg.d_model}_lr{lr:.3g}_b{rows}".replace("+", "")
+        p = points.setdefault(pid, {"point": pid, "budget": C, "n_layer": mcfg.n_layer, "d_model": mcfg.d_model,
+                                    "n_head": mcfg.n_head, "n_kv_head": mcfg.n_kv_head, "M": fl["M"],
+                                    "N1": fl["N1"], "N2": fl["N2"], "seq_len": L, "lr": lr, "batch_seqs": rows,
+                                    "steps": steps, "lr_batch": 0, "isoflop": 0})
+        p[kind] = 1
+
+    for C in spec["budgets"]:
+        m_opt = law.split(C)[0]
+        eta, batch = laws.eta_opt(C), laws.batch_opt_tokens(C)
+        if spec["kind"] in ("both", "lr-batch"):
+            for f_lr in spec["lr_factors"]:
+                for f_b in spec["batch_factors"]:
+                    add(C, spec["lr_batch_size"] * m_opt, eta * f_lr, batch * f_b, "lr_batch")
+        if spec["kind"] in ("both", "isoflop"):
+            for f_m in spec["size_factors"]:
+                add(C, f_m * m_opt, eta, batch, "isoflop")
+    out = list(points.values())
+    for p in out:
+        point_config(spec, p)  # every point must be a valid config before anything is written
+    return out
+
+
+def point_config(spec: dict, p: dict) -> RunConfig:
+    steps = p["steps"]
+    sets = [*spec["overrides"], "model.arch=transformer", f"model.n_layer={p['n_layer']}",
+            f"model.d_model={p['d_model']}", f"model.n_head={p['n_head']}", f"model.n_kv_head={p['n_kv_head']}",
+            "model.ffn_hidden=0", f"train.lr={p['lr']!r}", f"train.batch_rows={p['batch_seqs']}",
+            "train.grad_accum=1", f"train.steps={steps}", "train.schedule=multistep",
+            f"train.warmup_steps={min(laws.DS_WARMUP_STEPS, max(1, steps // 10))}",
+            f"train.log_every={max(1, steps // 20)}", f"train.eval_every={steps}", "train.eval_batches=1",
+            f"train.ckpt_every={max(1, steps // 4)}", "train.keep_ckpts=1"]
+    return resolve(None, None, sets)
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def _load_spec(out: Path) -> dict | None:
+    p = out / SPEC
+    if not p.is_file():
+        return None
+    try:
+        return json.loads(p.read_text())
+    except ValueError:
+        raise GenlabError(f"{p} is not valid JSON; it is not a genlab sweep directory") from None
+
+
+def _same_grid(a: dict, b: dict) -> bool:
+    return [p["point"] for p in a["points"]] == [p["point"] for p in b["points"]] and a["overrides"] == b["overrides"]
+
+
+def open_sweep(out: str | Path, spec: dict | None) -> tuple[Path, dict]:
+    """Check (and, for a new sweep, create) the sweep dir; `spec` None = continue the stored grid."""
+    out = Path(out)
+    stored = _load_spec(out)
+    if stored is None:
+        if out.exists() and (not out.is_dir() or any(out.iterdir())):
+            raise GenlabError(f"{out} exists, is not empty and holds no {SPEC}; choose another --out")
+        spec = spec or make_spec()
+    elif spec is None:
+        spec = stored
+    elif not _same_grid(stored, spec):
+        raise GenlabError(f"{out} holds a different sweep ({len(stored['points'])} points, budgets "
+                          f"{', '.join(f'{c:g}' for c in stored['budgets'])}); rerun it with its own arguments "
+                          "(or none) or choose another --out")
+    _eval_rows(spec)  # reads the corpus: bad data fails here, before the sweep dir is written
+    if stored is None:
+        (out / "points").mkdir(parents=True, exist_ok=True)
+        _write_atomic(out / SPEC, json.dumps(spec, indent=1) + "\n")
+    return out, spec
+
+
+_EVAL_CACHE: dict = {}
+
+
+def _eval_rows(spec: dict):
+    """The fixed validation batches every point is scored on (the same tokens for every point)."""
+    from genlab.data.packing import TokenDataset
+    from genlab.data.text import load_corpus, split_documents
+    from genlab.tasks import make_task
+
+    key = json.dumps(spec["overrides"])
+    if key not in _EVAL_CACHE:
+        cfg = resolve(None, None, spec["overrides"])
+        task = make_task(cfg)
+        task.prepare(None, fresh=True)
+        _, val_docs = split_documents(load_corpus(cfg.data.path), cfg.data.val_fraction)
+        if not val_docs:
+            raise GenlabError("the sweep corpus has no validation documents; raise data.val_fraction")
+        data = TokenDataset(task.encode_docs(val_docs), cfg.data.packing_length, EVAL_BATCH_ROWS, mode="packed",
+                            buffer=cfg.data.pack_buffer, shuffle=False)
+        _EVAL_CACHE[key] = (task, data)
+    return _EVAL_CACHE[key]
+
+
+def run_point(out: Path, spec: dict, p: dict, log=print) -> dict:
+    """Train one point (or resume it) and score it; returns its CSV row."""
+    from genlab.train import checkpoint
+    from genlab.train.trainer import prepare_training
+
+    pdir = out / "points" / p["point"]
+    if (pdir / RESULT).is_file():
+        return json.loads((pdir / RESULT).read_text())
+    cfg = point_config(spec, p)
+    quiet = lambda *a: None  # noqa: E731
+    resume = pdir.is_dir() and checkpoint.latest_valid(pdir, warn=quiet) is not None
+    if pdir.exists() and not resume:
+        shutil.rmtree(pdir)  # a point that died before its first checkpoint: start it again
+    t0 = time.perf_counter()
+    run, trainer = prepare_training(None if resume else cfg, pdir, resume=resume, progress=False, log=quiet)
+    last = trainer.fit()
+    seconds = time.perf_counter() - t0
+    _, eval_data = _eval_rows(spec)
+    ev = trainer.task.evaluate(trainer.model, data=eval_data, max_batches=EVAL_ROWS // EVAL_BATCH_ROWS,
+                               device=trainer.device)
+    row = {k: p[k] for k in ("point", "lr_batch", "isoflop", "budget", "n_layer", "d_model", "n_head", "M", "N1",
+                             "N2", "seq_len", "lr", "batch_seqs", "steps")}
+    row.update(batch_tokens=p["batch_seqs"] * p["seq_len"], tokens=trainer.tokens_seen,
+               compute=p["M"] * trainer.tokens_seen, val_loss=ev["val_loss"], val_bpb=ev["val_bpb"],
+               train_loss=last.get("loss", float("nan")), seconds=round(seconds, 2))
+    _write_atomic(pdir / RESULT, json.dumps(row) + "\n")
+    return row
+
+
+def write_csv(out: Path, rows: list[dict]) -> Path:
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=COLUMNS, lineterminator="\n")
+    w.writeheader()
+    for r in rows:
+        w.writerow({k: r[k] for k in COLUMNS})
+    _write_atomic(out / RESULTS, buf.getvalue())
+    return out / RESULTS
+
+
+def run_sweep(out: str | Path, spec: dict | None = None, log=print) -> Path:
+    """Run every unfinished point; returns the CSV path."""
+    out, spec = open_sweep(out, spec)
+    rows, n = [], len(spec["points"])
+    for i, p in enumerate(spec["points"], 1):
+        done = (out / "points" / p["point"] / RESULT).is_file()
+        row = run_point(out, spec, p, log)
+        rows.append(row)
+        write_csv(out, rows)
+        state = "done before" if done else f"{row['seconds']:.1f} s"
+        log(f"[{i}/{n}] {p['point']}: val_loss {row['val_loss']:.4f} ({state})")
+    return out / RESULTS
+
+
+def describe(spec: dict) -> str:
+    """The grid as a table, with the compute it needs."""
+    lines = [f"{'point':<40} {'kind':<9} {'M':>9} {'lr':>8} {'rows':>5} {'steps':>6}"]
+    for p in spec["points"]:
+        kind = "+".join(k for k, f in (("lr", p["lr_batch"]), ("iso", p["isoflop"])) if f)
+        lines.append(f"{p['point']:<40} {kind:<9} {p['M']:>9.3g} {p['lr']:>8.3g} {p['batch_seqs']:>5} "
+                     f"{p['steps']:>6}")
+    total = sum(p["M"] * p["steps"] * p["batch_seqs"] * p["seq_len"] for p in spec["points"])
+    lines.append(f"{len(spec['points'])} points, {total:.3g} FLOPs in all (C = M * tokens)")
+    return "\n".join(lines)

@@ -1,0 +1,43 @@
+"""Smoke test of `genlab bench train --quick`: tiny shapes, a few seconds."""
+
+import math
+
+import pytest
+
+
+def test_bench_train_quick():
+    pytest.importorskip("transformers")
+    import torch
+
+    from genlab.bench import train
+
+    threads = torch.get_num_threads()
+    r = train.run(quick=True)
+    assert torch.get_num_threads() == threads  # restored
+    for key in ("machine", "shape", "optimizer", "flops_per_token", "peak", "equivalence", "results",
+                "ratio_genlab_vs_hf", "target_ratio", "target_met", "ratio_paired_median", "ratio_cpu_time"):
+        assert key in r, key
+    assert {"cpu", "torch", "date", "threads"} <= set(r["machine"])
+    assert set(r["results"]) == {"genlab", "hf", "genlab_packed"}
+    for res in r["results"].values():
+        for key in ("median_step_s", "tokens_per_s", "gflops", "gflops_causal", "mfu", "loss_first", "loss_last"):
+            assert math.isfinite(res[key]) and res[key] > 0, key
+        assert len(res["step_times_s"]) == r["timed_steps"]
+    assert r["peak"]["peak_gflops"] >= r["peak"]["weighted_gflops"] > 0
+    # the two models compute the same function from the same weights, and train alike
+    assert r["equivalence"]["ok"]
+    assert r["equivalence"]["loss_first_diff"] < 1e-4
+    assert r["flops_per_token"]["train_causal"] < r["flops_per_token"]["train"]
+
+
+def test_bench_common_helpers(capsys):
+    from genlab.bench.common import interleaved_times, machine_info, median, print_table, timeit_steps
+
+    calls = []
+    assert len(timeit_steps(lambda: calls.append(1), warmup=2, steps=3)) == 3 and len(calls) == 5
+    t = interleaved_times([lambda: None, lambda: None], warmup=1, steps=4)
+    assert [len(x) for x in t] == [4, 4]
+    assert median([3.0, 1.0, 2.0]) == 2.0
+    assert "cpu" in machine_info()
+    print_table("title", ["a", "b"], [["x", 1.5]])
+    assert "title" in capsys.readouterr().out

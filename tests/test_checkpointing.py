@@ -1,0 +1,162 @@
+"""Activation checkpointing policies: gradients equal `none`, RNG and MoE load counting survive recompute."""
+
+import copy
+from types import SimpleNamespace
+
+import pytest
+import torch
+import torch.nn as nn
+from torch.utils.checkpoint import CheckpointPolicy
+
+from genlab.config import PRESETS, RunConfig, apply_dict, apply_overrides
+from genlab.errors import GenlabError
+from genlab.models import build_lm
+from genlab.train.activation_checkpoint import (_selective_policy, apply_activation_checkpointing,
+                                                parse_policy)
+
+POLICIES = ["full", "every:2", "selective"]
+
+
+def _lm(preset, extra=()):
+    cfg = apply_dict(RunConfig(), PRESETS[preset][1], preset)
+    cfg = apply_overrides(cfg, ["model.n_layer=3", "data.vocab_size=300", *extra]).validate()
+    torch.manual_seed(0)
+    return build_lm(cfg.model, 300, 64)
+
+
+def _batch():
+    g = torch.Generator().manual_seed(1)
+    ids = torch.randint(0, 300, (48,), generator=g)
+    pos = torch.cat([torch.arange(30), torch.arange(18)])
+    return ids, pos, torch.tensor([0, 30, 48], dtype=torch.int32), 30
+
+
+def _grads(model, policy):
+    m = copy.deepcopy(model).train()
+    apply_activation_checkpointing(m, policy)
+    ids, pos, cu, mx = _batch()
+    h = m(ids, pos, cu, mx)
+    loss = torch.nn.functional.cross_entropy(m.head(h), ids.roll(-1))
+    if hasattr(m, "aux_loss"):  # MoE balance loss and the MTP loss (through MTP blocks outside m.blocks)
+        extra = m.aux_loss(SimpleNamespace(input_ids=ids, targets=ids.roll(-1), cu_seqlens=cu, position_ids=pos,
+                                           max_seqlen=mx), h)
+        loss = loss + (extra if extra is not None else 0)
+    loss.backward()
+    return m, {n: p.grad for n, p in m.named_parameters() if p.grad is not None}
+
+
+@pytest.mark.parametrize("preset,extra", [("lm-tiny", ()), ("deepseek-tiny", ("model.mtp_depth=0",)),
+                                          ("deepseek-tiny", ("model.balance=seq_aux", "model.balance_alpha=0.01"))])
+def test_every_policy_gives_the_gradients_of_none(preset, extra):
+    model = _lm(preset, extra)
+    ref_model, ref = _grads(model, "none")
+    for policy in POLICIES:
+        m, got = _grads(model, policy)
+        assert got.keys() == ref.keys(), policy
+        for n in ref:
+            assert (got[n] - ref[n]).abs().max() <= 1e-6, (policy, n)
+        if hasattr(m, "moe_layers"):  # counted once per real forward, not again in the recompute
+            for (_, a), (_, b) in zip(m.moe_layers(), ref_model.moe_layers()):
+                assert torch.equal(a.load, b.load) and a.load.sum() > 0, policy
+
+
+class _DropBlock(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.lin = nn.Linear(16, 16)
+
+    def forward(self, x):
+        return x + torch.nn.functional.dropout(torch.tanh(self.lin(x)), 0.5, training=self.training)
+
+
+class _DropNet(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.blocks = nn.ModuleList(_DropBlock() for _ in range(4))
+
+    def forward(self, x):
+        for b in self.blocks:
+            x = b(x)
+        return x
+
+
+def test_dropout_masks_are_the_same_under_recompute():
+    torch.manual_seed(0)
+    net = _DropNet()
+    x = torch.randn(8, 16)
+
+    def grads(policy):
+        m = copy.deepcopy(net).train()
+        apply_activation_checkpointing(m, policy)
+        torch.manual_seed(123)
+        m(x).square().sum().backward()
+        return [p.grad for p in m.parameters()]
+
+    ref = grads("none")
+    for policy in POLICIES:
+        for a, b in zip(grads(policy), ref):
+            assert (a - b).abs().max() <= 1e-6, policy
+
+
+def test_full_policy_keeps_far_fewer_tensors_for_backward():
+    """Tensors saved outside the checkpointed regions (what the graph holds): full << none."""
+    model = _lm("lm-tiny").train()
+
+    def saved_bytes(policy):
+        m = copy.deepcopy(model)
+        apply_activation_checkpointing(m, policy)
+        total = [0]
+
+        def pack(t):
+            total[0] += t.numel() * t.element_size()
+            return t
+
+        ids, pos, cu, mx = _batch()
+        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+            m(ids, pos, cu, mx).sum()
+        return total[0]
+
+    none, full = saved_bytes("none"), saved_bytes("full")
+    assert full < 0.25 * none
+
+
+def test_selective_policy_saves_matmuls_and_recomputes_router_and_elementwise():
+    aten = torch.ops.aten
+    router = nn.Parameter(torch.randn(4, 8))
+    other = torch.randn(8, 8)
+    policy = _selective_policy([router])
+    x = torch.randn(3, 8)
+    assert policy(None, aten.mm.default, x, other) == CheckpointPolicy.MUST_SAVE
+    assert policy(None, aten.mm.default, x, router.t()) == CheckpointPolicy.PREFER_RECOMPUTE
+    assert policy(None, aten.mul.Tensor, x, x) == CheckpointPolicy.PREFER_RECOMPUTE
+    assert policy(None, aten.bmm.default, x[None], other[None]) == CheckpointPolicy.PREFER_RECOMPUTE
+
+
+def test_policy_parsing_and_errors():
+    assert parse_policy("every:4") == ("every", 4)
+    assert parse_policy("full") == ("full", 1)
+    for bad in ["every:0", "every:", "every:x", "sometimes", ""]:
+        with pytest.raises(GenlabError, match="none, full, every:K"):
+            parse_policy(bad)
+    with pytest.raises(GenlabError, match="activation checkpointing policy"):
+        apply_overrides(RunConfig(), ["train.activation_checkpointing=half"]).validate()
+    rnn = _lm("lstm-tiny")
+    with pytest.raises(GenlabError, match="model.blocks"):
+        apply_activation_checkpointing(rnn, "full")
+    assert apply_activation_checkpointing(rnn, "none") == []
+    m = _lm("lm-tiny")
+    assert apply_activation_checkpointing(m, "every:2") == [0, 2]
+    with pytest.raises(GenlabError, match="already"):
+        apply_activation_checkpointing(m, "full")
+
+
+def test_eval_and_state_dict_unchanged():
+    m = _lm("lm-tiny")
+    keys = list(m.state_dict())
+    ids, pos, cu, mx = _batch()
+    with torch.no_grad():
+        before = m.eval()(ids, pos, cu, mx)
+    apply_activation_checkpointing(m, "full")
+    assert list(m.state_dict()) == keys
+    with torch.no_grad():
+        torch.testing.assert_close(m(ids, pos, cu, mx), before)

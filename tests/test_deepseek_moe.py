@@ -1,0 +1,167 @@
+"""DeepSeekMoE: routing invariants against a brute-force router, grouped dispatch against the
+per-expert loop, balance bias and losses, load counting."""
+
+import itertools
+
+import pytest
+import torch
+from torch.utils.checkpoint import checkpoint
+
+from genlab.models.deepseek.moe import MoE, balance_loss, route
+
+
+def brute_route(scores, bias, k, n_group, topk_group, scaling):
+    """Per token, in plain Python: groups by the sum of their top-2 biased scores, best experts of the
+    kept groups by biased score, gates from the unbiased scores."""
+    T, E = scores.shape
+    gs = E // n_group
+    idx, gates = [], []
+    for t in range(T):
+        sel = [float(scores[t, e] + bias[e]) for e in range(E)]
+        gscore = [sum(sorted(sel[g * gs:(g + 1) * gs], reverse=True)[:min(2, gs)]) for g in range(n_group)]
+        kept = sorted(range(n_group), key=lambda g: -gscore[g])[:topk_group]
+        cand = [e for e in range(E) if e // gs in kept]
+        chosen = sorted(cand, key=lambda e: -sel[e])[:k]
+        s = [float(scores[t, e]) for e in chosen]
+        idx.append(chosen)
+        gates.append([v / sum(s) * scaling for v in s])
+    return idx, gates
+
+
+@pytest.mark.parametrize("n_group,topk_group,k", [(1, 1, 2), (4, 2, 3), (4, 1, 2), (8, 3, 4)])
+def test_route_matches_brute_force_with_negative_bias(n_group, topk_group, k):
+    torch.manual_seed(0)
+    T, E, d = 16, 16, 8
+    x, w = torch.randn(T, d), torch.randn(E, d)
+    bias = -3.0 - torch.rand(E)  # every s + b < 0: a 0.0 fill of dropped groups would win top-k
+    scores, idx, gates = route(x, w, bias, k, n_group, topk_group, 2.5)
+    ref_idx, ref_gates = brute_route(scores, bias, k, n_group, topk_group, 2.5)
+    for t in range(T):
+        order = idx[t].argsort()
+        assert sorted(idx[t].tolist()) == sorted(ref_idx[t])
+        got = dict(zip(idx[t].tolist(), gates[t].tolist()))
+        for e, g in zip(ref_idx[t], ref_gates[t]):
+            assert abs(got[e] - g) < 1e-5
+        assert len(set(idx[t].tolist())) == k  # exactly k distinct experts
+        del order
+    gs = E // n_group  # every chosen expert lies in one of at most topk_group groups
+    assert all(len({e // gs for e in row.tolist()}) <= topk_group for row in idx)
+
+
+def test_bias_changes_selection_not_gate_values():
+    torch.manual_seed(1)
+    T, E, d, k = 32, 8, 8, 2
+    x, w = torch.randn(T, d), torch.randn(E, d)
+    scores, idx0, _ = route(x, w, torch.zeros(E), k, 1, 1, 1.0)
+    bias = torch.zeros(E)
+    bias[5] = 10.0  # expert 5 now always chosen
+    _, idx1, gates1 = route(x, w, bias, k, 1, 1, 1.0)
+    assert (idx1 == 5).any(-1).all() and not (idx0 == 5).any(-1).all()
+    s = scores.gather(1, idx1)
+    assert torch.allclose(gates1, s / s.sum(-1, keepdim=True), atol=1e-6)  # unbiased, renormalised
+    assert torch.allclose(gates1.sum(-1), torch.ones(T))
+
+
+def _moe(seed=0, **kw):
+    torch.manual_seed(seed)
+    m = MoE(16, n_experts=6, k=2, width=12, n_shared=1, **kw)
+    for p in m.parameters():
+        torch.nn.init.normal_(p, std=0.3)
+    return m
+
+
+def test_grouped_dispatch_equals_loop_reference_forward_and_grads():
+    m = _moe()
+    x = torch.randn(40, 16)
+    grads = []
+    outs = []
+    for ref in (False, True):
+        m.zero_grad()
+        m.use_reference = ref
+        xi = x.clone().requires_grad_()
+        y = m(xi)
+        (y * torch.linspace(-1, 1, y.numel()).view_as(y)).sum().backward()
+        outs.append(y.detach())
+        grads.append([xi.grad] + [p.grad.clone() for p in m.parameters()])
+    assert torch.allclose(outs[0], outs[1], atol=1e-5)
+    for a, b in zip(*grads):
+        assert torch.allclose(a, b, atol=1e-5), (a - b).abs().max()
+
+
+def test_load_counted_once_per_forward_with_checkpointing_and_not_in_eval():
+    m = _moe()
+    x = torch.randn(30, 16, requires_grad=True)
+    y = checkpoint(m, x, use_reentrant=False)
+    y.sum().backward()
+    assert float(m.load.sum()) == 30 * 2  # the recompute in backward does not count again
+    y = checkpoint(m, x, use_reentrant=True)
+    y.sum().backward()
+    assert float(m.load.sum()) == 2 * 30 * 2
+    m.eval()
+    m(x)
+    assert float(m.load.sum()) == 2 * 30 * 2
+
+
+def test_bias_update_once_per_step_sign_and_gamma_zero_freezes():
+    m = _moe()
+    m.load.copy_(torch.tensor([10., 0., 5., 5., 3., 7.]))  # mean 5
+    res = m.update_bias(0.01)
+    assert torch.allclose(m.bias, torch.tensor([-0.01, 0.01, 0., 0., 0.01, -0.01]))
+    assert abs(res["maxvio"] - 1.0) < 1e-6 and float(m.load.sum()) == 0  # counts reset
+    m.load.fill_(1.0)
+    m.load[0] = 9.0
+    m.update_bias(0.0)
+    assert torch.allclose(m.bias, torch.tensor([-0.01, 0.01, 0., 0., 0.01, -0.01]))
+
+
+def test_balancing_drives_maxvio_down_on_skewed_router():
+    torch.manual_seed(3)
+    E, d = 16, 16
+    m = MoE(d, n_experts=E, k=2, width=4, n_shared=0)
+    with torch.no_grad():
+        m.gate.normal_(std=0.5)
+        m.gate[:3] += 0.75  # three experts favoured by most tokens
+    x = torch.randn(1024, d)
+    vios = []
+    for _ in range(300):
+        m(x)
+        vios.append(m.update_bias(0.003)["maxvio"])
+    assert vios[0] > 1.0
+    assert sum(vios[-20:]) / 20 < 0.25 < vios[0] / 4
+    frozen = MoE(d, n_experts=E, k=2, width=4, n_shared=0, balance="none")
+    frozen.load_state_dict(m.state_dict() | {"bias": torch.zeros(E)})
+    frozen(x)
+    assert frozen.update_bias(0.01)["maxvio"] > 1.0  # balance none: the bias never moves
+    assert float(frozen.bias.abs().sum()) == 0
+
+
+def test_sequence_balance_loss_matches_per_sequence_formula_and_has_gradient():
+    torch.manual_seed(4)
+    T, E, k = 12, 6, 2
+    logits = torch.randn(T, E, requires_grad=True)
+    scores = logits.sigmoid()
+    idx = scores.detach().topk(k, -1).indices
+    seg = torch.tensor([0] * 5 + [1] * 7)
+    got = balance_loss(scores, idx, seg, 2)
+    ref = 0.0
+    for s in (range(0, 5), range(5, 12)):
+        s = list(s)
+        Ts = len(s)
+        for i in range(E):
+            f = E / (k * Ts) * sum(int(i in idx[t].tolist()) for t in s)
+            p = sum(float(scores[t, i] / scores[t].sum()) for t in s) / Ts
+            ref += f * p
+    assert abs(float(got) - ref / 2) < 1e-5
+    got.backward()
+    assert logits.grad.abs().sum() > 0
+
+
+def test_aux_modes_set_losses_only_in_training():
+    m = _moe(balance="seq_aux", alpha=1e-2)
+    x = torch.randn(20, 16)
+    cu = torch.tensor([0, 8, 20], dtype=torch.int32)
+    m(x, cu)
+    assert m.aux_loss is not None and float(m.aux_loss) > 0
+    m.eval()
+    m(x, cu)
+    assert m.aux_loss is None

@@ -1,0 +1,219 @@
+"""Density models against exhaustive references: probabilities sum to one over all 2^n vectors, the
+autoregressive property (zero gradients), NADE's O(nD) pass equals the per-conditional formula,
+and sample frequencies match the model's probabilities (chi-square)."""
+
+import itertools
+
+import pytest
+import torch
+from scipy.stats import chi2
+
+from genlab.config import ModelConfig
+from genlab.models.density import (FVSBN, MADE, NADE, AutoregressiveModel, BinaryTransformer,
+                                   IndependentBernoulli, MixtureOfBernoullis)
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Tiny tensors: one thread is faster, and far faster on a shared CPU."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def all_vectors(n, dtype=torch.float64):
+    return torch.tensor(list(itertools.product([0, 1], repeat=n)), dtype=dtype)  # (2^n, n)
+
+
+def randomized(model, seed=0):
+    """Every parameter drawn afresh (std 1), so no model is near-uniform by accident; float64."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.copy_(torch.randn(p.shape, generator=g))
+    return model.double().eval()
+
+
+def tiny_transformer(n, order=None):
+    cfg = ModelConfig(arch="transformer", d_model=16, n_layer=2, n_head=2)
+    return BinaryTransformer(cfg, n, order=order)
+
+
+def make(name, n):
+    perm = torch.randperm(n, generator=torch.Generator().manual_seed(n)).tolist()
+    return {
+        "bernoulli": lambda: IndependentBernoulli(n),
+        "mixture": lambda: MixtureOfBernoullis(n, 3),
+        "fvsbn": lambda: FVSBN(n),
+        "fvsbn-order": lambda: FVSBN(n, order=perm),
+        "nade": lambda: NADE(n, 5),
+        "nade-order": lambda: NADE(n, 5, order=perm),
+        "made-1hl": lambda: MADE(n, [12], seed=1),
+        "made-2hl-masks": lambda: MADE(n, [12, 9], n_masks=4, resample="full", seed=2),
+        "made-direct-ordering": lambda: MADE(n, [12], n_masks=3, resample="ordering", direct=True, seed=3),
+        "made-connectivity": lambda: MADE(n, [7, 7], n_masks=3, resample="connectivity", seed=4),
+        "transformer": lambda: tiny_transformer(n),
+        "transformer-order": lambda: tiny_transformer(n, order=perm),
+    }[name]()
+
+
+ALL = ["bernoulli", "mixture", "fvsbn", "fvsbn-order", "nade", "nade-order", "made-1hl", "made-2hl-masks",
+       "made-direct-ordering", "made-connectivity", "transformer", "transformer-order"]
+AUTOREGRESSIVE = [m for m in ALL if m not in ("bernoulli", "mixture")]
+
+
+@pytest.mark.parametrize("name", ALL)
+@pytest.mark.parametrize("n", [1, 5])
+def test_probabilities_sum_to_one(name, n):
+    model = randomized(make(name, n))
+    x = all_vectors(n)
+    with torch.no_grad():
+        assert float(model.log_prob(x).exp().sum()) == pytest.approx(1.0, abs=1e-9)
+        for s in range(getattr(model, "n_masks", 1) if isinstance(model, AutoregressiveModel) else 0):
+            assert float(model.log_prob_mask(x, s).exp().sum()) == pytest.approx(1.0, abs=1e-9), s
+
+
+@pytest.mark.parametrize("name", ["nade-order", "made-2hl-masks", "transformer-order", "mixture"])
+def test_probabilities_sum_to_one_n12(name):
+    model = randomized(make(name, 12))
+    with torch.no_grad():
+        assert float(model.log_prob(all_vectors(12)).exp().sum()) == pytest.approx(1.0, abs=1e-8)
+
+
+def test_normalisation_check_catches_a_leaky_mask():
+    """The check above can fail: MADE with a non-strict output mask (output d sees input d) does not sum to 1."""
+    model = randomized(MADE(5, [12], seed=1))
+    hidden, out, direct = model.masks(0)
+    deg = model.degrees(0)
+    leaky = (deg[0][:, None] >= deg[-1][None, :]).double()
+    model.masks = lambda mask_id=0: (hidden, leaky, direct)
+    with torch.no_grad():
+        assert abs(float(model.log_prob(all_vectors(5)).exp().sum()) - 1) > 1e-3
+
+
+def test_made_masks_follow_the_degree_rules():
+    model = MADE(10, [20, 15], n_masks=5, resample="full", seed=0)
+    for s in range(5):
+        deg = model.degrees(s)
+        assert sorted(deg[0].tolist()) == list(range(10))  # input degrees: a permutation
+        for l in (1, 2):
+            assert deg[l].min() >= deg[l - 1].min() and deg[l].max() <= 8  # {min previous, ..., D-2}
+        assert (model.order_of(s) == torch.argsort(deg[0])).all()
+    assert (model.order_of(0) == torch.arange(10)).all()  # mask 0 keeps the natural order
+    assert len({tuple(model.order_of(s).tolist()) for s in range(5)}) > 1  # "full" resamples orderings
+    conn = MADE(10, [20], n_masks=3, resample="connectivity", seed=0)
+    assert all((conn.order_of(s) == torch.arange(10)).all() for s in range(3))
+    assert not torch.equal(conn.hidden_degrees_0[0], conn.hidden_degrees_0[1])
+
+
+def _steps(model, s):
+    order = model.order_of(s)
+    step = torch.empty_like(order)
+    step[order] = torch.arange(len(order))
+    return step  # step[d] = position of dimension d in the order
+
+
+@pytest.mark.parametrize("name", [m for m in AUTOREGRESSIVE if not m.startswith("transformer")])
+def test_autoregressive_property_by_gradients(name):
+    n = 7
+    model = randomized(make(name, n))
+    x = (torch.rand(3, n, generator=torch.Generator().manual_seed(1)) < 0.5).double()
+    for s in range(getattr(model, "n_masks", 1)):
+        jac = torch.autograd.functional.jacobian(lambda v: model.logits(v, s).sum(0), x)  # (n, 3, n)
+        jac = jac.abs().sum(1)  # (n outputs, n inputs)
+        step = _steps(model, s)
+        forbidden = step[None, :] >= step[:, None]  # input j not strictly before output i
+        assert float(jac[forbidden].abs().max()) == 0.0
+        assert float(jac[~forbidden].abs().sum()) > 0  # the check sees real dependencies
+
+
+@pytest.mark.parametrize("name", ["transformer", "transformer-order"])
+def test_autoregressive_property_transformer(name):
+    """Gradients w.r.t. the token embeddings: the output at step k reads positions 0..k only (position
+    p holds the value generated at step p - 1)."""
+    n = 6
+    model = randomized(make(name, n))
+    x = (torch.rand(2, n, generator=torch.Generator().manual_seed(2)) < 0.5).double()
+    captured = []
+
+    def leaf(module, inputs, out):
+        e = out.detach().requires_grad_()
+        captured.append(e)
+        return e
+
+    handle = model.net.embed.register_forward_hook(leaf)
+    try:
+        logits = model.logits(x)  # (2, n) by dimension
+    finally:
+        handle.remove()
+    emb = captured[0]  # (2 * n, d_model), positions in step order per example
+    step = _steps(model, 0)
+    for d in range(n):
+        (g,) = torch.autograd.grad(logits[:, d].sum(), emb, retain_graph=True)
+        per_pos = g.view(2, n, -1).abs().sum((0, 2))  # (n,) by position
+        k = int(step[d])
+        assert float(per_pos[k + 1:].sum()) == 0.0 and float(per_pos[:k + 1].sum()) > 0
+    # and by flipping bits: outputs at or before a dimension's step ignore that dimension's value
+    with torch.no_grad():
+        base = model.logits(x)
+        for j in range(n):
+            flipped = x.clone()
+            flipped[:, j] = 1 - flipped[:, j]
+            changed = (model.logits(flipped) - base).abs().amax(0) > 1e-12  # (n,)
+            assert not changed[step <= step[j]].any()
+
+
+def naive_nade_logits(model: NADE, x):
+    """One conditional at a time, straight from the definition: h_k = sigmoid(c + W[:, <k] x_<k)."""
+    xo = x[:, model.order]
+    out = torch.empty_like(xo)
+    for k in range(model.n_dims):
+        h = torch.sigmoid(model.c + xo[:, :k] @ model.W[:, :k].T)  # (B, H)
+        out[:, k] = h @ model.V[k] + model.b[k]
+    res = torch.empty_like(out)
+    res[:, model.order] = out
+    return res
+
+
+@pytest.mark.parametrize("order", [None, [3, 0, 7, 1, 6, 2, 5, 4, 9, 8]])
+def test_nade_linear_pass_equals_naive_conditionals(order):
+    model = randomized(NADE(10, 6, order=order), seed=3)
+    x = (torch.rand(5, 10, generator=torch.Generator().manual_seed(3)) < 0.5).double()
+    torch.testing.assert_close(model.logits(x), naive_nade_logits(model, x), rtol=1e-12, atol=1e-12)
+    broken = randomized(NADE(10, 6, order=order), seed=4)  # the comparison can fail
+    assert not torch.allclose(model.logits(x), naive_nade_logits(broken, x))
+    # the O(nD) sampler (running pre-activation) draws exactly what the generic sampler draws
+    a = model.sample_mask(50, torch.Generator().manual_seed(7))
+    b = AutoregressiveModel.sample_mask(model, 50, torch.Generator().manual_seed(7))
+    assert torch.equal(a, b)
+
+
+def _chi_square(model, probs, n_samples, seed):
+    x = model.sample(n_samples, seed=seed)
+    assert set(x.unique().tolist()) <= {0.0, 1.0}
+    n = x.shape[1]
+    idx = (x.long() * (2 ** torch.arange(n - 1, -1, -1))).sum(1)  # the row of all_vectors(n)
+    counts = torch.bincount(idx, minlength=2 ** n).double()
+    expected = probs * n_samples
+    return float(((counts - expected) ** 2 / expected).sum())
+
+
+@pytest.mark.parametrize("name", ["bernoulli", "mixture", "fvsbn-order", "nade-order", "made-2hl-masks",
+                                  "made-direct-ordering", "transformer-order"])
+def test_sample_frequencies_match_probabilities(name):
+    n, n_samples = 3, 6000
+    model = randomized(make(name, n), seed=5)
+    with torch.no_grad():
+        probs = model.log_prob(all_vectors(n)).exp()
+        other = randomized(make(name, n), seed=6).log_prob(all_vectors(n)).exp()
+    critical = chi2.ppf(1 - 1e-4, df=2 ** n - 1)
+    assert _chi_square(model, probs, n_samples, seed=11) < critical
+    assert _chi_square(model, other, n_samples, seed=11) > critical  # a different model's probabilities fail
+
+
+def test_sampling_is_seeded_and_float32_works():
+    model = MADE(8, [16], n_masks=3, seed=0)
+    a, b, c = model.sample(20, seed=1), model.sample(20, seed=1), model.sample(20, seed=2)
+    assert torch.equal(a, b) and not torch.equal(a, c) and a.dtype == torch.float32
+    assert model.log_prob(a).shape == (20,)

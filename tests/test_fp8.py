@@ -1,0 +1,131 @@
+"""FP8 (DeepSeek-V3 recipe, emulated on CPU): quantizers, FP8Linear GEMMs, conversion, training."""
+
+import pytest
+import torch
+import torch.nn as nn
+
+from genlab.ops.fp8 import (E4M3, E4M3_MAX, FP8Linear, convert_to_fp8, dequantize, fp8_gemm, gemm_mode,
+                            quantize_blocks, quantize_tiles)
+
+
+def _bound(x, scale_full):
+    """E4M3 round-to-nearest: relative error <= 2^-4 for normals, absolute <= 2^-10 * scale (subnormals)."""
+    return torch.maximum(x.abs() / 16, scale_full * 2.0 ** -10) * (1 + 1e-6) + 1e-30
+
+
+def test_tile_quantizer_shapes_scales_and_error_bound():
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(7, 300, generator=g) * torch.logspace(-3, 3, 300)  # wide range across tiles
+    q, s = quantize_tiles(x)
+    assert q.dtype == E4M3 and q.shape == (7, 300) and s.dtype == torch.float32 and s.shape == (7, 3)
+    # scale = amax / 448 per 1 x 128 tile (the last tile has 44 real columns)
+    for t, (a, b) in enumerate([(0, 128), (128, 256), (256, 300)]):
+        torch.testing.assert_close(s[:, t], x[:, a:b].abs().amax(1) / E4M3_MAX)
+        assert (q[:, a:b].float().abs().amax(1) == E4M3_MAX).all()  # each tile's largest maps to 448
+    deq = dequantize(q, s)
+    full = s.repeat_interleave(128, 1)[:, :300]
+    assert ((deq - x).abs() <= _bound(x, full)).all()
+    assert (deq - x).abs().max() > 0  # it is a real quantization, not a copy
+
+
+def test_block_quantizer_shapes_scales_and_error_bound():
+    g = torch.Generator().manual_seed(1)
+    w = torch.randn(200, 260, generator=g)
+    w[150, 10] = 1e5  # an outlier only affects its own 128 x 128 block
+    q, s = quantize_blocks(w)
+    assert q.shape == (200, 260) and s.shape == (2, 3)
+    torch.testing.assert_close(s[1, 0], torch.tensor(1e5 / E4M3_MAX))
+    torch.testing.assert_close(s[0, 0], w[:128, :128].abs().max() / E4M3_MAX)
+    torch.testing.assert_close(s[1, 2], w[128:, 256:].abs().max() / E4M3_MAX)
+    full = s.repeat_interleave(128, 0)[:200].repeat_interleave(128, 1)[:, :260]
+    deq = dequantize(q, s)
+    assert ((deq - w).abs() <= _bound(w, full)).all()
+    others = torch.ones_like(w, dtype=torch.bool)
+    others[150, 10] = False  # the outlier's neighbours in its block
+    err = (deq - w).abs()
+    rel_out = (err[128:, :128][others[128:, :128]].norm() / w[128:, :128][others[128:, :128]].norm()).item()
+    rel_in = ((deq - w)[:128, 128:256].norm() / w[:128, 128:256].norm()).item()
+    assert rel_out > rel_in  # the outlier block lost more precision than its neighbours
+
+
+def test_zero_tiles_stay_zero():
+    x = torch.zeros(3, 256)
+    x[0, 200] = 1.0
+    q, s = quantize_tiles(x)
+    assert torch.isfinite(s).all() and (dequantize(q, s) == x).all()
+
+
+def test_fp8_gemm_equals_dequantized_fp32_matmul():
+    a, b = torch.randn(9, 256), torch.randn(130, 256)
+    aq, a_s = quantize_tiles(a)
+    bq, b_s = quantize_blocks(b)
+    out = fp8_gemm(aq, a_s, bq, b_s)
+    torch.testing.assert_close(out, dequantize(aq, a_s) @ dequantize(bq, b_s).t())
+    assert gemm_mode() == "emulated"
+    assert (out - a @ b.t()).norm() / (a @ b.t()).norm() < 0.06
+
+
+def test_fp8_linear_three_gemms_against_reference():
+    """Fprop, Dgrad and Wgrad each equal the fp32 GEMM of the quantized operands (the recipe), and are
+    close to the exact fp32 Linear."""
+    torch.manual_seed(0)
+    lin = nn.Linear(160, 140)
+    ref = nn.Linear(160, 140)
+    ref.load_state_dict(lin.state_dict())
+    assert convert_to_fp8(nn.Sequential(lin)) == ["0"] and isinstance(lin, FP8Linear)
+    x = torch.randn(2, 70, 160, requires_grad=True)
+    x_ref = x.detach().clone().requires_grad_()
+    y, y_ref = lin(x), ref(x_ref)
+    assert y.shape == (2, 70, 140)
+    g = torch.randn_like(y)
+    y.backward(g)
+    y_ref.backward(g)
+    x2, g2 = x.detach().reshape(-1, 160), g.reshape(-1, 140)
+    # the recipe written out with the quantizers
+    xq = dequantize(*quantize_tiles(x2))
+    wq = dequantize(*quantize_blocks(lin.weight.detach()))
+    torch.testing.assert_close(y.detach().reshape(-1, 140), xq @ wq.t() + lin.bias.detach())
+    torch.testing.assert_close(x.grad.reshape(-1, 160), dequantize(*quantize_tiles(g2)) @ wq)
+    gt = dequantize(*quantize_tiles(g2.t()))
+    xt = dequantize(*quantize_tiles(xq.t()))
+    torch.testing.assert_close(lin.weight.grad, gt @ xt.t())
+    for a, b in ((y, y_ref), (x.grad, x_ref.grad), (lin.weight.grad, ref.weight.grad), (lin.bias.grad, ref.bias.grad)):
+        assert (a - b).norm() / b.norm() < 0.08
+
+
+def test_conversion_keeps_head_embedding_router_in_high_precision():
+    from genlab.config import PRESETS, RunConfig, apply_dict, apply_overrides
+    from genlab.models import build_lm
+
+    cfg = apply_overrides(apply_dict(RunConfig(), PRESETS["deepseek-tiny"][1], "p"), ["model.n_layer=2"]).validate()
+    model = build_lm(cfg.model, 300, 64)
+    keys = list(model.state_dict())
+    done = convert_to_fp8(model)
+    assert done and all(not n.endswith("head") for n in done)
+    assert type(model.head) is nn.Linear and isinstance(model.embed, nn.Embedding)
+    assert isinstance(model.blocks[1].mlp.gate, nn.Parameter)  # the router gate: a plain fp32 parameter
+    assert any(".attn." in n for n in done)  # attention projections are FP8 (the core is not a Linear)
+    assert list(model.state_dict()) == keys  # checkpoints are unchanged
+
+
+def test_fp8_training_tracks_fp32():
+    """The tiny MoE model (deepseek-tiny, shrunk: MLA + 8 experts top-2) for 200 steps from the same
+    weights on the same data (a bigram source, ~1.98 nats entropy): final loss within 2% of fp32."""
+    from genlab.bench.fp8 import bigram_source, tiny_moe, train_curve
+
+    model = tiny_moe()
+    fp32 = train_curve(model, "fp32", 200, n_docs=2)
+    fp8 = train_curve(model, "fp8", 200, n_docs=2)
+    tail32, tail8 = sum(fp32[-20:]) / 20, sum(fp8[-20:]) / 20
+    assert tail32 < fp32[0] - 1.0  # it learned (from ln 64 = 4.16 towards the entropy)
+    assert tail32 > bigram_source()[1] - 0.2  # and the loss has a floor, so 2% is a real margin
+    assert abs(tail8 - tail32) / tail32 < 0.02, (tail32, tail8)
+    assert fp8 != fp32  # the FP8 path really ran
+
+
+def test_precision_choice_is_validated():
+    from genlab.config import RunConfig, apply_overrides
+    from genlab.errors import GenlabError
+
+    with pytest.raises(GenlabError, match="train.precision"):
+        apply_overrides(RunConfig(), ["train.precision=fp4"]).validate()
