@@ -2,7 +2,19 @@
 
 import json
 
+import pytest
+import torch
+
 from genlab.bench import detect, window_max
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Tiny shapes only pay for thread synchronisation (badly so on a loaded machine): 1 thread."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
 
 
 def test_bench_window_max_quick():

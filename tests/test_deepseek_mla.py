@@ -102,3 +102,12 @@ def test_deepseek_config_errors_name_the_problem():
                      ({"balance": "seq_aux", "balance_alpha": 0.0}, "balance_alpha")]:
         with pytest.raises(GenlabError, match=word):
             ds_cfg(**kw)
+
+
+def test_info_671b_preset_on_meta_device(capsys):
+    from genlab.cli import main
+
+    assert main(["info", "deepseek-v3-671b"]) == 0
+    out = capsys.readouterr().out
+    assert "671.0B" in out and "37.6B activated" not in out and "(671.0B / 37.6B" in out
+    assert "decode cache/token    70,272 bytes" in out  # 61 layers x (512 + 64) x 2 bytes

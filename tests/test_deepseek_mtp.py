@@ -37,7 +37,7 @@ def test_mtp_losses_stay_inside_documents_and_match_per_document_reference():
                 h = m(h, model.embed(emb_ids), cos, sin, one.cu_seqlens, T)
             logits = model.head(model.mtp[k - 1].norm(h))
             for i in range(len(d) - k - 1):
-                tot += float(F.cross_entropy(logits[i:i + 1], d[i + k + 1:i + k + 2]))
+                tot += float(F.cross_entropy(logits[i:i + 1], d[i + k + 1:i + k + 2]).detach())
                 n += 1
         assert abs(float(packed[k - 1]) - tot / n) < 1e-4, (k, float(packed[k - 1]), tot / n)
 
@@ -58,11 +58,11 @@ def test_speculative_decoding_equals_greedy():
 
     model = build(mtp_depth=1, seed=3)
     for prompt in ([1, 2, 3], [7]):
-        ref, _ = greedy(model, prompt, 25)
-        got, stats = speculative_greedy(model, prompt, 25)
+        ref, _ = greedy(model, prompt, 16)
+        got, stats = speculative_greedy(model, prompt, 16)
         assert got == ref
         assert stats["drafted"] > 0 and 0 <= stats["acceptance"] <= 1
-        assert stats["main_forwards"] < 26 or stats["accepted"] == 0
+        assert stats["main_forwards"] < 17 or stats["accepted"] == 0
 
 
 def test_speculative_decoding_accepts_when_mtp_copies_the_main_model():
@@ -99,3 +99,17 @@ def test_trainer_trains_deepseek_updates_bias_and_resumes(tiny_corpus, tmp_path)
     bias = sd["blocks.1.mlp.bias"]
     assert bias.dtype == torch.float32 and bias.abs().sum() > 0  # the balance bias moved and is saved
     assert int(sd["steps_done"]) == 4
+
+
+def test_gamma_and_lambda_schedules_follow_optimizer_steps():
+    model = build(mtp_depth=1, mtp_lambda=0.3, mtp_lambda_late=0.1, mtp_lambda_until=2, balance_gamma=0.01,
+                  balance_gamma_until=1).train()
+    moe = model.blocks[1].mlp
+    assert model.mtp_lambda() == 0.3
+    moe.load.copy_(torch.arange(8.0))
+    model.on_optimizer_step()  # step 0 -> 1: gamma 0.01 applies
+    moved = moe.bias.clone()
+    assert moved.abs().max() == 0.01
+    moe.load.copy_(torch.arange(8.0))
+    model.on_optimizer_step()  # from step 1 on gamma is 0: frozen
+    assert torch.equal(moe.bias, moved) and model.mtp_lambda() == 0.1

@@ -18,6 +18,15 @@ from genlab.tasks.detection import IGNORE, DetectionTask, make_batch
 from genlab.tasks.detection_metrics import ap_and_cap, frame_map
 
 
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Tiny shapes only pay for thread synchronisation (badly so on a loaded machine): 1 thread."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 # ------------------------------------------------------------------------------ metrics
 def test_ap_and_cap_hand_computed():
     # ranks 1..4, positives at ranks 1 and 3; P = 2, N = 2, w = 1
@@ -202,7 +211,8 @@ def detection_run(tmp_path_factory):
     out = base / "run"
     sets = [f"data.path={root}", "data.history=8", "model.d_model=16", "model.n_layer=1", "model.n_head=2",
             "model.dec_layers=1", "model.dec_heads=2", "model.future_steps=2", "train.steps=4", "train.batch_rows=8",
-            "train.eval_every=2", "train.eval_batches=1", "train.ckpt_every=2", "train.warmup_steps=1"]
+            "train.eval_every=2", "train.eval_batches=1", "train.ckpt_every=2", "train.warmup_steps=1",
+            "train.threads=1"]
     argv = ["train", "--no-progress", "--preset", "oadtr-synth", "--out", str(out)] + [f"--set={s}" for s in sets]
     assert main(argv) == 0
     return out, root
@@ -246,3 +256,23 @@ def test_detect_bad_input(capsys, detection_run, tmp_path):
     _one_line_error(capsys, ["train", "--preset", "oadtr-synth", "--set", f"data.path={tmp_path}", "--out",
                              str(tmp_path / "r")], "classes.txt")
     assert not (tmp_path / "r").exists()
+
+
+def test_detection_resume_is_bitwise_exact(detection_run, tmp_path):
+    import shutil
+
+    from genlab.train import checkpoint
+    from genlab.train.trainer import train
+
+    _, root = detection_run
+    sets = [f"data.path={root}", "data.history=8", "model.d_model=16", "model.n_layer=1", "model.n_head=2",
+            "model.dec_layers=1", "model.dec_heads=2", "model.future_steps=2", "train.steps=6", "train.batch_rows=8",
+            "train.eval_every=100", "train.ckpt_every=3", "train.log_every=1", "train.threads=1"]
+    full, _ = train(resolve("oadtr-synth", None, sets), tmp_path / "full", progress=False, log=lambda *a: None)
+    part = tmp_path / "part"
+    shutil.copytree(full.path, part)
+    shutil.rmtree(checkpoint.list_checkpoints(part)[-1])  # back to step 3
+    train(None, part, resume=True, progress=False, log=lambda *a: None)
+    losses = [[(r["step"], r["loss"]) for r in map(json.loads, (d / "metrics.jsonl").read_text().splitlines())]
+              for d in (full.path, part)]
+    assert losses[0] == losses[1] and len(losses[0]) == 6

@@ -157,3 +157,31 @@ def test_unet_shapes_and_text_dependence(size, mult):
     # padding is masked: the short prompt alone gives what it gave next to a longer one
     alone = unet(x[1:], t[1:], *text(encode_prompts(["seven"])))
     assert torch.allclose(alone, out[1:], rtol=1e-4, atol=1e-4)
+
+
+def test_model_guidance_matches_separate_conditional_and_unconditional_passes():
+    """LatentDiffusion.sample's doubled batch equals running ε(z, c) and ε(z, "") apart; scale 1 is ε(z, c)."""
+    from genlab.models.diffusion.ldm import LatentDiffusion
+
+    torch.manual_seed(0)
+    m = LatentDiffusion(1, 8, 2, 8, 2, 8, (1, 2), 1, 8, 1, 2).eval()
+    m.scale_factor.fill_(1.0)
+    for mod in (m.ema.unet.conv_out, *[b.attn.proj_out for b in m.ema.unet.down if b.attn is not None]):
+        torch.nn.init.normal_(mod.weight, std=0.3)  # zero-initialised outputs: make the text matter
+    prompts = ["a handwritten 3", "seven"]
+
+    def manual(scale):
+        s = DDIMScheduler(num_train_timesteps=50, clip_sample=False)
+        s.set_timesteps(5)
+        z = torch.randn((2, 2, 4, 4), generator=torch.Generator().manual_seed(0))
+        for t in s.timesteps:
+            tt = torch.full((2,), int(t))
+            c = m.ema(z, tt, encode_prompts(prompts))
+            u = m.ema(z, tt, encode_prompts(["", ""]))
+            z = s.step(u + scale * (c - u), t, z).prev_sample
+        return m.decode(z)
+
+    for scale in (1.0, 3.0):
+        got = m.sample(prompts, DDIMScheduler(num_train_timesteps=50, clip_sample=False), steps=5, guidance=scale)
+        assert torch.allclose(got, manual(scale), atol=1e-5), scale
+    assert not torch.allclose(manual(1.0), manual(3.0), atol=1e-3)

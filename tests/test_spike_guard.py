@@ -17,6 +17,15 @@ from genlab.train.trainer import prepare_training, train
 from conftest import tiny_overrides
 
 
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Tiny shapes only pay for thread synchronisation (badly so on a loaded machine): 1 thread."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 def test_guard_unit():
     g = SpikeGuard(window=3, factor=10.0)
     assert [g.check(x, 1.0) for x in (5.0, 4.0, 4.5)] == [None] * 3  # filling the window: never a spike

@@ -34,6 +34,69 @@ def _nonneg_float(s: str) -> float:
     return v
 
 
+def _positive_float(s: str) -> float:
+    try:
+        v = float(s)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{s!r} is not a number") from None
+    if not 0 < v < float("inf"):
+        raise argparse.ArgumentTypeError(f"{s!r} must be a finite number > 0")
+    return v
+
+
+def _nonneg_int(s: str) -> int:
+    try:
+        v = int(s)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{s!r} is not an integer") from None
+    if v < 0:
+        raise argparse.ArgumentTypeError(f"{s!r} must be >= 0")
+    return v
+
+
+def _float_list(s: str) -> list[float]:
+    """'1e12,3e12' -> [1e12, 3e12], every value a positive finite number."""
+    return [_positive_float(x.strip()) for x in s.split(",")]
+
+
+def _add_scaling_parsers(sub) -> None:
+    """genlab plan / sweep / fit (genlab.scaling; see docs/scaling.md)."""
+    from genlab.scaling.laws import LAWS
+    from genlab.scaling.sweep import KINDS
+
+    pn = sub.add_parser("plan", help="compute-optimal model, data, batch, lr and schedule for a budget")
+    pn.add_argument("--compute", type=_positive_float, metavar="C", help="training FLOPs (C = M * D)")
+    pn.add_argument("--tokens", type=_positive_float, metavar="D", help="training tokens")
+    pn.add_argument("--model-flops", type=_positive_float, metavar="M",
+                    help="FLOPs per token in the law's accounting (deepseek: M; chinchilla, epoch: 6N)")
+    pn.add_argument("--law", choices=tuple(LAWS), default="deepseek", help="model/data allocation law")
+    pn.add_argument("--preset", help="take sequence length, vocabulary and GQA grouping from a preset")
+    pn.add_argument("--seq-len", type=_positive_int, help="tokens per sequence (default 4096 or the preset's)")
+    pn.add_argument("--vocab", type=_positive_int, help="vocabulary size (default 102400 or the preset's)")
+    pn.add_argument("--micro-batch", type=_positive_int, default=16, help="at most this many sequences per micro-batch")
+    pn.add_argument("--aspect", type=_positive_float, default=64.0, help="preferred d_model / n_layer of the shape")
+    pn.add_argument("--json", action="store_true")
+
+    sw = sub.add_parser("sweep", help="lr x batch grids and IsoFLOP profiles, one run dir per point; resumable")
+    sw.add_argument("--out", required=True, help="sweep directory (rerun the same command to continue)")
+    sw.add_argument("--budgets", type=_float_list, help="compute budgets in FLOPs, e.g. 5e11,1.5e12,4.5e12")
+    sw.add_argument("--kind", choices=KINDS, help="which grids (default both)")
+    sw.add_argument("--lr-factors", type=_float_list, help="multiples of eta_opt(C) (default 0.5,1,2)")
+    sw.add_argument("--batch-factors", type=_float_list, help="multiples of B_opt(C) (default 0.5,1,2)")
+    sw.add_argument("--size-factors", type=_float_list, help="IsoFLOP sizes, multiples of M_opt(C) (default 1,2,4,8,16)")
+    sw.add_argument("--lr-batch-size", type=_positive_float, help="the lr x batch model, x M_opt(C) (default 4)")
+    sw.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                    help="config for every point, e.g. --set data.path=corpus.txt (repeatable)")
+    sw.add_argument("--dry-run", action="store_true", help="print the grid and its compute; run nothing")
+
+    ft = sub.add_parser("fit", help="fit lr/batch, IsoFLOP and Chinchilla laws to a sweep's results.csv")
+    ft.add_argument("results", help="SWEEP/results.csv")
+    ft.add_argument("--out", help="folder for fit.json and the plots (default: next to RESULTS, in fit/)")
+    ft.add_argument("--bootstrap", type=_nonneg_int, default=1000, help="resamples for the intervals (0 = none)")
+    ft.add_argument("--seed", type=int, default=0)
+    ft.add_argument("--json", action="store_true")
+
+
 def _bench_names() -> list[str]:
     """Every module in genlab/bench/ with a run() is a benchmark (common.py holds helpers)."""
     import pkgutil
@@ -66,6 +129,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--top-p", type=_nonneg_float, default=1.0, help="nucleus sampling mass (1 = off)")
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--no-cache", action="store_true", help="recompute the whole sequence every step")
+    s.add_argument("--speculative", action="store_true",
+                   help="deepseek with MTP: greedy decoding drafted by the MTP module (same text; reports acceptance)")
     s.add_argument("-n", "--num", type=_positive_int, default=64, help="density: how many samples")
     s.add_argument("--out", help="density: output file, .png grid (image-shaped data) or .npy "
                    "(default RUN/samples.png or RUN/samples.npy)")
@@ -106,6 +171,8 @@ def build_parser() -> argparse.ArgumentParser:
                     help="per-class max of the scores over the last K frames (1 = off)")
     dt.add_argument("--json", action="store_true", help="one JSON object per frame (JSON lines)")
     dt.add_argument("--out", help="also write the (frames, classes) scores to this .npy or .csv file")
+
+    _add_scaling_parsers(sub)
 
     b = sub.add_parser("bench", help="benchmarks (see docs/benchmarks.md)")
     b.add_argument("which", choices=_bench_names(), help="which benchmark")

@@ -67,7 +67,7 @@ def cmd_train(args) -> int:
 
 
 def _report(run, last: dict) -> None:
-    keys = ("step", "loss", "val_loss", "val_ppl", "val_bpb", "tokens_per_s")
+    keys = ("step", "loss", "val_loss", "val_ppl", "val_bpb", "tokens_per_s", "mfu")
     parts = [f"{k} {last[k]:.4g}" if isinstance(last[k], float) else f"{k} {last[k]}" for k in keys if k in last]
     _print("finished: " + ", ".join(parts))
     _print(f"run dir: {run.path}")
@@ -153,6 +153,8 @@ def cmd_info(args) -> int:
     _print(f"# parameters            {n['total']:,} (non-embedding {n['non_embedding']:,})")
     _print(f"# FLOPs/token forward   {fl['fwd_flops_per_token']:,.0f}")
     _print(f"# FLOPs/token training  {fl['train_flops_per_token']:,.0f}  (M, non-embedding: {fl['M']:,.0f})")
+    _print(f"# 6N1 / 6N2             {fl['6N1']:,.0f} / {fl['6N2']:,.0f}  "
+           f"(6N1/M {fl['6N1'] / fl['M']:.2f}, 6N2/M {fl['6N2'] / fl['M']:.2f}; see docs/scaling.md)")
     return 0
 
 
@@ -286,6 +288,64 @@ def cmd_import(args) -> int:
     from genlab.interop.hf import import_hf
 
     _print(f"imported {args.hf_dir} -> run dir {import_hf(args.hf_dir, args.out)}")
+    return 0
+
+
+# ---------------------------------------------------------------------------- scaling laws
+def cmd_plan(args) -> int:
+    from genlab.scaling.plan import DEFAULT_SEQ_LEN, DEFAULT_VOCAB, format_plan, plan
+
+    base, seq_len, vocab = None, DEFAULT_SEQ_LEN, DEFAULT_VOCAB
+    if args.preset:
+        cfg = C.preset(args.preset).validate()
+        if cfg.task != "lm" or cfg.model.arch != "transformer":
+            raise GenlabError(f"--preset {args.preset}: genlab plan shapes dense Transformer LMs only "
+                              f"(this preset is task {cfg.task!r}, model.arch {cfg.model.arch!r})")
+        base, seq_len = cfg.model, cfg.data.packing_length
+        vocab = 256 if cfg.data.tokenizer == "byte" else cfg.data.vocab_size
+    p = plan(args.compute, args.tokens, args.model_flops, args.law, args.seq_len or seq_len, args.vocab or vocab,
+             base, args.micro_batch, args.preset or "", aspect=args.aspect)
+    _print(json.dumps(p, indent=1) if args.json else format_plan(p))
+    return 0
+
+
+def cmd_sweep(args) -> int:
+    from genlab.scaling import sweep
+
+    grid = {"budgets": args.budgets, "kind": args.kind, "lr_factors": args.lr_factors,
+            "batch_factors": args.batch_factors, "size_factors": args.size_factors,
+            "lr_batch_size": args.lr_batch_size}
+    given = {k: v for k, v in grid.items() if v is not None}
+    spec = sweep.make_spec(**given, overrides=args.overrides) if given or args.overrides else None
+    if args.dry_run:
+        stored = sweep.load_spec(Path(args.out))
+        _print(sweep.describe(spec or stored or sweep.make_spec()))
+        return 0
+    try:
+        csv_path = sweep.run_sweep(args.out, spec, log=_print)
+    except KeyboardInterrupt:
+        _print(f"interrupted: rerun `genlab sweep --out {args.out}` to continue", file=sys.stderr)
+        raise
+    _print(f"results: {csv_path}\nnext: genlab fit {csv_path}")
+    return 0
+
+
+def cmd_fit(args) -> int:
+    from genlab.scaling.fit import fit_all, format_fit, read_results
+    from genlab.scaling.plots import write_plots
+
+    rows = read_results(args.results)
+    res = fit_all(rows, n_boot=args.bootstrap, seed=args.seed)
+    out = Path(args.out) if args.out else Path(args.results).parent / "fit"
+    if out.exists() and not out.is_dir():
+        raise GenlabError(f"--out {out} exists and is not a directory")
+    res["plots"] = [str(p) for p in write_plots(rows, res, out)]
+    (out / "fit.json").write_text(json.dumps(res, indent=1) + "\n")
+    if args.json:
+        _print(json.dumps(res))
+    else:
+        _print(format_fit(res))
+        _print(f"written: {out / 'fit.json'}, " + ", ".join(Path(p).name for p in res["plots"]))
     return 0
 
 

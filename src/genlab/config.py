@@ -116,6 +116,7 @@ class TrainConfig:
     keep_ckpts: int = 2
     device: str = "auto"  # auto | cpu | cuda
     threads: int = 0  # 0 = leave torch's default
+    peak_flops: float = 0.0  # FLOP/s behind the "mfu" metric; 0 = this machine's measured matmul rate
     future_weight: float = 0.5  # detection: weight of the future-frame cross-entropy (OadTR)
     spike_window: int = 100  # loss-spike guard: recent steps compared against; 0 = guard off
     spike_factor: float = 10.0  # a step whose loss or grad norm exceeds factor x the window's max is skipped
@@ -232,6 +233,7 @@ RANGES = {
     "train.ckpt_every": (1, None),
     "train.keep_ckpts": (1, None),
     "train.threads": (0, 1024),
+    "train.peak_flops": (0.0, None),
     "train.future_weight": (0.0, 100.0),
     "train.spike_window": (0, 100_000),
     "train.spike_factor": (1.0, None),
@@ -526,15 +528,15 @@ PRESETS: dict[str, tuple[str, dict[str, Any]]] = {
         {"task": "detection", "data": {"history": 32},
          "model": {"arch": "oadtr", "d_model": 64, "n_layer": 2, "n_head": 4, "dec_layers": 2, "dec_heads": 4,
                    "future_steps": 4, "dropout": 0.1},
-         "train": {"steps": 400, "batch_rows": 32, "lr": 1e-3, "warmup_steps": 40, "weight_decay": 1e-4,
-                   "eval_every": 200, "eval_batches": 8, "ckpt_every": 200, "log_every": 20}},
+         "train": {"steps": 600, "batch_rows": 32, "lr": 1e-3, "warmup_steps": 40, "weight_decay": 1e-4,
+                   "eval_every": 300, "eval_batches": 8, "ckpt_every": 300, "log_every": 20}},
     ),
     "gru-synth": (
-        "GRU online detector (the RNN baseline) on the synthetic streaming benchmark",
+        "GRU online detector (the RNN baseline, about OadTR's parameter count) on the synthetic benchmark",
         {"task": "detection", "data": {"history": 32},
-         "model": {"arch": "gru", "d_model": 96, "n_layer": 1, "dropout": 0.1},
-         "train": {"steps": 400, "batch_rows": 32, "lr": 1e-3, "warmup_steps": 40, "weight_decay": 1e-4,
-                   "eval_every": 200, "eval_batches": 8, "ckpt_every": 200, "log_every": 20}},
+         "model": {"arch": "gru", "d_model": 144, "n_layer": 1, "dropout": 0.1},
+         "train": {"steps": 600, "batch_rows": 32, "lr": 1e-3, "warmup_steps": 40, "weight_decay": 1e-4,
+                   "eval_every": 300, "eval_batches": 8, "ckpt_every": 300, "log_every": 20}},
     ),
     "deepseek-tiny": (
         "DeepSeek-V3 in small: MLA + 16-expert MoE (top-4, aux-loss-free) + 1 MTP module, 4 x 128, BPE 2048",

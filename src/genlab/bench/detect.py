@@ -83,9 +83,21 @@ def train_and_score(preset: str, seed: int, p: dict) -> dict:
 
 
 def run(steps: int | None = None, quick: bool = False) -> dict:
+    from genlab.bench.packing import bench_threads
+
     p = dict(QUICK if quick else DEFAULTS)
     if steps is not None:
         p["steps"] = steps
+    threads_before = torch.get_num_threads()
+    if bench_threads(quick):  # $GENLAB_BENCH_THREADS, or 1 for quick
+        torch.set_num_threads(bench_threads(quick))
+    try:
+        return _run(p)
+    finally:
+        torch.set_num_threads(threads_before)
+
+
+def _run(p: dict) -> dict:
     models = {}
     for preset in PRESETS:
         runs = [train_and_score(preset, s, p) for s in p["seeds"]]

@@ -22,6 +22,8 @@ import torch
 import torch.nn.functional as F
 
 from genlab.errors import GenlabError
+from genlab.ops.flash import flash_attention
+from genlab.ops.triton_flash import available as _triton_available
 
 
 def _repeat_kv(x: torch.Tensor, n_rep: int) -> torch.Tensor:
@@ -108,9 +110,32 @@ AttentionFn = Callable[..., torch.Tensor]
 BACKENDS: dict[str, AttentionFn] = {"naive": naive_attention, "sdpa": sdpa_attention}
 
 
+def _triton_attention(q, k, v, cu_seqlens, max_seqlen, causal=True, window=None, scale=None):
+    from genlab.ops.triton_flash import triton_flash_attention  # imports triton on first use only
+
+    return triton_flash_attention(q, k, v, cu_seqlens, max_seqlen, causal=causal, window=window, scale=scale)
+
+
+def _auto_attention(q, k, v, cu_seqlens, max_seqlen, causal=True, window=None, scale=None):
+    """genlab's Triton kernel on CUDA when triton can run there; torch's SDPA otherwise."""
+    fn = _triton_attention if q.is_cuda and _triton_available(q.device) else sdpa_attention
+    return fn(q, k, v, cu_seqlens, max_seqlen, causal=causal, window=window, scale=scale)
+
+
+# flash: genlab.ops.flash (tiled online softmax in torch); triton: genlab.ops.triton_flash (listed only where
+# it can run: CUDA + triton, or TRITON_INTERPRET=1); auto: per call
+BACKENDS.update(flash=flash_attention, auto=_auto_attention)
+if _triton_available():
+    BACKENDS["triton"] = _triton_attention
+
+
 def pick_backend(name: str, device: torch.device | str = "cpu") -> str:
     if name == "auto":
-        return "sdpa"
+        return "auto"  # decided per call from the tensors' device: triton on CUDA, else sdpa
+    if name == "triton":
+        if not _triton_available():
+            raise GenlabError("attention backend 'triton' needs a CUDA GPU and the triton package "
+                              "(pip install triton); use auto, flash, sdpa or naive")
     if name not in BACKENDS:
         raise GenlabError(f"unknown attention backend {name!r}; available: auto, {', '.join(BACKENDS)}")
     return name

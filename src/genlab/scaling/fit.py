@@ -29,6 +29,8 @@ from genlab.scaling.lbfgs import batched_lbfgs
 
 NUMERIC = ("budget", "M", "N1", "N2", "lr", "batch_tokens", "tokens", "val_loss", "lr_batch", "isoflop")
 HUBER_DELTA = 1e-3
+CHINCHILLA_STARTS = 64  # L-BFGS runs from the 64 best of Hoffmann's 4500 grid points (all: ~10x slower)
+CHINCHILLA_BOOT = 200  # resamples for the Chinchilla intervals (each fitted from 4 starts)
 
 
 # ----------------------------------------------------------------------------------- input
@@ -147,23 +149,38 @@ def hoffmann_grid() -> torch.Tensor:
                         dtype=torch.float64)
 
 
+def _logs(*cols) -> list[torch.Tensor]:
+    return [torch.tensor(np.log(np.asarray(v, float)), dtype=torch.float64) for v in cols]
+
+
+def best_starts(starts: torch.Tensor, logN, logD, logL, k: int) -> torch.Tensor:
+    """The k starts with the lowest objective on the (unweighted) data."""
+    with torch.no_grad():
+        f0 = chinchilla_objective(starts, logN, logD, logL, torch.ones(len(starts), len(logN), dtype=torch.float64))
+    return starts[torch.argsort(f0)[:k]]
+
+
 def fit_chinchilla(N, D, L, weights: np.ndarray | None = None, starts: torch.Tensor | None = None,
                    top_k: int = 0) -> tuple[dict, torch.Tensor]:
     """Best fit over `starts` (default: Hoffmann's grid). `weights` (R, n) fits R resamples at
     once (each row = how often each point was drawn). top_k > 0 keeps only the k best starts
     by their initial objective. Returns ({E, A, B, alpha, beta} per resample, raw params (R, 5))."""
-    logN, logD, logL = (torch.tensor(np.log(np.asarray(v, float)), dtype=torch.float64) for v in (N, D, L))
+    logN, logD, logL = _logs(N, D, L)
     n = len(logN)
     W = torch.ones(1, n, dtype=torch.float64) if weights is None else torch.tensor(weights, dtype=torch.float64)
     R = W.shape[0]
     starts = hoffmann_grid() if starts is None else starts
     if top_k:
-        f0 = chinchilla_objective(starts, logN, logD, logL, W[:1].expand(len(starts), -1))
-        starts = starts[torch.argsort(f0)[:top_k]]
+        starts = best_starts(starts, logN, logD, logL, top_k)
     K = len(starts)
     x0 = starts.repeat(R, 1)  # (R*K, 5): every start for every resample
     Wx = W.repeat_interleave(K, dim=0)  # (R*K, n)
-    x, f = batched_lbfgs(lambda p: chinchilla_objective(p, logN, logD, logL, Wx), x0)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # tensors this small only pay for thread synchronisation
+    try:
+        x, f = batched_lbfgs(lambda p: chinchilla_objective(p, logN, logD, logL, Wx), x0)
+    finally:
+        torch.set_num_threads(threads)
     f = torch.where(torch.isfinite(f), f, torch.full_like(f, float("inf")))
     best = x.view(R, K, 5)[torch.arange(R), f.view(R, K).argmin(1)]  # (R, 5)
     a, b, e, alpha, beta = best.unbind(1)
@@ -240,10 +257,12 @@ def fit_all(rows: list[dict], n_boot: int = 1000, seed: int = 0) -> dict:
 
 def _chinchilla_section(pts: list[dict], n_boot: int, rng: np.random.Generator) -> dict:
     N, D, L = ([r[k] for r in pts] for k in ("N2", "tokens", "val_loss"))
-    full, best = fit_chinchilla(N, D, L)
+    full, best = fit_chinchilla(N, D, L, top_k=CHINCHILLA_STARTS)
     ch = {k: float(v[0]) for k, v in full.items()}
     s = ch["alpha"] + ch["beta"]
     ch["a"], ch["b"] = ch["beta"] / s, ch["alpha"] / s  # N_opt ~ C^a, D_opt ~ C^b under C = 6ND
+    n_boot = min(n_boot, CHINCHILLA_BOOT)
+    ch["bootstrap"] = n_boot
     if n_boot:
         # resample within budgets, as counts per point: every resample is fitted in one batch
         index = {id(r): i for i, r in enumerate(pts)}
@@ -252,10 +271,8 @@ def _chinchilla_section(pts: list[dict], n_boot: int, rng: np.random.Generator) 
             for group in _by_budget(pts).values():
                 for i in rng.integers(0, len(group), len(group)):
                     W[j, index[id(group[i])]] += 1
-        grid = hoffmann_grid()
-        logs = [torch.tensor(np.log(np.asarray(v, float)), dtype=torch.float64) for v in (N, D, L)]
-        f0 = chinchilla_objective(grid, *logs, torch.ones(len(grid), len(pts), dtype=torch.float64))
-        starts = torch.cat([best, grid[torch.argsort(f0)[:9]]])  # the full-data optimum + the 9 best grid points
+        # starts: the full-data optimum and the 3 best grid points (by the full data's objective)
+        starts = torch.cat([best, best_starts(hoffmann_grid(), *_logs(N, D, L), 3)])
         boot, _ = fit_chinchilla(N, D, L, weights=W, starts=starts)
         for k in ("E", "A", "B", "alpha", "beta"):
             ch[f"{k}_ci"] = _ci(boot[k])
@@ -264,3 +281,39 @@ def _chinchilla_section(pts: list[dict], n_boot: int, rng: np.random.Generator) 
     ch["n_points"] = len(pts)
     ch["size"] = "N2"
     return ch
+
+
+def _fmt_law(name: str, fit: dict) -> str:
+    ci = fit.get("e_ci")
+    ci_s = f"  exponent 95% CI [{ci[0]:.4f}, {ci[1]:.4f}]" if ci else ""
+    return f"{name:<9} = {fit['k']:.4g} * C^{fit['e']:.4f}{ci_s}"
+
+
+def format_fit(res: dict) -> str:
+    lines = [f"{res['n_rows']} points, {res['bootstrap']} bootstrap resamples"]
+    h, s, ch = res["hparams"], res["isoflop"], res["chinchilla"]
+    if "skipped" in h:
+        lines.append(f"lr/batch laws: skipped ({h['skipped']})")
+    else:
+        lines += [f"near-optimal (within 0.25% of each budget's best): {h['n_near']} points",
+                  _fmt_law("eta_opt", h["lr"]), _fmt_law("B_opt", h["batch"]) + "  (tokens)",
+                  "  DeepSeek LLM: eta_opt = 0.3118 * C^-0.1250, B_opt = 0.2920 * C^0.3271"]
+    if "skipped" in s:
+        lines.append(f"IsoFLOP laws: skipped ({s['skipped']})")
+    else:
+        for C, m, d, ok in zip(s["budgets"], s["M_opt"], s["D_opt"], s["from_parabola"]):
+            how = "parabola vertex" if ok else "lowest point (no interior parabola minimum)"
+            lines.append(f"  C = {C:.3g}: M_opt {m:.4g}, D_opt {d:.4g}  ({how})")
+        lines += [_fmt_law("M_opt", s["M"]), _fmt_law("D_opt", s["D"]),
+                  "  DeepSeek LLM: M_opt = 0.1715 * C^0.5243, D_opt = 5.8316 * C^0.4757"]
+    if "skipped" in ch:
+        lines.append(f"Chinchilla form: skipped ({ch['skipped']})")
+    else:
+        def ci(k):
+            return f" [{ch[k + '_ci'][0]:.4g}, {ch[k + '_ci'][1]:.4g}]" if k + "_ci" in ch else ""
+
+        lines += [f"L(N, D) = E + A/N^alpha + B/D^beta over {ch['n_points']} points (N = N2):",
+                  f"  E {ch['E']:.4g}{ci('E')}, A {ch['A']:.4g}{ci('A')}, B {ch['B']:.4g}{ci('B')}",
+                  f"  alpha {ch['alpha']:.4f}{ci('alpha')}, beta {ch['beta']:.4f}{ci('beta')}",
+                  f"  frontier (C = 6ND): N_opt ~ C^{ch['a']:.4f}{ci('a')}, D_opt ~ C^{ch['b']:.4f}{ci('b')}"]
+    return "\n".join(lines)

@@ -28,11 +28,12 @@ for the variants genlab has or will have:
 - mixture of experts (`moe_shapes`): only the top_k routed experts plus the shared experts a
   token goes through, plus the router (d x n_routed).
 
-What an MLA/MoE config must provide (no fields exist for them yet): d_model, n_head,
+The deepseek arch (genlab.models.deepseek) provides exactly what these need: d_model, n_head,
 q_lora_rank (0 = plain query projection), kv_lora_rank, qk_nope_head_dim, qk_rope_head_dim,
-v_head_dim; and for MoE layers: n_routed_experts, n_shared_experts, top_k, expert hidden width,
-and which layers are dense (with their SwiGLU width). A model builds its list of LayerShapes
-from those and calls `flops_from_layers`.
+v_head_dim; n_routed_experts, n_shared_experts, num_experts_per_tok, moe_intermediate_size, and
+first_k_dense_replace (dense SwiGLU layers, ffn_hidden wide). Its multi-token-prediction modules
+run only in training and are not counted in M. Another model builds its list of LayerShapes the
+same way and calls `flops_from_layers`.
 """
 
 from __future__ import annotations
@@ -108,18 +109,29 @@ def flops_from_layers(layers: list[LayerShapes], d_model: int, vocab_size: int, 
 
 
 def model_layers(cfg: ModelConfig) -> list[LayerShapes]:
-    """The LayerShapes of a genlab model config (dense Transformer with MHA/GQA, LSTM, GRU)."""
+    """The LayerShapes of a genlab model config: dense Transformer (MHA/GQA), deepseek (MLA + MoE),
+    LSTM, GRU."""
     d = cfg.d_model
     if cfg.arch == "transformer":
         from genlab.models.transformer import ffn_width
 
         hd = d // cfg.n_head
         layer = attention_shapes(d, cfg.n_head, cfg.n_kv_head or cfg.n_head, hd) + swiglu_shapes(d, ffn_width(cfg))
+    elif cfg.arch == "deepseek":  # MLA everywhere; dense SwiGLU in the first k layers, MoE after
+        from genlab.models.transformer import ffn_width
+
+        attn = mla_shapes(d, cfg.n_head, cfg.q_lora_rank, cfg.kv_lora_rank, cfg.qk_nope_head_dim,
+                          cfg.qk_rope_head_dim, cfg.v_head_dim)
+        dense = attn + swiglu_shapes(d, ffn_width(cfg))
+        moe = attn + moe_shapes(d, cfg.moe_intermediate_size, cfg.num_experts_per_tok, cfg.n_shared_experts,
+                                cfg.n_routed_experts)
+        k = min(cfg.first_k_dense_replace, cfg.n_layer)
+        return [dense] * k + [moe] * (cfg.n_layer - k)  # MTP modules (train-time only) are not counted
     elif cfg.arch in ("lstm", "gru"):
         gates = 4 if cfg.arch == "lstm" else 3
         layer = LayerShapes(gates * (d * d + d * d))  # input-to-hidden and hidden-to-hidden per gate
     else:
-        raise GenlabError(f"no FLOPs accounting for model.arch = {cfg.arch!r}; known: transformer, lstm, gru")
+        raise GenlabError(f"no FLOPs accounting for model.arch = {cfg.arch!r}; known: transformer, deepseek, lstm, gru")
     return [layer] * cfg.n_layer
 
 
@@ -137,7 +149,7 @@ def run_M(cfg) -> float | None:
     """M of a run's model for MFU, or None where genlab has no accounting for the task's model.
 
     A task may provide `model_flops_per_token()` itself; the LM task's M is computed here."""
-    if cfg.task == "lm" and cfg.model.arch in ("transformer", "lstm", "gru"):
+    if cfg.task == "lm" and cfg.model.arch in ("transformer", "deepseek", "lstm", "gru"):
         return float(flops_per_token(cfg.model, 0, cfg.data.packing_length)["M"])  # M has no vocab term
     return None
 
@@ -148,11 +160,11 @@ def measured_peak_flops(device: str = "cpu") -> float:
 
     It is the rate a large GEMM actually reaches (fp32 on CPU, bf16 on CUDA), not a datasheet
     peak; MFU against it answers "how much of what this machine's GEMM does do we get". It costs
-    about 0.1-0.3 s. Give train.peak_flops to compare against a datasheet number instead."""
+    about 0.05-0.2 s. Give train.peak_flops to compare against a datasheet number instead."""
     import torch
 
     dev = torch.device(device)
-    n = 1024 if dev.type == "cpu" else 4096
+    n = 512 if dev.type == "cpu" else 4096
     dtype = torch.float32 if dev.type == "cpu" else torch.bfloat16
     a = torch.randn(n, n, device=dev, dtype=dtype)
     b = torch.randn(n, n, device=dev, dtype=dtype)

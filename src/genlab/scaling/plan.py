@@ -107,23 +107,23 @@ def find_shape(target: float, measure: str, base: ModelConfig, vocab: int, seq_l
 
 def plan(C: float | None = None, D: float | None = None, size: float | None = None, law: str = "deepseek",
          seq_len: int = DEFAULT_SEQ_LEN, vocab: int = DEFAULT_VOCAB, base: ModelConfig | None = None,
-         micro_batch: int = 16, preset: str = "", compare: bool = True) -> dict:
+         micro_batch: int = 16, preset: str = "", compare: bool = True, aspect: float = ASPECT) -> dict:
     """Everything `genlab plan` prints, as a JSON-able dict."""
-    if seq_len < 2 or vocab < 2 or micro_batch < 1:
-        raise GenlabError(f"--seq-len ({seq_len}) and --vocab ({vocab}) must be >= 2 and --micro-batch "
-                          f"({micro_batch}) >= 1")
+    if seq_len < 2 or vocab < 2 or micro_batch < 1 or not aspect > 0:
+        raise GenlabError(f"--seq-len ({seq_len}) and --vocab ({vocab}) must be >= 2, --micro-batch "
+                          f"({micro_batch}) >= 1 and --aspect ({aspect}) > 0")
     L = laws.get_law(law)
     C, D, size = resolve_budget(L, C, D, size)
     base = copy.deepcopy(base) if base is not None else ModelConfig()
-    cfg, fl = find_shape(size, L.size_measure, base, vocab, seq_len)
+    cfg, fl = find_shape(size, L.size_measure, base, vocab, seq_len, aspect)
     shape_size = _measure(fl, L.size_measure)
     shape_tokens = C / shape_size  # the budget is the constraint: the shape's tokens keep C fixed
 
     lr = laws.eta_opt(C)
     batch_tokens = laws.batch_opt_tokens(C)
     batch_seqs = max(1, round(batch_tokens / seq_len))  # whole sequences, as the paper rounds
-    rows = min(batch_seqs, micro_batch)
-    accum = max(1, round(batch_seqs / rows))
+    accum = math.ceil(batch_seqs / micro_batch)  # fewest micro-batches of at most micro_batch rows
+    rows = max(1, round(batch_seqs / accum))
     eff_seqs = rows * accum
     steps = max(1, round(shape_tokens / (eff_seqs * seq_len)))
     warmup = min(laws.DS_WARMUP_STEPS, max(1, steps // 10))
@@ -156,7 +156,7 @@ def plan(C: float | None = None, D: float | None = None, size: float | None = No
         for name in laws.LAWS:
             other = laws.LAWS[name]
             s_opt, d_opt = other.split(C)
-            ocfg, ofl = find_shape(s_opt, other.size_measure, base, vocab, seq_len)
+            ocfg, ofl = find_shape(s_opt, other.size_measure, base, vocab, seq_len, aspect)
             out["compare"][name] = {"size_measure": other.size_measure, "size_opt": s_opt, "tokens_opt": d_opt,
                                     "n_layer": ocfg.n_layer, "d_model": ocfg.d_model, "M": ofl["M"],
                                     "N2": ofl["N2"], "tokens_per_param": d_opt / ofl["N2"]}

@@ -120,7 +120,7 @@ def _write_atomic(path: Path, text: str) -> None:
     os.replace(tmp, path)
 
 
-def _load_spec(out: Path) -> dict | None:
+def load_spec(out: Path) -> dict | None:
     p = out / SPEC
     if not p.is_file():
         return None
@@ -137,7 +137,7 @@ def _same_grid(a: dict, b: dict) -> bool:
 def open_sweep(out: str | Path, spec: dict | None) -> tuple[Path, dict]:
     """Check (and, for a new sweep, create) the sweep dir; `spec` None = continue the stored grid."""
     out = Path(out)
-    stored = _load_spec(out)
+    stored = load_spec(out)
     if stored is None:
         if out.exists() and (not out.is_dir() or any(out.iterdir())):
             raise GenlabError(f"{out} exists, is not empty and holds no {SPEC}; choose another --out")

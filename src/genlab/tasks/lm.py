@@ -7,6 +7,7 @@ loss, evaluate. Sampling lives here too (the generation loop with a KV cache).
 from __future__ import annotations
 
 import math
+import sys
 from pathlib import Path
 from typing import Iterator
 
@@ -135,6 +136,16 @@ class LMTask:
         if args.top_p > 1:
             raise GenlabError(f"--top-p {args.top_p} must be between 0 and 1")
         ids = self.prompt_ids(args.prompt)  # checks the prompt before anything is printed
+        if getattr(args, "speculative", False):  # deepseek MTP self-speculative greedy decoding
+            if not len(getattr(model, "mtp", ())):
+                raise GenlabError("--speculative needs a deepseek run with model.mtp_depth >= 1")
+            from genlab.models.deepseek.mtp import speculative_greedy
+
+            out, st = speculative_greedy(model, ids, args.max_new_tokens, stop_id=self.tokenizer.bos_id)
+            print(args.prompt + self.tokenizer.decode(out), flush=True)
+            print(f"speculative greedy: acceptance {st['acceptance']:.2f} ({st['accepted']}/{st['drafted']} drafts), "
+                  f"{st['tokens_per_s']:.1f} tokens/s, {st['main_forwards']} main-model forwards", file=sys.stderr)
+            return
         del ids
         print(args.prompt, end="", flush=True)
         stream_sample(self, model, args.prompt, args.max_new_tokens, args.temperature, args.top_k, args.top_p,

@@ -91,6 +91,11 @@ class Trainer:
             self._restore()
         self.amp = (torch.autocast("cuda", dtype=torch.bfloat16) if self.device.type == "cuda"
                     else nullcontext())
+        # MFU = M (DeepSeek's model FLOPs per token) * tokens/s / peak FLOP/s; see scaling/flops.py
+        from genlab.scaling.flops import measured_peak_flops, run_M
+
+        self.flops_M = getattr(self.task, "model_flops_per_token", lambda: run_M(cfg))()
+        self.peak_flops = (t.peak_flops or measured_peak_flops(self.device.type)) if self.flops_M else 0.0
 
     # ------------------------------------------------------------------ state
     def _state(self) -> dict:
@@ -214,6 +219,8 @@ class Trainer:
                       "tokens_per_s": tps, "real_fraction": self._interval[0] / max(1, self._interval[1]),
                       "grad_norm": m["grad_norm"]}  # real_fraction: over every batch since the last record
             record.update(getattr(self, "model_metrics", {}))
+            if self.flops_M:
+                record["mfu"] = self.flops_M * tps / self.peak_flops
             self._interval = [0, 0, now]
         if m.get("skipped"):  # a loss spike: always recorded, and told
             record = record or {"step": self.step, "loss": m["loss"], "lr": m["lr"], "tokens": self.tokens_seen,

@@ -80,8 +80,12 @@ class _ExpertsFn(torch.autograd.Function):
         act = sg * up
         dys = dys.contiguous()
         dact = torch.empty_like(act)
-        dw2 = torch.zeros_like(w2)
-        dw13 = torch.zeros_like(w13)
+        dw2 = torch.empty_like(w2)  # every expert's slice is written below; idle experts get zeros
+        dw13 = torch.empty_like(w13)
+        idle = [e for e, n in enumerate(ctx.counts) if n == 0]
+        if idle:
+            dw2[idle] = 0
+            dw13[idle] = 0
         start = 0
         for e, n in enumerate(ctx.counts):
             if n:

@@ -76,7 +76,9 @@ class LatentDiffusion(nn.Module):
                 zin = scheduler.scale_model_input(torch.cat([z, z]) if double else z, t)
                 tt = torch.full((zin.shape[0],), int(t), dtype=torch.int64, device=device)
                 eps = net(zin, tt, ids)
-                eps = guided(*eps.chunk(2), guidance) if double else eps
+                if double:
+                    eps_cond, eps_uncond = eps.chunk(2)  # the batch is [prompts, ""s]
+                    eps = guided(eps_uncond, eps_cond, guidance)
                 kw = {"eta": eta} if isinstance(scheduler, SAMPLERS["ddim"]) else {}
                 z = scheduler.step(eps, t, z, generator=g, **kw).prev_sample
             out.append(self.decode(z).cpu())
