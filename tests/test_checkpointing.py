@@ -1,6 +1,7 @@
 """Activation checkpointing policies: gradients equal `none`, RNG and MoE load counting survive recompute."""
 
 import copy
+import math
 from types import SimpleNamespace
 
 import pytest
@@ -160,3 +161,26 @@ def test_eval_and_state_dict_unchanged():
     assert list(m.state_dict()) == keys
     with torch.no_grad():
         torch.testing.assert_close(m(ids, pos, cu, mx), before)
+
+
+def test_trainer_applies_policy_precision_and_flash_backend(tiny_corpus, tmp_path):
+    """Through the trainer: `full` checkpointing trains like `none`; fp8 + selective + flash runs end to end."""
+    import json
+    from pathlib import Path
+
+    from conftest import tiny_overrides
+    from genlab.config import resolve
+    from genlab.train.trainer import train
+
+    def losses(name, extra):
+        cfg = resolve(None, None, tiny_overrides(tiny_corpus, steps=3, extra=extra))
+        run, _ = train(cfg, tmp_path / name, progress=False, log=lambda *a: None)
+        recs = [json.loads(x) for x in Path(run.path, "metrics.jsonl").read_text().splitlines()]
+        return [r["loss"] for r in recs if "loss" in r]
+
+    ref = losses("none", [])
+    full = losses("full", ["train.activation_checkpointing=full"])
+    assert full == pytest.approx(ref, rel=1e-5)
+    mixed = losses("mixed", ["train.activation_checkpointing=selective", "train.precision=fp8",
+                             "model.attn_backend=flash"])
+    assert all(map(math.isfinite, mixed)) and mixed != ref

@@ -88,6 +88,8 @@ def _add_scaling_parsers(sub) -> None:
     sw.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                     help="config for every point, e.g. --set data.path=corpus.txt (repeatable)")
     sw.add_argument("--dry-run", action="store_true", help="print the grid and its compute; run nothing")
+    sw.add_argument("--estimate", action="store_true",
+                    help="with --dry-run: time a few steps of every distinct shape here and print the expected duration")
 
     ft = sub.add_parser("fit", help="fit lr/batch, IsoFLOP and Chinchilla laws to a sweep's results.csv")
     ft.add_argument("results", help="SWEEP/results.csv")

@@ -195,17 +195,25 @@ def cmd_detect(args) -> int:
     model, classes = load_detector(args.run)
     feats = load_feature_file(args.features, model.embed.in_features)
     det = StreamingDetector(model, args.smooth)
-    rows, start = [], time.perf_counter()
+    rows, start, printing = [], time.perf_counter(), True
     for i, frame in enumerate(feats):
         p = det.push(frame)  # (C,) scores for frame i, from frames <= i only
         rows.append(p)
         c = int(p.argmax())
-        if args.json:
-            _print(json.dumps({"frame": i, "class": classes[c], "score": float(p[c]),
-                               "scores": {name: float(v) for name, v in zip(classes, p)}}))
-        else:
-            _print(f"{i:>7}  {classes[c]:<20} {p[c]:.4f}")
-    per_frame = (time.perf_counter() - start) / len(feats)
+        try:
+            if printing and args.json:
+                _print(json.dumps({"frame": i, "class": classes[c], "score": float(p[c]),
+                                   "scores": {name: float(v) for name, v in zip(classes, p)}}))
+            elif printing:
+                _print(f"{i:>7}  {classes[c]:<20} {p[c]:.4f}")
+        except BrokenPipeError:  # the reader left (`| head`): stop printing; finish only for --out
+            import os
+
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+            printing = False
+            if out is None:
+                break
+    per_frame = (time.perf_counter() - start) / len(rows)
     if out is not None:
         scores = np.stack(rows)
         tmp = out.with_name(out.name + ".tmp")
@@ -317,9 +325,16 @@ def cmd_sweep(args) -> int:
             "lr_batch_size": args.lr_batch_size}
     given = {k: v for k, v in grid.items() if v is not None}
     spec = sweep.make_spec(**given, overrides=args.overrides) if given or args.overrides else None
+    if args.estimate and not args.dry_run:
+        raise GenlabError("--estimate goes with --dry-run (it times the grid instead of running it)")
     if args.dry_run:
         stored = sweep.load_spec(Path(args.out))
-        _print(sweep.describe(spec or stored or sweep.make_spec()))
+        spec = spec or stored or sweep.make_spec()
+        _print(sweep.describe(spec))
+        if args.estimate:
+            est = sweep.estimate(spec, log=_print)
+            _print(f"expected: {est['seconds'] / 60:.1f} minutes for {est['points']} points on this machine "
+                   f"({est['shapes']} shapes timed)")
         return 0
     try:
         csv_path = sweep.run_sweep(args.out, spec, log=_print)

@@ -594,7 +594,7 @@ PRESETS.update({
         "density: genlab's Transformer (2 x 64, 4 heads) over the 64 binary positions of the digits",
         {"task": "density", "data": _DENSITY_DATA,
          "model": {"arch": "transformer", "d_model": 64, "n_layer": 2, "n_head": 4},
-         "train": {**_DIGITS_TRAIN, "lr": 3e-3, "weight_decay": 0.1, "grad_clip": 1.0}},
+         "train": {**_DIGITS_TRAIN, "lr": 3e-3}},
     ),
     "made-uci": (
         "density: MADE as the paper's UCI runs (1 x 500 ReLU, direct, 32 masks, Adadelta); --set data.path=X.npz",

@@ -16,8 +16,9 @@ def plot_run(run) -> list[Path]:
     rows = run.metrics()
     if not rows:
         raise GenlabError(f"{run.path}: metrics.jsonl has no records yet; nothing to plot")
-    step = [r["step"] for r in rows if "loss" in r]
-    loss = [r["loss"] for r in rows if "loss" in r]
+    kept = [r for r in rows if "loss" in r and not r.get("skipped")]  # a skipped loss spike would dwarf the curve
+    step = [r["step"] for r in kept]
+    loss = [r["loss"] for r in kept]
     val = [(r["step"], r["val_loss"]) for r in rows if "val_loss" in r]
     lr = [(r["step"], r["lr"]) for r in rows if "lr" in r]
 

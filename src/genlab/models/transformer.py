@@ -137,7 +137,7 @@ class _SwiGLUFn(torch.autograd.Function):
         gate, up = gate_up.split(ctx.hidden, dim=-1)
         d = torch.empty_like(gate_up)
         d_gate, d_up = d.split(ctx.hidden, dim=-1)
-        torch.mul(g, F.silu(gate), out=d_up)
+        torch.ops.aten.silu.out(gate, out=d_up).mul_(g)  # silu(gate) recomputed in place
         torch.mul(g, up, out=d_gate)
         torch.ops.aten.silu_backward.grad_input(d_gate, gate, grad_input=d_gate)  # *= silu'(gate)
         return d, None

@@ -132,7 +132,9 @@ class FP8LinearFn(torch.autograd.Function):
         y = fp8_gemm(xq, xs, wq, ws)
         ctx.save_for_backward(xq, xs, wq, ws)  # the activation kept in FP8
         ctx.dtypes = (x.dtype, weight.dtype)
-        return y.to(x.dtype)
+        # a fresh tensor, not the GEMM output: callers may add into it in place (residual .add_), which a
+        # selective-checkpoint cache of the GEMM output must not see
+        return y.to(x.dtype, copy=True)
 
     @staticmethod
     def backward(ctx, gy):

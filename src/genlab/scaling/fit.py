@@ -94,6 +94,20 @@ def fit_hparams(rows: list[dict]) -> dict:
     return {"lr": {"k": k_lr, "e": e_lr}, "batch": {"k": k_b, "e": e_b}, "n_near": len(near)}
 
 
+def grid_edge_notes(rows: list[dict]) -> list[str]:
+    """Budgets whose best lr x batch point sits on the edge of its grid: the true optimum may lie
+    outside, and the fitted law then only follows where the grid was centred."""
+    notes = []
+    for C, group in _by_budget(rows).items():
+        best = min(group, key=lambda r: r["val_loss"])
+        for key, name in (("lr", "learning rate"), ("batch_tokens", "batch size")):
+            values = sorted({r[key] for r in group})
+            if len(values) > 1 and best[key] in (values[0], values[-1]):
+                notes.append(f"C = {C:.3g}: the best {name} ({best[key]:.4g}) is at the edge of the grid; "
+                             f"widen the sweep's factors there")
+    return notes
+
+
 def isoflop_minimum(log_m, loss) -> tuple[float, bool]:
     """log10 M at the minimum of a parabola through (log10 M, loss); False when the raw lowest
     point had to be used (fewer than 3 sizes, a parabola opening downwards, or a vertex outside
@@ -249,6 +263,7 @@ def fit_all(rows: list[dict], n_boot: int = 1000, seed: int = 0) -> dict:
         res["chinchilla"] = _chinchilla_section(pts, n_boot, rng)
     else:
         res["chinchilla"] = {"skipped": "needs six or more points with three or more sizes and token counts"}
+    res["notes"] = grid_edge_notes(grid)
     if all("skipped" in res[k] for k in ("hparams", "isoflop", "chinchilla")):
         raise GenlabError("nothing to fit: the results need lr x batch or IsoFLOP points at two or more budgets "
                           "(see genlab sweep --help)")
@@ -316,4 +331,5 @@ def format_fit(res: dict) -> str:
                   f"  E {ch['E']:.4g}{ci('E')}, A {ch['A']:.4g}{ci('A')}, B {ch['B']:.4g}{ci('B')}",
                   f"  alpha {ch['alpha']:.4f}{ci('alpha')}, beta {ch['beta']:.4f}{ci('beta')}",
                   f"  frontier (C = 6ND): N_opt ~ C^{ch['a']:.4f}{ci('a')}, D_opt ~ C^{ch['b']:.4f}{ci('b')}"]
+    lines += [f"note: {n}" for n in res.get("notes", [])]
     return "\n".join(lines)

@@ -56,13 +56,19 @@ def _measure(fl: dict, measure: str) -> float:
     return float(fl[measure])
 
 
+def _n_head(d: int) -> int:
+    return d // (128 if d % 128 == 0 and d >= 2048 else 64 if d % 64 == 0 and d >= 128 else 32)
+
+
+def _group(base: ModelConfig) -> int:
+    """Query heads per KV head of the base config (1 = multi-head attention)."""
+    return base.n_head // base.n_kv_head if base.n_kv_head else 1
+
+
 def _shape_cfg(base: ModelConfig, n_layer: int, d: int) -> ModelConfig:
-    head_dim = 128 if d % 128 == 0 and d >= 2048 else 64 if d % 64 == 0 and d >= 128 else 32
-    n_head = d // head_dim
-    group = (base.n_head // base.n_kv_head) if base.n_kv_head else 1
-    n_kv = n_head // group if group > 1 and n_head % group == 0 else 0
+    n_head, group = _n_head(d), _group(base)
     return dataclasses.replace(base, arch="transformer", n_layer=n_layer, d_model=d, n_head=n_head,
-                               n_kv_head=n_kv, ffn_hidden=0)
+                               n_kv_head=n_head // group if group > 1 else 0, ffn_hidden=0)
 
 
 def find_shape(target: float, measure: str, base: ModelConfig, vocab: int, seq_len: int,
@@ -85,20 +91,21 @@ def find_shape(target: float, measure: str, base: ModelConfig, vocab: int, seq_l
         stack = LayerShapes(one.matmul_params * n_layer, one.attn_qk * n_layer, one.attn_v * n_layer)
         return _measure(flops_from_layers([stack], d, vocab, seq_len), measure)
 
+    widths = [d for d in WIDTHS if _n_head(d) % _group(base) == 0]  # whole KV groups only
     best = None
     for n_layer in range(1, 257):
-        lo, hi = 0, len(WIDTHS) - 1  # the first width whose size reaches the target
+        lo, hi = 0, len(widths) - 1  # the first width whose size reaches the target
         while lo < hi:
             mid = (lo + hi) // 2
-            if size(n_layer, WIDTHS[mid]) >= target:
+            if size(n_layer, widths[mid]) >= target:
                 hi = mid
             else:
                 lo = mid + 1
-        for d in {WIDTHS[max(0, lo - 1)], WIDTHS[lo]}:
+        for d in {widths[max(0, lo - 1)], widths[lo]}:
             score = abs(math.log(size(n_layer, d) / target)) + ASPECT_WEIGHT * abs(math.log(d / n_layer / aspect))
             if best is None or score < best[0]:
                 best = (score, n_layer, d)
-        if lo == 0 and size(n_layer, WIDTHS[0]) > target:
+        if lo == 0 and size(n_layer, widths[0]) > target:
             break  # deeper models only overshoot more from here on
     _, n_layer, d = best
     cfg = _shape_cfg(base, n_layer, d)

@@ -241,3 +241,36 @@ def describe(spec: dict) -> str:
     total = sum(p["M"] * p["steps"] * p["batch_seqs"] * p["seq_len"] for p in spec["points"])
     lines.append(f"{len(spec['points'])} points, {total:.3g} FLOPs in all (C = M * tokens)")
     return "\n".join(lines)
+
+
+def estimate(spec: dict, probe_steps: int = 4, clock=time.perf_counter, log=print) -> dict:
+    """Seconds the whole sweep would take here: a few timed steps and one scoring pass for every
+    distinct (shape, batch) of the grid, scaled by each point's steps. Nothing is kept."""
+    import tempfile
+
+    from genlab.train.trainer import prepare_training
+
+    _, eval_data = _eval_rows(spec)
+    timed: dict[tuple, tuple[float, float]] = {}
+    total = 0.0
+    for p in spec["points"]:
+        key = (p["n_layer"], p["d_model"], p["n_head"], p["batch_seqs"])
+        if key not in timed:
+            cfg = point_config(spec, {**p, "steps": probe_steps + 2})
+            with tempfile.TemporaryDirectory() as tmp:
+                _, trainer = prepare_training(cfg, Path(tmp) / "probe", progress=False, log=lambda *a: None)
+                for _ in range(2):  # warm-up
+                    trainer.train_step()
+                t0 = clock()
+                for _ in range(probe_steps):
+                    trainer.train_step()
+                t_step = (clock() - t0) / probe_steps
+                t0 = clock()
+                trainer.task.evaluate(trainer.model, data=eval_data, max_batches=EVAL_ROWS // EVAL_BATCH_ROWS,
+                                      device=trainer.device)
+                timed[key] = (t_step, clock() - t0)
+            log(f"n_layer {key[0]}, d_model {key[1]}, {key[3]} rows: {1000 * timed[key][0]:.1f} ms/step, "
+                f"scoring {timed[key][1]:.1f} s")
+        t_step, t_eval = timed[key]
+        total += p["steps"] * t_step + t_eval
+    return {"seconds": total, "points": len(spec["points"]), "shapes": len(timed)}

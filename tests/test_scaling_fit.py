@@ -1,0 +1,183 @@
+"""Fitting recovers known exponents (within 1%) from noisy synthetic data drawn from known laws;
+the batched L-BFGS agrees with torch.optim.LBFGS; bad result files are one-line errors."""
+
+import csv
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from genlab.cli import main
+from genlab.errors import GenlabError
+from genlab.scaling.fit import (chinchilla_objective, fit_all, fit_chinchilla, fit_hparams, fit_isoflop,
+                                isoflop_minimum, power_law, read_results)
+from genlab.scaling.laws import EPOCH, ChinchillaForm
+from genlab.scaling.lbfgs import batched_lbfgs
+from genlab.scaling.sweep import COLUMNS
+
+LAW = ChinchillaForm(E=1.8, A=400.0, B=2000.0, alpha=0.34, beta=0.28)  # in M (FLOPs/token) and D
+A_TRUE = LAW.beta / (LAW.alpha + LAW.beta)  # M_opt ~ C^a under C = M * D
+
+
+def test_power_law_recovers_exponent():
+    rng = np.random.default_rng(0)
+    x = np.logspace(17, 21, 40)
+    y = 0.3118 * x ** -0.125 * np.exp(rng.normal(0, 0.01, x.size))
+    k, e = power_law(x, y)
+    assert abs(e / -0.125 - 1) < 0.01 and abs(k / 0.3118 - 1) < 0.1
+
+
+def test_near_optimal_band_recovers_lr_and_batch_laws():
+    # loss surface: a bowl in (log10 lr, log10 batch) around DeepSeek's law, on one fixed grid
+    rng = np.random.default_rng(0)
+    lr_grid, b_grid = np.linspace(-4.5, -1.5, 61), np.linspace(4, 8, 81)
+    rows = []
+    for C in np.logspace(17, 21, 5):
+        e0, b0 = np.log10(0.3118 * C ** -0.125), np.log10(0.2920 * C ** 0.3271)
+        L0 = 2 + 1e3 / C ** 0.05
+        for x in lr_grid:
+            for y in b_grid:
+                L = L0 * (1 + 0.01 * ((x - e0) ** 2 + (y - b0) ** 2)) * (1 + rng.normal(0, 2e-5))
+                rows.append({"budget": C, "lr": 10 ** x, "batch_tokens": 10 ** y, "val_loss": L})
+    h = fit_hparams(rows)
+    assert abs(h["lr"]["e"] / -0.1250 - 1) < 0.01
+    assert abs(h["batch"]["e"] / 0.3271 - 1) < 0.01
+
+
+def _isoflop_rows(rng, noise=1e-4, budgets=np.logspace(17, 21, 5), width=0.45):
+    rows = []
+    G = (LAW.alpha * LAW.A / (LAW.beta * LAW.B)) ** (1 / (LAW.alpha + LAW.beta))
+    for C in budgets:
+        centre = np.log10(G * C ** A_TRUE) + rng.uniform(-0.1, 0.1)  # grids not centred on the optimum
+        for lm in centre + np.linspace(-width, width, 9):
+            M = 10 ** lm
+            D = C / M
+            rows.append({"budget": C, "M": M, "N1": M / 6, "N2": M / 6, "tokens": D, "lr": 1e-3,
+                         "batch_tokens": 1e6, "lr_batch": 0, "isoflop": 1,
+                         "val_loss": LAW.loss(M, D) * np.exp(rng.normal(0, noise))})
+    return rows
+
+
+def test_isoflop_recovers_allocation_exponents():
+    for seed in range(3):
+        s = fit_isoflop(_isoflop_rows(np.random.default_rng(seed)))
+        assert all(s["from_parabola"])
+        assert abs(s["M"]["e"] / A_TRUE - 1) < 0.01
+        assert abs(s["D"]["e"] / (1 - A_TRUE) - 1) < 0.01
+        assert s["M"]["e"] + s["D"]["e"] == pytest.approx(1.0, abs=1e-9)  # D_opt = C / M_opt
+
+
+def test_isoflop_minimum_vertex_and_fallback():
+    x = np.array([0.0, 1.0, 2.0, 3.0])
+    assert isoflop_minimum(x, (x - 1.3) ** 2 + 2)[0] == pytest.approx(1.3)
+    assert isoflop_minimum(x, -x) == (3.0, False)  # monotone: no interior minimum
+    assert isoflop_minimum(x[:2], [2.0, 1.0]) == (1.0, False)
+
+
+def test_chinchilla_fit_recovers_exponents():
+    rng = np.random.default_rng(0)
+    N, D, L = [], [], []
+    for C in np.logspace(18, 22, 5):
+        for n in np.logspace(7, 10, 9):
+            N.append(n)
+            D.append(C / (6 * n))
+            L.append(EPOCH.loss(n, C / (6 * n)) * np.exp(rng.normal(0, 1e-3)))
+    out, _ = fit_chinchilla(N, D, L, top_k=32)
+    assert abs(out["alpha"][0] / EPOCH.alpha - 1) < 0.01
+    assert abs(out["beta"][0] / EPOCH.beta - 1) < 0.01
+    assert abs(out["E"][0] / EPOCH.E - 1) < 0.01
+
+
+def test_batched_lbfgs_matches_torch_lbfgs():
+    rng = np.random.default_rng(1)
+    n = np.logspace(7, 10, 12)
+    d = np.logspace(12, 9, 12)
+    logs = [torch.tensor(np.log(v), dtype=torch.float64) for v in (n, d, EPOCH.loss(n, d) * np.exp(rng.normal(0, 1e-3, 12)))]
+    starts = torch.tensor([[5.0, 5.0, 0.5, 0.5, 0.5], [10.0, 5.0, 0.0, 1.0, 0.5], [5.0, 10.0, 1.0, 0.5, 1.0]],
+                          dtype=torch.float64)
+    w = torch.ones(3, 12, dtype=torch.float64)
+    x, f = batched_lbfgs(lambda p: chinchilla_objective(p, *logs, w), starts)
+    for i in range(3):  # the reference: one problem at a time
+        p = starts[i:i + 1].clone().requires_grad_(True)
+        opt = torch.optim.LBFGS([p], max_iter=2000, tolerance_grad=1e-12, tolerance_change=1e-15,
+                                line_search_fn="strong_wolfe")
+
+        def closure():
+            opt.zero_grad()
+            loss = chinchilla_objective(p, *logs, w[:1])[0]
+            loss.backward()
+            return loss
+
+        opt.step(closure)
+        ref = float(chinchilla_objective(p.detach(), *logs, w[:1])[0])
+        assert float(f[i]) == pytest.approx(ref, rel=1e-4, abs=1e-12)
+
+
+def _write_csv(path, rows):
+    with open(path, "w", newline="") as fh:
+        w = csv.DictWriter(fh, fieldnames=COLUMNS)
+        w.writeheader()
+        for i, r in enumerate(rows):
+            full = {k: 1 for k in COLUMNS}
+            full.update(point=f"p{i}", compute=r["budget"], **r)
+            w.writerow({k: full[k] for k in COLUMNS})
+
+
+def _grid_rows(rng):
+    """lr x batch points at three budgets whose optimum follows 0.01 * (C/1e12)^-0.1."""
+    rows = []
+    for C in (1e12, 1e13, 1e14):
+        e0 = np.log10(0.01 * (C / 1e12) ** -0.1)
+        for x in e0 + np.array([-0.6, -0.3, 0.0, 0.3, 0.6]) + 0.05:
+            for y in (3.0, 3.3, 3.6):
+                rows.append({"budget": C, "M": 1e6, "N1": 1e5, "N2": 1.2e5, "tokens": C / 1e6, "lr": 10 ** x,
+                             "batch_tokens": 10 ** y, "lr_batch": 1, "isoflop": 0,
+                             "val_loss": 3 * (1 + 0.02 * (x - e0) ** 2 + 0.02 * (y - 3.3) ** 2)
+                             * (1 + rng.normal(0, 1e-4))})
+    return rows
+
+
+def test_fit_all_intervals_contain_the_truth():
+    rng = np.random.default_rng(3)
+    res = fit_all(_isoflop_rows(rng, noise=3e-3) + _grid_rows(rng), n_boot=200)
+    lo, hi = res["isoflop"]["M"]["e_ci"]
+    assert lo < A_TRUE < hi and hi - lo < 0.2
+    assert res["hparams"]["lr"]["e_ci"][0] < res["hparams"]["lr"]["e"] < res["hparams"]["lr"]["e_ci"][1]
+    assert "alpha_ci" in res["chinchilla"] and res["chinchilla"]["bootstrap"] > 0
+
+
+def test_cli_fit_writes_json_and_plots(tmp_path, capsys):
+    rng = np.random.default_rng(4)
+    p = tmp_path / "results.csv"
+    _write_csv(p, _isoflop_rows(rng, budgets=[1e17, 1e18, 1e19]) + _grid_rows(rng))
+    assert main(["fit", str(p), "--bootstrap", "30"]) == 0
+    out = capsys.readouterr().out
+    assert "eta_opt" in out and "M_opt" in out and "alpha" in out
+    res = json.loads((tmp_path / "fit" / "fit.json").read_text())
+    names = sorted(x.rsplit("/", 1)[-1] for x in res["plots"])
+    assert names == ["allocation.png", "chinchilla.png", "hparam_grid.png", "hparam_laws.png", "isoflop.png"]
+    for n in names:
+        assert (tmp_path / "fit" / n).read_bytes()[:4] == b"\x89PNG"
+
+
+def test_bad_results_files(tmp_path, capsys):
+    cases = {"missing.csv": None, "cols.csv": "a,b\n1,2\n", "empty.csv": ",".join(COLUMNS) + "\n",
+             "text.csv": ",".join(COLUMNS) + "\n" + ",".join(["x"] * len(COLUMNS)) + "\n",
+             "neg.csv": ",".join(COLUMNS) + "\n" + ",".join(["p"] + ["-1"] * (len(COLUMNS) - 1)) + "\n"}
+    words = {"missing.csv": "does not exist", "cols.csv": "lacks the column", "empty.csv": "no result rows",
+             "text.csv": "must be a number", "neg.csv": "positive"}
+    for name, text in cases.items():
+        path = tmp_path / name
+        if text is not None:
+            path.write_text(text)
+        with pytest.raises(GenlabError, match=words[name]):
+            read_results(path)
+        assert main(["fit", str(path)]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and words[name] in err[0]
+    assert not (tmp_path / "fit").exists()
+    # one budget only: nothing can be fitted
+    p = tmp_path / "one.csv"
+    _write_csv(p, [r for r in _grid_rows(np.random.default_rng(0)) if r["budget"] == 1e12])
+    assert main(["fit", str(p)]) == 2 and "nothing to fit" in capsys.readouterr().err
