@@ -85,6 +85,7 @@ def _add_scaling_parsers(sub) -> None:
     sw.add_argument("--batch-factors", type=_float_list, help="multiples of B_opt(C) (default 0.5,1,2)")
     sw.add_argument("--size-factors", type=_float_list, help="IsoFLOP sizes, multiples of M_opt(C) (default 1,2,4,8,16)")
     sw.add_argument("--lr-batch-size", type=_positive_float, help="the lr x batch model, x M_opt(C) (default 4)")
+    sw.add_argument("--lr-center", type=_positive_float, help="IsoFLOP lr and lr grid centre, x eta_opt(C) (default 0.25)")
     sw.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                     help="config for every point, e.g. --set data.path=corpus.txt (repeatable)")
     sw.add_argument("--dry-run", action="store_true", help="print the grid and its compute; run nothing")

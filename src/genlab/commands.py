@@ -322,7 +322,7 @@ def cmd_sweep(args) -> int:
 
     grid = {"budgets": args.budgets, "kind": args.kind, "lr_factors": args.lr_factors,
             "batch_factors": args.batch_factors, "size_factors": args.size_factors,
-            "lr_batch_size": args.lr_batch_size}
+            "lr_batch_size": args.lr_batch_size, "lr_center": args.lr_center}
     given = {k: v for k, v in grid.items() if v is not None}
     spec = sweep.make_spec(**given, overrides=args.overrides) if given or args.overrides else None
     if args.estimate and not args.dry_run:

@@ -305,7 +305,15 @@ def import_hf(hf_dir: str | Path, out: str | Path) -> Path:
             tok.save(Path(path) / "tokenizer.json")
 
     run.create(cfg, _Artifacts())
-    checkpoint.save(run.path, 0, model, {"step": 0, "imported_from": str(hf_dir)}, keep=1)
+    import random
+
+    from genlab.train.optim import build_optimizer
+
+    # a complete step-0 training state, so `genlab train --out RUN --resume` fine-tunes the imported model
+    state = {"step": 0, "data_state": [0, 0], "tokens_seen": 0, "imported_from": str(hf_dir),
+             "optimizer": build_optimizer(model, cfg.train).state_dict(), "torch_rng": torch.get_rng_state(),
+             "python_rng": list(random.getstate()[1])}
+    checkpoint.save(run.path, 0, model, state, keep=1)
     run.set_status("imported", 0)
     return run.path
 

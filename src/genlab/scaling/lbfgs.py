@@ -22,10 +22,13 @@ def _value_and_grad(fn, x):
 
 
 def batched_lbfgs(fn: Callable[[torch.Tensor], torch.Tensor], x0: torch.Tensor, max_iter: int = 300,
-                  history: int = 10, tol_grad: float = 1e-9, tol_change: float = 1e-12, c1: float = 1e-4,
+                  history: int = 10, tol_grad: float = 1e-12, tol_change: float = 1e-13, c1: float = 1e-4,
                   max_backtracks: int = 40) -> tuple[torch.Tensor, torch.Tensor]:
     """Minimise fn row by row. fn: (S, P) -> (S,) with row i depending on x[i] only.
 
+    A row stops when its largest gradient entry is below tol_grad, when a step lowers its value by
+    less than tol_change relative to the value itself (relative, because objectives such as a sum
+    of Huber losses on log-loss residuals live near 1e-6), or when its line search fails.
     Returns (x, f): the final points (S, P) and their objective values (S,)."""
     x = x0.detach().clone()
     S, P = x.shape
@@ -77,7 +80,9 @@ def batched_lbfgs(fn: Callable[[torch.Tensor], torch.Tensor], x0: torch.Tensor, 
         s = x_new - x
         y = g_new - g
         sy = (s * y).sum(1)
-        keep = moved & (sy > 1e-12)
+        # keep the pair only with clearly positive curvature, relative to the sizes of s and y
+        # (an absolute threshold would drop every pair of an objective that is tiny everywhere)
+        keep = moved & (sy > 1e-10 * s.norm(dim=1) * y.norm(dim=1))
         slot = it % history
         s_hist[slot], y_hist[slot] = s, y
         rho[slot] = torch.where(keep, 1.0 / sy.clamp_min(1e-300), torch.zeros_like(sy))
@@ -86,5 +91,5 @@ def batched_lbfgs(fn: Callable[[torch.Tensor], torch.Tensor], x0: torch.Tensor, 
         x = torch.where(moved[:, None], x_new, x)
         g = torch.where(moved[:, None], g_new, g)
         f = torch.where(moved, f_new, f)
-        active &= moved & (change > tol_change * (1 + f.abs()))
+        active &= moved & (change > tol_change * f.abs())
     return x, f
