@@ -144,30 +144,43 @@ def _write_csv(path, rows):
             w.writerow({k: full[k] for k in COLUMNS})
 
 
-def _grid_rows(rng):
-    """lr x batch points at three budgets whose optimum follows 0.01 * (C/1e12)^-0.1."""
+def _grid_rows(rng, budgets=(1e17, 1e18, 1e19)):
+    """lr x batch points whose optimum follows 0.01 * (C/1e17)^-0.1; the model at each budget is
+    LAW's compute-optimal one, so the near-optimal points also lie on LAW."""
     rows = []
-    for C in (1e12, 1e13, 1e14):
-        e0 = np.log10(0.01 * (C / 1e12) ** -0.1)
+    G = (LAW.alpha * LAW.A / (LAW.beta * LAW.B)) ** (1 / (LAW.alpha + LAW.beta))
+    for C in budgets:
+        M = G * C ** A_TRUE
+        e0 = np.log10(0.01 * (C / 1e17) ** -0.1)
         for x in e0 + np.array([-0.6, -0.3, 0.0, 0.3, 0.6]) + 0.05:
             for y in (3.0, 3.3, 3.6):
-                rows.append({"budget": C, "M": 1e6, "N1": 1e5, "N2": 1.2e5, "tokens": C / 1e6, "lr": 10 ** x,
+                bowl = 1 + 0.02 * (x - e0) ** 2 + 0.02 * (y - 3.3) ** 2
+                rows.append({"budget": C, "M": M, "N1": M / 6, "N2": M / 6, "tokens": C / M, "lr": 10 ** x,
                              "batch_tokens": 10 ** y, "lr_batch": 1, "isoflop": 0,
-                             "val_loss": 3 * (1 + 0.02 * (x - e0) ** 2 + 0.02 * (y - 3.3) ** 2)
-                             * (1 + rng.normal(0, 1e-4))})
+                             "val_loss": LAW.loss(M, C / M) * bowl * (1 + rng.normal(0, 1e-4))})
     return rows
 
 
-def test_fit_all_intervals_contain_the_truth():
+@pytest.fixture
+def few_starts(monkeypatch):
+    """The Chinchilla fit from 8 grid starts instead of 64: these tests check the plumbing."""
+    import genlab.scaling.fit as fit
+
+    monkeypatch.setattr(fit, "CHINCHILLA_STARTS", 8)
+
+
+def test_fit_all_intervals_contain_the_truth(few_starts):
     rng = np.random.default_rng(3)
     res = fit_all(_isoflop_rows(rng, noise=3e-3) + _grid_rows(rng), n_boot=40)
     lo, hi = res["isoflop"]["M"]["e_ci"]
     assert lo < A_TRUE < hi and hi - lo < 0.2
     assert res["hparams"]["lr"]["e_ci"][0] < res["hparams"]["lr"]["e"] < res["hparams"]["lr"]["e_ci"][1]
-    assert "alpha_ci" in res["chinchilla"] and res["chinchilla"]["bootstrap"] > 0
+    ch = res["chinchilla"]
+    assert "alpha_ci" in ch and ch["bootstrap"] > 0
+    assert abs(ch["alpha"] / LAW.alpha - 1) < 0.1 and abs(ch["beta"] / LAW.beta - 1) < 0.1  # N2 = M / 6 here
 
 
-def test_cli_fit_writes_json_and_plots(tmp_path, capsys):
+def test_cli_fit_writes_json_and_plots(tmp_path, capsys, few_starts):
     rng = np.random.default_rng(4)
     p = tmp_path / "results.csv"
     _write_csv(p, _isoflop_rows(rng, budgets=[1e17, 1e18, 1e19]) + _grid_rows(rng))
@@ -199,5 +212,5 @@ def test_bad_results_files(tmp_path, capsys):
     assert not (tmp_path / "fit").exists()
     # one budget only: nothing can be fitted
     p = tmp_path / "one.csv"
-    _write_csv(p, [r for r in _grid_rows(np.random.default_rng(0)) if r["budget"] == 1e12])
+    _write_csv(p, _grid_rows(np.random.default_rng(0), budgets=[1e17]))
     assert main(["fit", str(p)]) == 2 and "nothing to fit" in capsys.readouterr().err

@@ -26,7 +26,10 @@ def _rows(path):
         return list(csv.DictReader(fh))
 
 
-def test_tiny_sweep_runs_resumes_and_collects(tiny_corpus, tmp_path, capsys):
+def test_tiny_sweep_runs_resumes_and_collects(tiny_corpus, tmp_path, capsys, monkeypatch):
+    import genlab.scaling.fit
+
+    monkeypatch.setattr(genlab.scaling.fit, "CHINCHILLA_STARTS", 8)  # the fit's plumbing only
     out = tmp_path / "sw"
     argv = ["sweep", "--out", str(out), *TINY, *_sets(tiny_corpus)]
     assert main(argv) == 0

@@ -76,6 +76,7 @@ def train_and_score(preset: str, seed: int, p: dict) -> dict:
     lat = _latency(model, frames, p["latency_warmup"])
     return {"seed": seed, "steps": cfg.train.steps, "mAP": m["mAP"], "mcAP": m["mcAP"], "test_frames": m["frames"],
             "train_s": train_s, "final_train_loss": last.get("loss"), "params": count_params(model)["total"],
+            "spike_skipped_steps": trainer.guard.skipped,
             "offline_frames_per_s": len(probs) / offline_s,
             "latency_ms_median": 1e3 * statistics.median(lat),
             "latency_ms_p90": 1e3 * float(np.percentile(lat, 90)),

@@ -264,6 +264,10 @@ def fit_all(rows: list[dict], n_boot: int = 1000, seed: int = 0) -> dict:
     else:
         res["chinchilla"] = {"skipped": "needs six or more points with three or more sizes and token counts"}
     res["notes"] = grid_edge_notes(grid)
+    ch = res["chinchilla"]
+    if "alpha" in ch and not (0 < ch["alpha"] < 3 and 0 < ch["beta"] < 3):
+        res["notes"].append(f"the Chinchilla fit is degenerate (alpha {ch['alpha']:.3g}, beta {ch['beta']:.3g}); "
+                            "the points do not span enough sizes and token counts to pin it down")
     if all("skipped" in res[k] for k in ("hparams", "isoflop", "chinchilla")):
         raise GenlabError("nothing to fit: the results need lr x batch or IsoFLOP points at two or more budgets "
                           "(see genlab sweep --help)")

@@ -145,7 +145,7 @@ def write_plots(rows: list[dict], res: dict, out: Path) -> list[Path]:
         pts = iso + [r for r in near_optimal(grid) if not r["isoflop"]] if grid else iso
         obs = np.array([r["val_loss"] for r in pts])
         N, D = np.array([r["N2"] for r in pts]), np.array([r["tokens"] for r in pts])
-        pred = ch["E"] + ch["A"] / N ** ch["alpha"] + ch["B"] / D ** ch["beta"]
+        pred = ch["E"] + np.exp(np.log(ch["A"]) - ch["alpha"] * np.log(N)) + np.exp(np.log(ch["B"]) - ch["beta"] * np.log(D))
         fig, ax = plt.subplots(figsize=(5, 4.6), dpi=110)
         sc = ax.scatter(pred, obs, c=np.log10([r["budget"] for r in pts]), cmap="viridis", s=24)
         lo, hi = min(obs.min(), pred.min()), max(obs.max(), pred.max())
