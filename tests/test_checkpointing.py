@@ -18,6 +18,15 @@ from genlab.train.activation_checkpoint import (_selective_policy, apply_activat
 POLICIES = ["full", "every:2", "selective"]
 
 
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Tiny tensors: a second OpenMP thread only adds synchronisation, and on a shared CPU it stalls."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 def _lm(preset, extra=()):
     cfg = apply_dict(RunConfig(), PRESETS[preset][1], preset)
     cfg = apply_overrides(cfg, ["model.n_layer=3", "data.vocab_size=300", *extra]).validate()

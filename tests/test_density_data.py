@@ -9,6 +9,16 @@ from genlab.data.binary import image_shape, load_binary, load_digits_binary, loa
 from genlab.errors import GenlabError
 
 
+@pytest.fixture(autouse=True)
+def keep_threads():
+    """The density presets set train.threads = 1, which the trainer applies process-wide."""
+    import torch
+
+    n = torch.get_num_threads()
+    yield
+    torch.set_num_threads(n)
+
+
 def rows(n, d, seed=0):
     return (np.random.RandomState(seed).rand(n, d) < 0.4).astype(np.float32)
 

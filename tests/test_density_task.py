@@ -149,7 +149,9 @@ def test_bench_density_quick(tmp_path, monkeypatch, npz16):
     uci.mkdir()
     (uci / "dna.npz").write_bytes(npz16.read_bytes())  # stands in for the real file: the paths are exercised
     monkeypatch.setenv("GENLAB_UCI_DIR", str(uci))
+    torch.set_num_threads(2)
     r = density.run(quick=True, out_dir=tmp_path / "bench")
+    assert torch.get_num_threads() == 2  # the presets' one thread does not leak out
     json.dumps(r)
     assert [m["model"] for m in r["models"]] == [name for name, _, _ in density.DIGITS_MODELS]
     for m in r["models"]:

@@ -11,6 +11,15 @@ from genlab.ops.attention import naive_attention
 from genlab.ops.flash import _tiles, flash_attention
 
 
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Tiny tensors: a second OpenMP thread only adds synchronisation, and on a shared CPU it stalls."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 def _cu(lens):
     return torch.tensor([0, *torch.tensor(lens).cumsum(0).tolist()], dtype=torch.int32)
 

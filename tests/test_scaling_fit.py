@@ -214,3 +214,12 @@ def test_bad_results_files(tmp_path, capsys):
     p = tmp_path / "one.csv"
     _write_csv(p, _grid_rows(np.random.default_rng(0), budgets=[1e17]))
     assert main(["fit", str(p)]) == 2 and "nothing to fit" in capsys.readouterr().err
+
+
+def test_diverged_points_are_left_out(tmp_path):
+    rows = _grid_rows(np.random.default_rng(0), budgets=[1e17, 1e18])
+    rows[0]["val_loss"] = float("nan")  # genlab sweep writes nan for a point whose loss guard gave up
+    p = tmp_path / "r.csv"
+    _write_csv(p, rows)
+    got = read_results(p)
+    assert len(got) == len(rows) - 1 and all(np.isfinite(r["val_loss"]) for r in got)

@@ -122,6 +122,8 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--out", help="run directory (default runs/PRESET-TIMESTAMP)")
     t.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
     t.add_argument("--no-progress", action="store_true", help="no live progress bar")
+    t.add_argument("--nproc", type=_positive_int, default=1,
+                   help="data-parallel processes: launches torchrun --nproc-per-node N (train.parallel = ddp | fsdp)")
 
     s = sub.add_parser("sample", help="generate text from a trained run")
     s.add_argument("run")
@@ -134,9 +136,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--no-cache", action="store_true", help="recompute the whole sequence every step")
     s.add_argument("--speculative", action="store_true",
                    help="deepseek with MTP: greedy decoding drafted by the MTP module (same text; reports acceptance)")
-    s.add_argument("-n", "--num", type=_positive_int, default=64, help="density: how many samples")
-    s.add_argument("--out", help="density: output file, .png grid (image-shaped data) or .npy "
-                   "(default RUN/samples.png or RUN/samples.npy)")
+    s.add_argument("-n", "--num", type=_positive_int, default=64, help="density, diffusion: how many samples")
+    s.add_argument("--out", help="density, diffusion: output file (density: a .png grid for image-shaped data, "
+                   "or .npy; default RUN/samples.png or RUN/samples.npy)")
     s.add_argument("--steps", type=_positive_int, default=50, help="diffusion: sampler steps")
     s.add_argument("--sampler", choices=("ddim", "ddpm"), default="ddim", help="diffusion: sampler")
     s.add_argument("--guidance", type=_nonneg_float, default=3.0,

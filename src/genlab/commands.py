@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -52,17 +53,55 @@ def cmd_train(args) -> int:
         cfg = None
     else:
         cfg = C.resolve(args.preset, args.config, overrides)
+    from genlab.train import distributed
     from genlab.train.trainer import prepare_training
 
+    if getattr(args, "nproc", 1) > 1 and "WORLD_SIZE" not in os.environ:  # launch torchrun, then wait
+        return _launch_torchrun(args, cfg)
     run, trainer = prepare_training(cfg, args.out, args.resume, not args.no_progress, overrides)
-    _print(f"run dir: {run.path}")
+    main = distributed.is_main()
+    if main:
+        _print(f"run dir: {run.path}")
     try:
         last = trainer.fit()
     except KeyboardInterrupt:
         _print("interrupted: a checkpoint was written; continue with `genlab train --out RUN --resume`",
                file=sys.stderr)
         raise
-    _report(run, last)
+    finally:
+        distributed.teardown()
+    if main:
+        _report(run, last)
+    return 0
+
+
+def _launch_torchrun(args, cfg) -> int:
+    """genlab train --nproc N: check the input here (one-line errors), then run the same command
+    under torchrun; exit status 2 if a rank failed."""
+    from genlab.train import distributed
+    from genlab.train.rundir import RunDir
+
+    if args.out is None:
+        raise GenlabError("--nproc needs --out RUN_DIR (every process must write to the same run directory)")
+    if args.resume:
+        RunDir.open_for_resume(args.out)
+        ga = RunDir.open(args.out).config().train.grad_accum
+    else:
+        RunDir.plan(cfg, args.out)
+        ga = cfg.train.grad_accum
+    if ga % args.nproc:
+        raise GenlabError(f"train.grad_accum = {ga} is not a multiple of --nproc {args.nproc}; it counts the "
+                          "micro-batches of a step over all processes")
+    child = [f"--set={o}" for o in args.overrides] + ["--out", str(args.out)]
+    for flag, value in (("--preset", args.preset), ("--config", args.config)):
+        if value:
+            child += [flag, value]
+    if args.steps:
+        child += ["--steps", str(args.steps)]
+    child += ["--resume"] * bool(args.resume) + ["--no-progress"] * bool(args.no_progress)
+    rc = distributed.launch(args.nproc, child)
+    if rc:
+        raise GenlabError(f"torchrun with {args.nproc} processes failed (exit status {rc}); see the messages above")
     return 0
 
 
@@ -144,6 +183,9 @@ def cmd_info(args) -> int:
         _print(f"# {source}\n{C.to_toml(cfg)}\n# vocab size            {vocab:,}")
         for line in info_lines(model):
             _print(line)
+        fl = flops_per_token(cfg.model, vocab, cfg.data.packing_length)  # activated experts only
+        _print(f"# FLOPs/token training  {fl['train_flops_per_token']:,.0f}  (M, non-embedding: {fl['M']:,.0f}; "
+               f"6N1 {fl['6N1']:,.0f}, 6N2 {fl['6N2']:,.0f}; MTP not counted)")
         return 0
     n = count_params(model)
     fl = flops_per_token(cfg.model, vocab, cfg.data.packing_length)

@@ -120,6 +120,8 @@ class TrainConfig:
     future_weight: float = 0.5  # detection: weight of the future-frame cross-entropy (OadTR)
     spike_window: int = 100  # loss-spike guard: recent steps compared against; 0 = guard off
     spike_factor: float = 10.0  # a step whose loss or grad norm exceeds factor x the window's max is skipped
+    nan_patience: int = 3  # a NaN/inf loss or gradient skips the step; this many in a row stop the run
+    parallel: str = "ddp"  # ddp | fsdp (fully_shard per block): used only under torchrun (WORLD_SIZE > 1)
     early_stop_patience: int = 0  # evaluations without a lower val_loss before stopping; 0 = off. When on,
     #                               the best weights are kept in RUN/best/ and sample/eval use them
     optimizer: str = "adamw"  # adamw | adagrad | adadelta (rho = beta2) | sgd (plain)
@@ -162,6 +164,7 @@ CHOICES = {
     "train.optimizer": ("adamw", "adagrad", "adadelta", "sgd"),
     "model.attn_backend": ("auto", "naive", "sdpa", "flash", "triton"),  # flash: genlab.ops.flash
     "train.precision": ("fp32", "fp8"),
+    "train.parallel": ("ddp", "fsdp"),  # genlab.train.distributed
     "train.schedule": ("multistep", "cosine", "constant", "inverse"),
     "train.device": ("auto", "cpu", "cuda"),
     "model.beta_schedule": ("linear", "scaled_linear", "squaredcos_cap_v2"),
@@ -237,6 +240,7 @@ RANGES = {
     "train.future_weight": (0.0, 100.0),
     "train.spike_window": (0, 100_000),
     "train.spike_factor": (1.0, None),
+    "train.nan_patience": (1, 1_000_000),
     "train.early_stop_patience": (0, None),
     "train.eps": (0.0, 1.0),
     "train.lr_decay": (0.0, None),

@@ -20,6 +20,8 @@ import tempfile
 import time
 from pathlib import Path
 
+import torch
+
 from genlab.bench.common import machine_info, print_table
 
 DIGITS_MODELS = [  # (name, preset, extra overrides)
@@ -83,9 +85,13 @@ def run(steps: int | None = None, quick: bool = False, out_dir: str | Path | Non
     root.mkdir(parents=True, exist_ok=True)
     base = Path(tempfile.mkdtemp(prefix=f"density-{time.strftime('%Y%m%d-%H%M%S')}-", dir=root))
     extra = (QUICK_OVERRIDES if quick else []) + ([f"train.steps={steps}"] if steps else [])
-    models = []
-    for i, (name, preset, overrides) in enumerate(DIGITS_MODELS):
-        models.append(train_and_score(name, preset, overrides + extra, base / f"{i}-{preset}"))
+    threads = torch.get_num_threads()  # the presets' train.threads = 1 is process-wide; restored below
+    try:
+        models = [train_and_score(name, preset, overrides + extra, base / f"{i}-{preset}")
+                  for i, (name, preset, overrides) in enumerate(DIGITS_MODELS)]
+        uci = run_uci(base, extra)
+    finally:
+        torch.set_num_threads(threads)
     by_name = {m["model"]: m for m in models}
     margins = {f"{w}_minus_mixture_nats": by_name[MIXTURE]["test_nll"] - by_name[w]["test_nll"] for w in WINNERS}
     print_table("density models on binarized digits (test split, best weights)",
@@ -94,7 +100,7 @@ def run(steps: int | None = None, quick: bool = False, out_dir: str | Path | Non
                   f"{m['train_s']:.1f}", f"{m['examples_per_s']:,.0f}"] for m in models])
     result = {"benchmark": "density", "machine": machine_info(), "quick": quick, "runs_dir": str(base),
               "dataset": "digits (scikit-learn, binarized >= 8), 1297 / 200 / 300", "models": models,
-              "margins": margins, "uci": run_uci(base, extra)}
+              "margins": margins, "uci": uci}
     return result
 
 

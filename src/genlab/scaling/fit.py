@@ -52,6 +52,8 @@ def read_results(path: str | Path) -> list[dict]:
             row = {k: float(r[k]) for k in NUMERIC}
         except (TypeError, ValueError):
             raise GenlabError(f"{p}:{i}: every one of {', '.join(NUMERIC)} must be a number") from None
+        if math.isnan(row["val_loss"]):
+            continue  # a point that diverged (genlab sweep writes nan): not a measurement
         if not all(math.isfinite(v) for v in row.values()) or min(row[k] for k in NUMERIC[:8]) <= 0:
             raise GenlabError(f"{p}:{i}: budget, sizes, lr, batch, tokens and val_loss must be positive and finite")
         rows.append({**r, **row})

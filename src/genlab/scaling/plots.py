@@ -28,14 +28,21 @@ def _plt():
     return plt
 
 
+def _no_minor_labels(ax):
+    from matplotlib.ticker import NullFormatter
+
+    ax.xaxis.set_minor_formatter(NullFormatter())
+    ax.yaxis.set_minor_formatter(NullFormatter())
+
+
 def _span(values, pad: float = 0.5):
     lo, hi = math.log10(min(values)), math.log10(max(values))
     return np.logspace(lo - pad, hi + pad, 50)
 
 
-def _law_panel(ax, C_pts, y_pts, fit: dict, C_all, ylabel: str, ref=None, ref_label=""):
+def _law_panel(ax, C_pts, y_pts, fit: dict, C_all, ylabel: str, ref=None, ref_label="", pts_label=""):
     xs = _span(C_all)
-    ax.scatter(C_pts, y_pts, s=14, color="tab:blue", alpha=0.6, label="near-optimal points" if ref else "minima")
+    ax.scatter(C_pts, y_pts, s=14, color="tab:blue", alpha=0.6, label=pts_label)
     ax.plot(xs, fit["k"] * xs ** fit["e"], color="tab:red", lw=1.6,
             label=f"fit: {fit['k']:.3g} C^{fit['e']:.4f}")
     if "e_ci" in fit and all(map(math.isfinite, fit["e_ci"])):
@@ -50,6 +57,7 @@ def _law_panel(ax, C_pts, y_pts, fit: dict, C_all, ylabel: str, ref=None, ref_la
         ax.plot(xs, ref(xs), "--", color="grey", lw=1, label=ref_label)
     ax.set_xscale("log")
     ax.set_yscale("log")
+    _no_minor_labels(ax)
     ax.set_xlabel("compute budget C (FLOPs)")
     ax.set_ylabel(ylabel)
     ax.grid(alpha=0.3, which="both")
@@ -75,6 +83,7 @@ def write_plots(rows: list[dict], res: dict, out: Path) -> list[Path]:
                        edgecolors="tab:red", lw=1.5, label="within 0.25% of the best")
             ax.set_xscale("log")
             ax.set_yscale("log")
+            _no_minor_labels(ax)
             ax.set_title(f"C = {C:.3g}")
             ax.set_xlabel("batch size (tokens)")
             ax.set_ylabel("learning rate")
@@ -92,9 +101,10 @@ def write_plots(rows: list[dict], res: dict, out: Path) -> list[Path]:
         C_all = [r["budget"] for r in grid]
         fig, (a1, a2) = plt.subplots(1, 2, figsize=(10, 4), dpi=110)
         _law_panel(a1, [p["budget"] for p in pts], [p["lr"] for p in pts], h["lr"], C_all, "optimal learning rate",
-                   laws.eta_opt, "DeepSeek LLM: 0.3118 C^-0.125")
+                   laws.eta_opt, "DeepSeek LLM: 0.3118 C^-0.125", "near-optimal points")
         _law_panel(a2, [p["budget"] for p in pts], [p["batch_tokens"] for p in pts], h["batch"], C_all,
-                   "optimal batch size (tokens)", laws.batch_opt_tokens, "DeepSeek LLM: 0.2920 C^0.3271")
+                   "optimal batch size (tokens)", laws.batch_opt_tokens, "DeepSeek LLM: 0.2920 C^0.3271",
+                   "near-optimal points")
         fig.tight_layout()
         written.append(out / "hparam_laws.png")
         fig.savefig(written[-1])
@@ -132,9 +142,9 @@ def write_plots(rows: list[dict], res: dict, out: Path) -> list[Path]:
         fig, (a1, a2) = plt.subplots(1, 2, figsize=(10, 4), dpi=110)
         ds = laws.LAWS["deepseek"]
         _law_panel(a1, s["budgets"], s["M_opt"], s["M"], s["budgets"], "optimal model scale M_opt (FLOPs/token)",
-                   lambda c: ds.split(c)[0], "DeepSeek LLM: 0.1715 C^0.5243")
+                   lambda c: ds.split(c)[0], "DeepSeek LLM: 0.1715 C^0.5243", "IsoFLOP minima")
         _law_panel(a2, s["budgets"], s["D_opt"], s["D"], s["budgets"], "optimal data D_opt (tokens)",
-                   lambda c: ds.split(c)[1], "DeepSeek LLM: 5.8316 C^0.4757")
+                   lambda c: ds.split(c)[1], "DeepSeek LLM: 5.8316 C^0.4757", "IsoFLOP minima")
         fig.tight_layout()
         written.append(out / "allocation.png")
         fig.savefig(written[-1])

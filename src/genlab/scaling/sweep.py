@@ -198,11 +198,16 @@ def run_point(out: Path, spec: dict, p: dict, log=print) -> dict:
         shutil.rmtree(pdir)  # a point that died before its first checkpoint: start it again
     t0 = time.perf_counter()
     run, trainer = prepare_training(None if resume else cfg, pdir, resume=resume, progress=False, log=quiet)
-    last = trainer.fit()
+    try:
+        last = trainer.fit()
+    except GenlabError as e:  # the loss guard gave up (e.g. an lr too high): a result, not a crash
+        log(f"{p['point']}: diverged ({e})")
+        last, ev = {}, {"val_loss": float("nan"), "val_bpb": float("nan")}
+    else:
+        _, eval_data = _eval_rows(spec)
+        ev = trainer.task.evaluate(trainer.model, data=eval_data, max_batches=EVAL_ROWS // EVAL_BATCH_ROWS,
+                                   device=trainer.device)
     seconds = time.perf_counter() - t0
-    _, eval_data = _eval_rows(spec)
-    ev = trainer.task.evaluate(trainer.model, data=eval_data, max_batches=EVAL_ROWS // EVAL_BATCH_ROWS,
-                               device=trainer.device)
     row = {k: p[k] for k in ("point", "lr_batch", "isoflop", "budget", "n_layer", "d_model", "n_head", "M", "N1",
                              "N2", "seq_len", "lr", "batch_seqs", "steps")}
     row.update(batch_tokens=p["batch_seqs"] * p["seq_len"], tokens=trainer.tokens_seen,

@@ -40,6 +40,18 @@ def _fsync(path: Path) -> None:
         os.close(fd)
 
 
+FAULT_ENV = "GENLAB_FAULT_KILL_IN_CKPT"  # test hook: "STEP" SIGKILLs this process mid-write of step_STEP
+
+
+def _fault_point(step: int) -> None:
+    """Crash-safety tests set GENLAB_FAULT_KILL_IN_CKPT=STEP: the process kills itself with SIGKILL
+    after model.safetensors of that step is written and before state.pt and the manifest are."""
+    if os.environ.get(FAULT_ENV, "") == str(step):
+        import signal
+
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
 def save(run_dir: Path, step: int, model: torch.nn.Module, state: dict, keep: int) -> Path:
     root = Path(run_dir) / CKPT_DIR
     root.mkdir(parents=True, exist_ok=True)
@@ -49,6 +61,7 @@ def save(run_dir: Path, step: int, model: torch.nn.Module, state: dict, keep: in
         shutil.rmtree(tmp)
     tmp.mkdir()
     save_model(model, str(tmp / "model.safetensors"))
+    _fault_point(step)
     torch.save(state, tmp / "state.pt")
     manifest = {"step": step, "files": {n: {"bytes": (tmp / n).stat().st_size, "sha256": _sha256(tmp / n)}
                                         for n in FILES}}

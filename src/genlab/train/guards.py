@@ -14,7 +14,9 @@ data order, the lr schedule and resume are unchanged. Spikes are not added to th
 `patience` steps in a row are spikes, the scale has changed for good, and training stops with an
 error instead of silently skipping everything.
 
-Non-finite values are left to the trainer's own check (it stops with an error).
+Non-finite values (a NaN or inf loss, or a NaN/inf gradient, which makes the gradient norm
+non-finite) are checked first, with or without the spike windows: the step is skipped the same way
+and logged, and `nan_patience` non-finite steps in a row stop training with an error.
 """
 
 from __future__ import annotations
@@ -26,8 +28,11 @@ from genlab.ops.window_max import SlidingMax
 
 
 class SpikeGuard:
-    def __init__(self, window: int, factor: float, patience: int = 5):
+    def __init__(self, window: int, factor: float, patience: int = 5, nan_patience: int = 3):
         self.window, self.factor, self.patience = int(window), float(factor), int(patience)
+        self.nan_patience = int(nan_patience)  # non-finite steps in a row before stopping
+        self.nonfinite = 0  # non-finite steps so far
+        self.nonfinite_consecutive = 0
         self.loss = SlidingMax(window) if window else None
         self.grad_norm = SlidingMax(window) if window else None
         self.skipped = 0  # spikes so far
@@ -38,8 +43,17 @@ class SpikeGuard:
         return self.window > 0
 
     def check(self, loss: float, grad_norm: float) -> str | None:
-        """None = a normal step (its values join the windows); else why it is a spike."""
-        if not self.enabled or not (math.isfinite(loss) and math.isfinite(grad_norm)):
+        """None = a normal step (its values join the windows); else why it is skipped."""
+        if not (math.isfinite(loss) and math.isfinite(grad_norm)):
+            self.nonfinite += 1
+            self.nonfinite_consecutive += 1
+            what = f"loss {loss}" if not math.isfinite(loss) else f"gradient (norm {grad_norm})"
+            if self.nonfinite_consecutive >= self.nan_patience:
+                raise GenlabError(f"non-finite {what} in {self.nonfinite_consecutive} steps in a row; lower "
+                                  "train.lr, check the data, or raise train.nan_patience")
+            return f"non-finite {what}"
+        self.nonfinite_consecutive = 0
+        if not self.enabled:
             return None
         reason = None
         if self.loss.full:
@@ -63,13 +77,16 @@ class SpikeGuard:
         return reason
 
     def state_dict(self) -> dict:
-        st = {"skipped": self.skipped, "consecutive": self.consecutive}
+        st = {"skipped": self.skipped, "consecutive": self.consecutive, "nonfinite": self.nonfinite,
+              "nonfinite_consecutive": self.nonfinite_consecutive}
         if self.enabled:
             st.update(loss=self.loss.state_dict(), grad_norm=self.grad_norm.state_dict())
         return st
 
     def load_state_dict(self, st: dict) -> None:
         self.skipped, self.consecutive = int(st["skipped"]), int(st["consecutive"])
+        self.nonfinite = int(st.get("nonfinite", 0))
+        self.nonfinite_consecutive = int(st.get("nonfinite_consecutive", 0))
         if self.enabled and "loss" in st and int(st["loss"]["k"]) == self.window:
             self.loss.load_state_dict(st["loss"])
             self.grad_norm.load_state_dict(st["grad_norm"])

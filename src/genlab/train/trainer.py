@@ -16,7 +16,7 @@ import torch
 from genlab.config import RunConfig
 from genlab.errors import GenlabError
 from genlab.tasks import make_task
-from genlab.train import checkpoint
+from genlab.train import checkpoint, distributed
 from genlab.train.activation_checkpoint import apply_activation_checkpointing
 from genlab.train.optim import build_optimizer, lr_factor, set_lr
 from genlab.train.guards import SpikeGuard
@@ -71,6 +71,10 @@ class Trainer:
         if t.threads:
             torch.set_num_threads(t.threads)
         self.device = pick_device(t.device)
+        distributed.setup(t.device)  # under torchrun (WORLD_SIZE > 1): join the group; train/distributed.py
+        distributed.check_grad_accum(t.grad_accum)
+        if not distributed.is_main():  # rank 0 alone writes the run dir and talks
+            self.run, self.show_progress, self.log = distributed.QuietRunDir(run), False, (lambda *a, **k: None)
         seed_everything(t.seed)
         self.task = make_task(cfg)
         self.task.prepare(run.path, fresh=not resume)
@@ -80,11 +84,13 @@ class Trainer:
 
             convert_to_fp8(self.model)
         apply_activation_checkpointing(self.model, t.activation_checkpointing)  # "none": no change
+        self.fwd_model = distributed.wrap(self.model, t.parallel, self.device)  # DDP / FSDP2 / itself
         self.opt = build_optimizer(self.model, t)
         self.step = 0
         self.data_state = self.task.initial_state()
         self.tokens_seen = 0
-        self.guard = SpikeGuard(t.spike_window, t.spike_factor)  # loss-spike guard, train/guards.py
+        self.guard = SpikeGuard(t.spike_window, t.spike_factor,  # loss-spike and NaN/inf guard, train/guards.py
+                                nan_patience=t.nan_patience)
         self.best = {"val_loss": float("inf"), "step": 0, "evals_since": 0}  # early stopping
         self.stopped_early = False
         if resume:
@@ -128,25 +134,31 @@ class Trainer:
         self.run.truncate_metrics(self.step)
         self.log(f"resumed from {ckpt.name} (step {self.step})")
 
-    def save_checkpoint(self) -> Path:
+    def save_checkpoint(self) -> Path | None:
+        if not distributed.is_main():
+            return None
         return checkpoint.save(self.run.path, self.step, self.model, self._state(), self.cfg.train.keep_ckpts)
 
     # ------------------------------------------------------------------ loop
     def train_step(self) -> dict:
         t = self.cfg.train
-        batches = []
-        for _ in range(t.grad_accum):
+        batches, n_total, n_real, capacity = [], 0, 0, 0
+        for i in range(t.grad_accum):  # grad_accum micro-batches over all ranks; this rank keeps its own
             batch, self.data_state = self.task.next_batch(self.data_state)
-            batches.append(batch.to(self.device))
-        n_total = sum(b.n_targets for b in batches)
+            n_total, n_real, capacity = n_total + batch.n_targets, n_real + batch.n_real, capacity + batch.capacity
+            if distributed.mine(i):
+                batches.append(batch.to(self.device))
         lr = t.lr * lr_factor(self.step, t)
         set_lr(self.opt, lr)
         loss_total = 0.0
-        for batch in batches:
-            with self.amp:
-                loss_sum, _ = self.task.loss(self.model, batch)
-            (loss_sum / max(1, n_total)).backward()
+        scale = distributed.world_size() / max(1, n_total)  # global normalisation; DDP averages over ranks
+        for j, batch in enumerate(batches):
+            with distributed.no_sync(self.fwd_model, last=j == len(batches) - 1):
+                with self.amp:
+                    loss_sum, _ = self.task.loss(self.fwd_model, batch)
+                (loss_sum * scale).backward()
             loss_total += float(loss_sum.detach())
+        loss_total = distributed.all_reduce_sum(loss_total)
         gnorm = float(torch.nn.utils.clip_grad_norm_(self.model.parameters(), t.grad_clip or float("inf")))
         spike = self.guard.check(loss_total / max(1, n_total), gnorm)  # None, or why this update is skipped
         if spike is None:
@@ -157,10 +169,9 @@ class Trainer:
         self.step += 1
         if hasattr(self.task, "after_step"):  # optional task hook, e.g. an EMA of the weights (diffusion)
             self.task.after_step(self.model, self.step)
-        n_real = sum(b.n_real for b in batches)
         self.tokens_seen += n_real
         return {"loss": loss_total / max(1, n_total), "lr": lr, "grad_norm": gnorm, "n_real": n_real,
-                "capacity": sum(b.capacity for b in batches), "skipped": spike}
+                "capacity": capacity, "skipped": spike}
 
     def evaluate(self) -> dict:
         return self.task.evaluate(self.model, max_batches=self.cfg.train.eval_batches, device=self.device)
@@ -177,10 +188,7 @@ class Trainer:
                     self.save_checkpoint()
                     self.run.set_status("interrupted", self.step)
                     raise KeyboardInterrupt
-                m = self.train_step()
-                if not math.isfinite(m["loss"]):
-                    raise GenlabError(f"loss became {m['loss']} at step {self.step}; lower train.lr "
-                                      f"(now {t.lr}) or check the data")
+                m = self.train_step()  # a non-finite loss/gradient is skipped by self.guard (or stops the run)
                 last = self._log(m, progress) or last
                 if self.step % t.ckpt_every == 0 or self.step == t.steps or self.stopped_early:
                     self.save_checkpoint()
@@ -198,7 +206,8 @@ class Trainer:
             return
         if val_loss < self.best["val_loss"]:
             self.best = {"val_loss": val_loss, "step": self.step, "evals_since": 0}
-            checkpoint.save(self.run.path / BEST_DIR, self.step, self.model, {"step": self.step,
+            if distributed.is_main():
+                checkpoint.save(self.run.path / BEST_DIR, self.step, self.model, {"step": self.step,
                             "val_loss": val_loss}, keep=1)
         else:
             self.best["evals_since"] += 1
@@ -251,12 +260,12 @@ def prepare_training(cfg: RunConfig | None, out: str | Path | None, resume: bool
         run = RunDir.open_for_resume(out)
         cfg = apply_overrides(run.config(), overrides or []).validate()
         trainer = Trainer(cfg, run, resume=True, progress=progress, log=log)
-        if overrides:
+        if overrides and distributed.is_main():
             (run.path / "config.toml").write_text(to_toml(cfg))
     else:
         run = RunDir.plan(cfg, out)
         trainer = Trainer(cfg, run, resume=False, progress=progress, log=log)  # all input checks
-        run.create(cfg, trainer.task)
+        trainer.run.create(cfg, trainer.task)  # rank 0 only under torchrun
     return run, trainer
 
 
