@@ -77,20 +77,19 @@ def _vhgw_numpy(x: np.ndarray, k: int) -> np.ndarray:
     nb = -(-n // k)  # blocks per row
     g = np.full(lead + (nb * k,), _lowest(x.dtype), dtype=x.dtype)
     g[..., :n] = x
-    g = g.reshape(-1, nb, k)  # (rows, blocks, k)
-    if g.shape[0] * nb >= k:
-        # Many short columns: k - 1 vectorised steps, each over every block of every row;
-        # h is built from g's columns before g is accumulated in place (no extra copy).
-        h = np.empty_like(g)
-        h[:, :, k - 1] = g[:, :, k - 1]
-        for j in range(k - 2, -1, -1):
-            np.maximum(h[:, :, j + 1], g[:, :, j], out=h[:, :, j])
+    g = g.reshape(-1, k)  # (rows * blocks, k): every block of every row, one per line
+    if g.shape[0] >= k:
+        # Many short columns: k - 1 vectorised steps in place, each over all the blocks at once
+        # (measured faster than np.maximum.accumulate along axis 1, whose inner loop is only k long).
+        h = g.copy()
         for j in range(1, k):
-            np.maximum(g[:, :, j - 1], g[:, :, j], out=g[:, :, j])
+            np.maximum(g[:, j - 1], g[:, j], out=g[:, j])
+        for j in range(k - 2, -1, -1):
+            np.maximum(h[:, j + 1], h[:, j], out=h[:, j])
     else:
         # Few long blocks (k large against n): numpy's accumulate along the block axis.
-        h = np.maximum.accumulate(g[:, :, ::-1], axis=2)[:, :, ::-1]
-        g = np.maximum.accumulate(g, axis=2)
+        h = np.maximum.accumulate(g[:, ::-1], axis=1)[:, ::-1]
+        g = np.maximum.accumulate(g, axis=1)
     g = g.reshape(lead + (nb * k,))
     h = h.reshape(lead + (nb * k,))
     return np.maximum(h[..., : n - k + 1], g[..., k - 1 : n])
@@ -107,18 +106,17 @@ def _vhgw_torch(x: torch.Tensor, k: int) -> torch.Tensor:
     nb = -(-n // k)
     g = x.new_full(lead + (nb * k,), _lowest(x.dtype))
     g[..., :n] = x
-    g = g.reshape(-1, nb, k)  # (rows, blocks, k)
-    if g.shape[0] * nb >= k:
-        h = torch.empty_like(g)
-        h[:, :, k - 1] = g[:, :, k - 1]
-        for j in range(k - 2, -1, -1):
-            torch.maximum(h[:, :, j + 1], g[:, :, j], out=h[:, :, j])
+    g = g.reshape(-1, k)  # (rows * blocks, k)
+    if g.shape[0] >= k:
+        h = g.clone()
         for j in range(1, k):
-            torch.maximum(g[:, :, j - 1], g[:, :, j], out=g[:, :, j])
+            torch.maximum(g[:, j - 1], g[:, j], out=g[:, j])
+        for j in range(k - 2, -1, -1):
+            torch.maximum(h[:, j + 1], h[:, j], out=h[:, j])
     else:
         # torch.cummax propagates NaN like torch.maximum (checked in the tests)
-        h = torch.cummax(g.flip(2), dim=2).values.flip(2)
-        g = torch.cummax(g, dim=2).values
+        h = torch.cummax(g.flip(1), dim=1).values.flip(1)
+        g = torch.cummax(g, dim=1).values
     g = g.reshape(lead + (nb * k,))
     h = h.reshape(lead + (nb * k,))
     return torch.maximum(h[..., : n - k + 1], g[..., k - 1 : n])
