@@ -21,9 +21,12 @@ Fairness checks, cheap and done every run: with the same weights the two models'
 row must agree (max abs difference <= 1e-4), and since the models start equal and see the same
 batch, their losses at the first and last step must agree too (reported).
 
-Timing: warmup steps for each, then the timed steps interleaved (genlab, HF, packed, then the
-reverse order, ...) so that noise from other processes on the machine falls on all alike; the
-median step time of each is reported.
+Timing: warmup steps for each, then the timed steps of genlab and HF interleaved (genlab, HF,
+HF, genlab, ...) so that noise from other processes on the machine falls on both alike; the
+median step time of each is reported, and with it two noise-robust companions: the median of the
+per-round ratios (HF step / genlab step in the same round) and the ratio of CPU seconds per step.
+The packed-rows row is an extra, timed afterwards on its own (fewer steps), so that the genlab/HF
+pairs stay close together in time.
 
 FLOPs: `genlab.scaling.flops.flops_per_token(...)["train_flops_per_token"]` = 3x the forward
 matmul FLOPs, attention counted over the full context (4 d L per layer per token). The causal
@@ -41,7 +44,7 @@ import time
 
 import torch
 
-from genlab.bench.common import interleaved_times, machine_info, median, print_table
+from genlab.bench.common import interleaved_times, machine_info, median, print_table, timeit_steps
 from genlab.config import ModelConfig
 from genlab.data.packing import IGNORE, Batch, TokenDataset
 from genlab.models.transformer import Transformer, ffn_width
@@ -49,9 +52,9 @@ from genlab.scaling.flops import flops_per_token
 from genlab.tasks.lm import LMTask
 
 FULL = dict(d_model=512, n_layer=8, n_head=8, ffn_hidden=1376, vocab=8192, rows=8, seq_len=512,
-            warmup=2, steps=5, tokenizer="bpe", corpus_docs=None)
+            warmup=2, steps=7, packed_steps=3, tokenizer="bpe", corpus_docs=None)
 QUICK = dict(d_model=64, n_layer=2, n_head=2, ffn_hidden=96, vocab=512, rows=2, seq_len=64,
-             warmup=1, steps=2, tokenizer="byte", corpus_docs=8)
+             warmup=1, steps=2, packed_steps=2, tokenizer="byte", corpus_docs=8)
 THREADS = 2
 SEED = 0
 TARGET_RATIO = 1.1
@@ -216,6 +219,7 @@ def run(steps: int | None = None, quick: bool = False) -> dict:
     p = dict(QUICK if quick else FULL)
     if steps:
         p["steps"] = steps
+        p["packed_steps"] = max(2, steps // 2)
     old_threads = torch.get_num_threads()
     torch.set_num_threads(THREADS)
     try:
@@ -288,8 +292,9 @@ def _run(p: dict, quick: bool) -> dict:
             cpu[name].append(time.process_time() - c0)
         return step
 
-    times = interleaved_times([cpu_timed(n, f) for n, f in zip(names, (step_genlab, step_hf, step_packed))],
-                              p["warmup"], p["steps"])
+    times = interleaved_times([cpu_timed("genlab", step_genlab), cpu_timed("hf", step_hf)], p["warmup"], p["steps"])
+    times.append(timeit_steps(cpu_timed("genlab_packed", step_packed), 1, p["packed_steps"]))
+    warm = {"genlab": p["warmup"], "hf": p["warmup"], "genlab_packed": 1}
     peak = measure_peak(cfg, V, R * L, reps=3 if quick else 5, prior=peak)
 
     rows_lens = [L] * R
@@ -301,7 +306,7 @@ def _run(p: dict, quick: bool) -> dict:
     for name, ts in zip(names, times):
         med = median(ts)
         f_full, f_causal = flops[name]
-        cpu_med = median(cpu[name][p["warmup"]:])
+        cpu_med = median(cpu[name][warm[name]:])
         results[name] = {
             "step_times_s": [round(t, 4) for t in ts], "median_step_s": med, "tokens_per_step": tokens[name],
             "tokens_per_s": tokens[name] / med, "median_cpu_s": cpu_med, "tokens_per_cpu_s": tokens[name] / cpu_med,
@@ -321,6 +326,7 @@ def _run(p: dict, quick: bool) -> dict:
         "benchmark": "train", "quick": quick, "machine": machine_info(),
         "shape": {k: p[k] for k in ("d_model", "n_layer", "n_head", "ffn_hidden", "vocab", "rows", "seq_len")},
         "dtype": "float32", "threads": THREADS, "warmup_steps": p["warmup"], "timed_steps": p["steps"],
+        "packed_timed_steps": p["packed_steps"],
         "optimizer": {"name": "torch.optim.AdamW", **{k: v for k, v in OPTIM.items()}, "no_decay": "vectors"},
         "flops_per_token": {"train": ftok["train_flops_per_token"],
                             "train_causal": flops["genlab"][1] / (R * L),
@@ -363,7 +369,8 @@ def _report(r: dict) -> None:
     m = r["machine"]
     print_table(f"genlab bench train: d{s['d_model']} x {s['n_layer']} layers, {s['n_head']} heads, "
                 f"SwiGLU {s['ffn_hidden']}, vocab {s['vocab']}; fp32, {r['threads']} threads, "
-                f"median of {r['timed_steps']} interleaved steps ({m['cpu']}, torch {m['torch']})",
+                f"median of {r['timed_steps']} interleaved steps (packed: {r['packed_timed_steps']}, after) "
+                f"({m['cpu']}, torch {m['torch']})",
                 ["configuration", "step s", "CPU s", "tokens/s", "vs HF", "GFLOP/s", "GFLOP/s causal", "MFU",
                  "MFU causal", "loss first -> last"], rows)
     print_table(f"fp32 GEMM peak over the model's shapes: best {pk['peak_gflops']:.1f} GFLOP/s "

@@ -63,10 +63,16 @@ def save(run_dir: Path, step: int, model: torch.nn.Module, state: dict, keep: in
     save_model(model, str(tmp / "model.safetensors"))
     _fault_point(step)
     torch.save(state, tmp / "state.pt")
+    return finish(tmp, final, step, FILES, run_dir, keep)
+
+
+def finish(tmp: Path, final: Path, step: int, names, run_dir: Path, keep: int) -> Path:
+    """Manifest over `names` (paths inside tmp), fsync, rename tmp -> final, drop old checkpoints."""
+    root = final.parent
     manifest = {"step": step, "files": {n: {"bytes": (tmp / n).stat().st_size, "sha256": _sha256(tmp / n)}
-                                        for n in FILES}}
+                                        for n in names}}
     (tmp / "manifest.json").write_text(json.dumps(manifest, indent=1))
-    for n in (*FILES, "manifest.json"):
+    for n in (*names, "manifest.json"):
         _fsync(tmp / n)
     if final.exists():
         shutil.rmtree(final)
@@ -92,7 +98,10 @@ def verify(ckpt: Path) -> str | None:
         files = manifest["files"]
     except (OSError, ValueError, KeyError, TypeError):
         return "manifest.json is missing or unreadable"
-    for name in FILES:
+    extra = [n for n in files if n not in FILES] if isinstance(files, dict) else []  # e.g. dcp/ shards
+    for name in (*FILES, *extra):
+        if not isinstance(name, str) or ".." in Path(name).parts or Path(name).is_absolute():
+            return f"manifest.json names a file outside the checkpoint ({name!r})"
         p = ckpt / name
         meta = files.get(name) if isinstance(files, dict) else None
         if not p.is_file() or not isinstance(meta, dict):

@@ -164,3 +164,123 @@ def launch(nproc: int, child_args: list[str]) -> int:
     env = dict(os.environ)
     env.setdefault("OMP_NUM_THREADS", "1")
     return subprocess.run(cmd, env=env).returncode
+
+
+# ----------------------------------------------------------------------------- sharded checkpoints
+DCP_DIR = "dcp"  # RUN/checkpoints/step_N/dcp/: torch.distributed.checkpoint files, one shard per rank
+
+
+def save_sharded(run_path, step: int, model, opt, state: dict, keep: int):
+    """FSDP2 checkpoint: every rank writes its shards of the model and optimizer through
+    torch.distributed.checkpoint into step_N.tmp/dcp/; rank 0 adds the consolidated weights as one
+    model.safetensors (for eval, sample, export), state.pt (trainer state, no optimizer) and a manifest
+    over every file, then renames the folder (the same atomic protocol as checkpoint.save)."""
+    import shutil
+    from pathlib import Path
+
+    import torch.distributed.checkpoint as dcp
+    from safetensors.torch import save_file
+    from torch.distributed.checkpoint.state_dict import (StateDictOptions, get_model_state_dict,
+                                                         get_optimizer_state_dict)
+
+    from genlab.train import checkpoint
+
+    root = Path(run_path) / checkpoint.CKPT_DIR
+    final, tmp = root / f"step_{step:08d}", root / f"step_{step:08d}.tmp"
+    if is_main():
+        root.mkdir(parents=True, exist_ok=True)
+        if tmp.exists():
+            shutil.rmtree(tmp)
+        tmp.mkdir()
+    barrier()
+    dcp.save({"model": get_model_state_dict(model), "optim": get_optimizer_state_dict(model, opt)},
+             checkpoint_id=str(tmp / DCP_DIR))
+    full = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+    if is_main():  # full: rank 0 holds every tensor; tied weights are saved under both names
+        save_file({k: v.detach().clone().contiguous() for k, v in full.items()}, str(tmp / "model.safetensors"))
+        checkpoint._fault_point(step)
+        torch.save(state, tmp / "state.pt")
+        names = [*checkpoint.FILES, *sorted(str(p.relative_to(tmp)) for p in (tmp / DCP_DIR).iterdir())]
+        checkpoint.finish(tmp, final, step, names, run_path, keep)
+    barrier()
+    return final
+
+
+def load_sharded(ckpt, model, opt) -> dict:
+    """Load a checkpoint with dcp/ into `model` and `opt` on any number of processes (DCP reshards to
+    this run's layout; one process reads every shard). Returns the trainer state."""
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.state_dict import (get_model_state_dict, get_optimizer_state_dict,
+                                                         set_model_state_dict, set_optimizer_state_dict)
+
+    from genlab.train import checkpoint
+
+    problem = checkpoint.verify(ckpt)
+    if problem:
+        raise GenlabError(f"checkpoint {ckpt} cannot be used: {problem}")
+    osd = get_optimizer_state_dict(model, opt)  # initialises the optimizer's state so there is room to load into
+    msd = get_model_state_dict(model)
+    try:
+        dcp.load({"model": msd, "optim": osd}, checkpoint_id=str(ckpt / DCP_DIR))
+    except Exception as e:
+        raise GenlabError(f"checkpoint {ckpt}: the sharded files do not fit this model "
+                          f"({str(e).splitlines()[0][:200]})") from None
+    set_model_state_dict(model, msd)
+    set_optimizer_state_dict(model, opt, osd)
+    try:
+        return torch.load(ckpt / "state.pt", weights_only=True)
+    except Exception as e:
+        raise GenlabError(f"checkpoint {ckpt}: state.pt cannot be loaded safely ({str(e).splitlines()[0]})") from None
+
+
+def load_whole_into_sharded(ckpt, model, opt) -> dict:
+    """Resume an FSDP2 run from a whole-model checkpoint (written by 1 process or DDP): every rank reads
+    the full weights and optimizer state and keeps its shards. The optimizer state is keyed by
+    parameter index in state.pt; it is re-keyed by parameter name, the form FSDP's loader takes."""
+    from safetensors.torch import load_file
+    from torch.distributed.checkpoint.state_dict import (StateDictOptions, set_model_state_dict,
+                                                         set_optimizer_state_dict)
+
+    from genlab.train import checkpoint
+
+    problem = checkpoint.verify(ckpt)
+    if problem:
+        raise GenlabError(f"checkpoint {ckpt} cannot be used: {problem}")
+    try:
+        st = torch.load(ckpt / "state.pt", weights_only=True)
+        full = load_file(str(ckpt / "model.safetensors"))
+    except Exception as e:
+        raise GenlabError(f"checkpoint {ckpt} cannot be loaded safely ({str(e).splitlines()[0]})") from None
+    opts = StateDictOptions(full_state_dict=True, strict=False)
+    missing, unexpected = set_model_state_dict(model, full, options=opts)
+    names = {id(p): n for n, p in model.named_parameters()}
+    missing = [k for k in missing if k in names.values()]  # a tied weight saved once is not missing
+    if missing or unexpected:
+        raise GenlabError(f"checkpoint {ckpt} does not match the model (missing {sorted(missing)[:3]}, "
+                          f"unexpected {sorted(unexpected)[:3]})")
+    order = [names[id(p)] for g in opt.param_groups for p in g["params"]]  # index in state.pt -> name
+    osd = st.pop("optimizer")
+    by_name = {"state": {order[int(i)]: v for i, v in osd["state"].items()},
+               "param_groups": [{**g, "params": [order[int(i)] for i in g["params"]]} for g in osd["param_groups"]]}
+    set_optimizer_state_dict(model, opt, by_name, options=opts)
+    return st
+
+
+def consolidate(ckpt, out) -> None:
+    """Export: read a sharded checkpoint's dcp/ files (no process group, any machine) and write the
+    whole model as one safetensors file."""
+    from pathlib import Path
+
+    import torch.distributed.checkpoint as dcp
+    from safetensors.torch import save_file
+    from torch.distributed.checkpoint.metadata import TensorStorageMetadata
+
+    src = Path(ckpt) / DCP_DIR
+    try:
+        meta = dcp.FileSystemReader(str(src)).read_metadata()
+    except Exception as e:
+        raise GenlabError(f"{src}: not a torch.distributed.checkpoint folder ({str(e).splitlines()[0][:200]})") from None
+    sd = {k: torch.empty(m.size, dtype=m.properties.dtype) for k, m in meta.state_dict_metadata.items()
+          if k.startswith("model.") and isinstance(m, TensorStorageMetadata)}  # flattened keys "model.<fqn>"
+    dcp.load(sd, checkpoint_id=str(src), no_dist=True)
+    save_file({k[len("model."):]: v.contiguous() for k, v in sd.items()}, str(out))

@@ -117,8 +117,13 @@ class Trainer:
         ckpt = checkpoint.latest_valid(self.run.path)
         if ckpt is None:
             raise GenlabError(f"{self.run.path}: no complete checkpoint to resume from")
-        st = checkpoint.load(ckpt, self.model)
-        self.opt.load_state_dict(st["optimizer"])
+        if (ckpt / distributed.DCP_DIR).is_dir():  # sharded (FSDP2) checkpoint: any number of processes
+            st = distributed.load_sharded(ckpt, self.model, self.opt)
+        elif distributed.is_sharded(self.model):  # whole-model checkpoint into FSDP2 shards
+            st = distributed.load_whole_into_sharded(ckpt, self.model, self.opt)
+        else:
+            st = checkpoint.load(ckpt, self.model)
+            self.opt.load_state_dict(st["optimizer"])
         self.step = int(st["step"])
         self.data_state = tuple(st["data_state"])
         self.tokens_seen = int(st["tokens_seen"])
@@ -135,6 +140,11 @@ class Trainer:
         self.log(f"resumed from {ckpt.name} (step {self.step})")
 
     def save_checkpoint(self) -> Path | None:
+        if distributed.is_sharded(self.model):  # FSDP2: every rank writes its shards
+            st = self._state()
+            del st["optimizer"]  # in dcp/, sharded
+            return distributed.save_sharded(self.run.path, self.step, self.model, self.opt, st,
+                                            self.cfg.train.keep_ckpts)
         if not distributed.is_main():
             return None
         return checkpoint.save(self.run.path, self.step, self.model, self._state(), self.cfg.train.keep_ckpts)
