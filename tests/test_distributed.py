@@ -1,6 +1,7 @@
 """Data parallel through torchrun (gloo, CPU): a 2-process run equals the 1-process run with the same
 config (train.grad_accum counts micro-batches over all ranks) within 1e-5 in loss over 20 steps;
-rank 0 alone writes metrics; checkpoints resume on a different number of processes (2 -> 1, 1 -> 2)."""
+rank 0 alone writes metrics; checkpoints resume on a different number of processes (2 -> 1, 1 -> 2);
+FSDP2 with torch.distributed.checkpoint shards, consolidated to one safetensors file."""
 
 import json
 import os
@@ -76,16 +77,13 @@ def test_two_process_gloo_equals_single_process(runs):
     assert abs(_losses(other.path)[1][1] - _losses(single)[1][1]) > 1e-3
 
 
-def test_resume_on_a_different_number_of_processes(runs, tmp_path):
+def test_ddp_checkpoint_resumes_on_one_process(runs, tmp_path):
     corpus, single, two = runs
-    for src, name in ((two, "two_to_one"), (single, "one_to_two")):
-        dst = tmp_path / name
-        shutil.copytree(src, dst)
-        shutil.rmtree(dst / checkpoint.CKPT_DIR / f"step_{STEPS:08d}")  # resume from step 10
-    train(None, tmp_path / "two_to_one", resume=True, **QUIET)  # 2 -> 1
-    _nproc(2, "--resume", "--out", str(tmp_path / "one_to_two"))  # 1 -> 2
-    _close(_losses(tmp_path / "two_to_one"), _losses(single))
-    _close(_losses(tmp_path / "one_to_two"), _losses(single))
+    dst = tmp_path / "two_to_one"
+    shutil.copytree(two, dst)
+    shutil.rmtree(dst / checkpoint.CKPT_DIR / f"step_{STEPS:08d}")  # resume from step 10
+    train(None, dst, resume=True, **QUIET)  # 2 -> 1
+    _close(_losses(dst), _losses(single))
 
 
 def test_nproc_bad_input_is_one_line(tiny_corpus, tmp_path, capsys):
@@ -99,32 +97,36 @@ def test_nproc_bad_input_is_one_line(tiny_corpus, tmp_path, capsys):
     assert main(["train", "--nproc", "0", "--out", str(tmp_path / "r")]) == 2
 
 
-def test_fsdp2_parity_sharded_checkpoint_resume_and_consolidation(runs, tmp_path):
-    """FSDP2 (fully_shard per block) on 2 gloo ranks: same losses; its dcp/ checkpoint resumes on 1
-    process; the shards consolidate to the same weights as the checkpoint's model.safetensors; a
-    corrupted shard makes the checkpoint unusable."""
+def test_fsdp2_resume_1_to_2_sharded_checkpoints_2_to_1_and_consolidation(runs, tmp_path):
+    """The 1-process run's whole checkpoint of step 10 resumes as FSDP2 (fully_shard per block) on 2 gloo
+    ranks with the same losses; its sharded dcp/ checkpoints (steps 15, 20) resume on 1 process; the
+    shards consolidate to the checkpoint's model.safetensors; a corrupted shard is detected."""
     from safetensors.torch import load_file
 
     from genlab.train import distributed
 
     corpus, single, _ = runs
     fsdp = tmp_path / "fsdp"
-    _nproc(2, "--out", str(fsdp), *[f"--set={o}" for o in _overrides(corpus, ["train.parallel=fsdp"])])
+    shutil.copytree(single, fsdp)
+    shutil.rmtree(fsdp / checkpoint.CKPT_DIR / f"step_{STEPS:08d}")
+    _nproc(2, "--resume", "--out", str(fsdp), "--set", "train.parallel=fsdp", "--set", "train.ckpt_every=5")  # 1 -> 2
     _close(_losses(fsdp), _losses(single))
-    ck10 = fsdp / checkpoint.CKPT_DIR / "step_00000010"
-    assert sorted(p.name for p in (ck10 / "dcp").glob("*.distcp")) == ["__0_0.distcp", "__1_0.distcp"]
-    distributed.consolidate(ck10, tmp_path / "whole.safetensors")
-    whole, saved = load_file(str(tmp_path / "whole.safetensors")), load_file(str(ck10 / "model.safetensors"))
+    ck15 = fsdp / checkpoint.CKPT_DIR / "step_00000015"
+    assert sorted(p.name for p in (ck15 / "dcp").glob("*.distcp")) == ["__0_0.distcp", "__1_0.distcp"]
+    distributed.consolidate(ck15, tmp_path / "whole.safetensors")
+    whole, saved = load_file(str(tmp_path / "whole.safetensors")), load_file(str(ck15 / "model.safetensors"))
     assert whole.keys() == saved.keys() and all(torch.equal(whole[k], saved[k]) for k in whole)
 
     back = tmp_path / "fsdp_to_one"
     shutil.copytree(fsdp, back)
     shutil.rmtree(back / checkpoint.CKPT_DIR / f"step_{STEPS:08d}")
-    train(None, back, resume=True, **QUIET)  # 2 -> 1 through the sharded files
+    train(None, back, resume=True, **QUIET)  # 2 -> 1 through the sharded files of step 15
     _close(_losses(back), _losses(single))
 
-    shard = ck10 / "dcp" / "__1_0.distcp"
+    shard = ck15 / "dcp" / "__1_0.distcp"
     data = bytearray(shard.read_bytes())
     data[len(data) // 2] ^= 0xFF
     shard.write_bytes(bytes(data))
-    assert "corrupted" in checkpoint.verify(ck10)
+    assert "corrupted" in checkpoint.verify(ck15)
+    shutil.rmtree(fsdp / checkpoint.CKPT_DIR / f"step_{STEPS:08d}")
+    assert checkpoint.latest_valid(fsdp, warn=lambda m: None).name == "step_00000010"  # 15 is skipped

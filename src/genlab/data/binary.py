@@ -18,6 +18,7 @@ Rows are returned as float32 (N, D).
 from __future__ import annotations
 
 import math
+import tokenize
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,6 +26,9 @@ from pathlib import Path
 import numpy as np
 
 from genlab.errors import GenlabError
+
+# a malformed .npy header makes numpy's header parser raise these too (found by tests/test_fuzz_loaders.py)
+HEADER_ERRORS = (SyntaxError, tokenize.TokenError)
 
 SPLITS = ("train", "valid", "test")
 NPZ_LAYOUTS = (("train_data", "valid_data", "test_data"), ("train", "valid", "test"))
@@ -145,7 +149,7 @@ def _load_npz(path: Path, val_fraction: float, test_fraction: float) -> BinaryDa
     try:
         z = np.load(path, allow_pickle=False)
         arrays = {k: z[k] for k in z.files}
-    except (OSError, ValueError, zipfile.BadZipFile, EOFError) as e:
+    except (OSError, ValueError, zipfile.BadZipFile, EOFError, *HEADER_ERRORS) as e:
         raise GenlabError(f"{path}: not a readable .npz archive ({str(e).splitlines()[0]})") from None
     for layout in NPZ_LAYOUTS:
         if any(k in arrays for k in layout):
@@ -183,7 +187,7 @@ def load_binary(path: str, val_fraction: float = 0.1, test_fraction: float = 0.1
     if p.suffix == ".npy":
         try:
             a = np.load(p, allow_pickle=False)
-        except (OSError, ValueError, EOFError) as e:
+        except (OSError, ValueError, EOFError, *HEADER_ERRORS) as e:
             raise GenlabError(f"{p}: not a readable .npy array ({str(e).splitlines()[0]})") from None
         rows = check_rows(a, str(p))
         return _finish(*_split(rows, val_fraction, test_fraction, str(p)), source=str(p))
@@ -208,7 +212,7 @@ def _single_array(p: Path) -> np.ndarray | None:
     if p.suffix == ".npy":
         try:
             return np.load(p, allow_pickle=False)
-        except (OSError, ValueError, EOFError) as e:
+        except (OSError, ValueError, EOFError, *HEADER_ERRORS) as e:
             raise GenlabError(f"{p}: not a readable .npy array ({str(e).splitlines()[0]})") from None
     if p.suffix == ".amat" and "train" not in p.name:
         return _read_amat(p)
@@ -217,6 +221,6 @@ def _single_array(p: Path) -> np.ndarray | None:
             with np.load(p, allow_pickle=False) as z:
                 if len(z.files) == 1 and not any(k in z.files for lay in NPZ_LAYOUTS for k in lay):
                     return z[z.files[0]]
-        except (OSError, ValueError, zipfile.BadZipFile, EOFError) as e:
+        except (OSError, ValueError, zipfile.BadZipFile, EOFError, *HEADER_ERRORS) as e:
             raise GenlabError(f"{p}: not a readable .npz archive ({str(e).splitlines()[0]})") from None
     return None

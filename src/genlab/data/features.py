@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import tokenize
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -86,7 +87,7 @@ def _load_npy(path: Path, what: str) -> np.ndarray:
                 raise GenlabError(f"{what} {path} cannot be read: not a .npy file (no NumPy header); "
                                   "save arrays with numpy.save")
         return np.load(path, allow_pickle=False)
-    except ValueError as e:
+    except (ValueError, SyntaxError, tokenize.TokenError) as e:  # malformed headers raise the last two
         raise GenlabError(f"{what} {path} is not a plain numeric .npy array ({str(e).splitlines()[0]})") from None
     except (OSError, EOFError) as e:
         raise GenlabError(f"{what} {path} cannot be read as .npy ({str(e).splitlines()[0]})") from None
