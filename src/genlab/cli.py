@@ -125,7 +125,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--nproc", type=_positive_int, default=1,
                    help="data-parallel processes: launches torchrun --nproc-per-node N (train.parallel = ddp | fsdp)")
 
-    s = sub.add_parser("sample", help="generate text from a trained run")
+    s = sub.add_parser("sample", help="sample from a trained run (text, image grids, binary vectors)")
     s.add_argument("run")
     s.add_argument("--prompt", default="")
     s.add_argument("--max-new-tokens", type=_positive_int, default=200)
@@ -145,7 +145,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="diffusion: classifier-free guidance scale (1 = plain conditional, 0 = unconditional)")
     s.add_argument("--eta", type=_nonneg_float, default=0.0, help="diffusion, ddim: noise (0 = deterministic)")
 
-    e = sub.add_parser("eval", help="validation loss, perplexity and bits per byte of a run")
+    e = sub.add_parser("eval", help="evaluate a run: LM loss, perplexity, bits/byte; density test NLL; "
+                       "diffusion and detection metrics")
     e.add_argument("run")
     e.add_argument("--data", help="evaluate on this corpus instead of the run's validation split")
     e.add_argument("--json", action="store_true")
