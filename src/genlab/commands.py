@@ -57,7 +57,7 @@ def cmd_train(args) -> int:
     from genlab.train.trainer import prepare_training
 
     if getattr(args, "nproc", 1) > 1 and "WORLD_SIZE" not in os.environ:  # launch torchrun, then wait
-        return _launch_torchrun(args, cfg)
+        return distributed.launch_from_args(args, cfg)
     run, trainer = prepare_training(cfg, args.out, args.resume, not args.no_progress, overrides)
     main = distributed.is_main()
     if main:
@@ -72,36 +72,6 @@ def cmd_train(args) -> int:
         distributed.teardown()
     if main:
         _report(run, last)
-    return 0
-
-
-def _launch_torchrun(args, cfg) -> int:
-    """genlab train --nproc N: check the input here (one-line errors), then run the same command
-    under torchrun; exit status 2 if a rank failed."""
-    from genlab.train import distributed
-    from genlab.train.rundir import RunDir
-
-    if args.out is None:
-        raise GenlabError("--nproc needs --out RUN_DIR (every process must write to the same run directory)")
-    if args.resume:
-        RunDir.open_for_resume(args.out)
-        ga = RunDir.open(args.out).config().train.grad_accum
-    else:
-        RunDir.plan(cfg, args.out)
-        ga = cfg.train.grad_accum
-    if ga % args.nproc:
-        raise GenlabError(f"train.grad_accum = {ga} is not a multiple of --nproc {args.nproc}; it counts the "
-                          "micro-batches of a step over all processes")
-    child = [f"--set={o}" for o in args.overrides] + ["--out", str(args.out)]
-    for flag, value in (("--preset", args.preset), ("--config", args.config)):
-        if value:
-            child += [flag, value]
-    if args.steps:
-        child += ["--steps", str(args.steps)]
-    child += ["--resume"] * bool(args.resume) + ["--no-progress"] * bool(args.no_progress)
-    rc = distributed.launch(args.nproc, child)
-    if rc:
-        raise GenlabError(f"torchrun with {args.nproc} processes failed (exit status {rc}); see the messages above")
     return 0
 
 

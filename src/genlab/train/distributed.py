@@ -166,6 +166,35 @@ def launch(nproc: int, child_args: list[str]) -> int:
     return subprocess.run(cmd, env=env).returncode
 
 
+def launch_from_args(args, cfg) -> int:
+    """genlab train --nproc N: check the input here (one-line errors), then run the same command
+    under torchrun; exit status 2 if a rank failed."""
+    from genlab.train.rundir import RunDir
+
+    if args.out is None:
+        raise GenlabError("--nproc needs --out RUN_DIR (every process must write to the same run directory)")
+    if args.resume:
+        RunDir.open_for_resume(args.out)
+        ga = RunDir.open(args.out).config().train.grad_accum
+    else:
+        RunDir.plan(cfg, args.out)
+        ga = cfg.train.grad_accum
+    if ga % args.nproc:
+        raise GenlabError(f"train.grad_accum = {ga} is not a multiple of --nproc {args.nproc}; it counts the "
+                          "micro-batches of a step over all processes")
+    child = [f"--set={o}" for o in args.overrides] + ["--out", str(args.out)]
+    for flag, value in (("--preset", args.preset), ("--config", args.config)):
+        if value:
+            child += [flag, value]
+    if args.steps:
+        child += ["--steps", str(args.steps)]
+    child += ["--resume"] * bool(args.resume) + ["--no-progress"] * bool(args.no_progress)
+    rc = launch(args.nproc, child)
+    if rc:
+        raise GenlabError(f"torchrun with {args.nproc} processes failed (exit status {rc}); see the messages above")
+    return 0
+
+
 # ----------------------------------------------------------------------------- sharded checkpoints
 DCP_DIR = "dcp"  # RUN/checkpoints/step_N/dcp/: torch.distributed.checkpoint files, one shard per rank
 
