@@ -52,9 +52,9 @@ from genlab.scaling.flops import flops_per_token
 from genlab.tasks.lm import LMTask
 
 FULL = dict(d_model=512, n_layer=8, n_head=8, ffn_hidden=1376, vocab=8192, rows=8, seq_len=512,
-            warmup=2, steps=7, packed_steps=3, tokenizer="bpe", corpus_docs=None)
+            warmup=3, steps=7, packed_warmup=2, packed_steps=3, tokenizer="bpe", corpus_docs=None)
 QUICK = dict(d_model=64, n_layer=2, n_head=2, ffn_hidden=96, vocab=512, rows=2, seq_len=64,
-             warmup=1, steps=2, packed_steps=2, tokenizer="byte", corpus_docs=8)
+             warmup=1, steps=2, packed_warmup=1, packed_steps=2, tokenizer="byte", corpus_docs=8)
 THREADS = 2
 SEED = 0
 TARGET_RATIO = 1.1
@@ -293,8 +293,8 @@ def _run(p: dict, quick: bool) -> dict:
         return step
 
     times = interleaved_times([cpu_timed("genlab", step_genlab), cpu_timed("hf", step_hf)], p["warmup"], p["steps"])
-    times.append(timeit_steps(cpu_timed("genlab_packed", step_packed), 1, p["packed_steps"]))
-    warm = {"genlab": p["warmup"], "hf": p["warmup"], "genlab_packed": 1}
+    times.append(timeit_steps(cpu_timed("genlab_packed", step_packed), p["packed_warmup"], p["packed_steps"]))
+    warm = {"genlab": p["warmup"], "hf": p["warmup"], "genlab_packed": p["packed_warmup"]}
     peak = measure_peak(cfg, V, R * L, reps=3 if quick else 5, prior=peak)
 
     rows_lens = [L] * R
