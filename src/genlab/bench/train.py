@@ -35,7 +35,9 @@ Peak: a matmul microbenchmark over the model's own GEMMs at M = rows * L tokens:
 linear layer the forward x @ W^T and the backward dX = dY @ W, dW = dY^T @ x, plus the LM head,
 outputs preallocated, best of several runs each. `peak_gflops` (used for MFU) is the best shape's
 figure; `weighted_gflops` is the GEMM-only ceiling for this model's mix (total FLOPs / total time
-with each shape weighted by how often a step runs it).
+with each shape weighted by how often a step runs it). On a machine shared with other work the
+wall-clock figures (and so MFU) swing with the others' load, while the peak keeps its best moment:
+read MFU as a lower bound, and the CPU-seconds column as the load-independent cost of a step.
 """
 
 from __future__ import annotations
