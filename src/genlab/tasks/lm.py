@@ -20,6 +20,7 @@ from genlab.data.text import load_corpus, split_documents
 from genlab.data.tokenizer import build_tokenizer, load_tokenizer
 from genlab.errors import GenlabError
 from genlab.models import build_lm
+from genlab.ops.loss import head_cross_entropy
 
 TOKENIZER_FILE = "tokenizer.json"
 
@@ -84,8 +85,14 @@ class LMTask:
     def loss(model, batch: Batch) -> tuple[torch.Tensor, int]:
         """Summed next-token cross-entropy (nats) and the number of predicted tokens."""
         h = model(batch.input_ids, batch.position_ids, batch.cu_seqlens, batch.max_seqlen)
-        logits = model.head(h).float()
-        loss_sum = F.cross_entropy(logits, batch.targets, ignore_index=IGNORE, reduction="sum")
+        head = model.head
+        if h.device.type == "cpu" and type(head) is torch.nn.Linear and head.bias is None:
+            # chunked head + CE with the gradient formed in the forward pass (ops/loss.py): no
+            # logits-sized tensors kept; equal to the plain path (tests/test_models.py)
+            loss_sum = head_cross_entropy(h, head.weight, batch.targets)
+        else:
+            logits = head(h).float()
+            loss_sum = F.cross_entropy(logits, batch.targets, ignore_index=IGNORE, reduction="sum")
         extra = model.aux_loss(batch, h) if hasattr(model, "aux_loss") else None  # MoE balance, MTP (training)
         if extra is not None:  # a mean-scale term: weighted by this batch's share of the step's targets
             loss_sum = loss_sum + extra * batch.n_targets

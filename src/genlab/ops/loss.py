@@ -1,0 +1,57 @@
+"""Output head + cross-entropy in chunks, with the gradient formed during the forward pass.
+
+    loss = sum_i CE(h_i W^T, t_i)   over tokens with t_i != IGNORE        h (T, d), W (V, d)
+
+The plain path materialises the (T, V) logits, a float copy, the softmax and its gradient: four
+logits-sized tensors (128 MB each at 4096 x 8192). Here each chunk of tokens makes its logits,
+turns them in place into dloss/dlogits = softmax - onehot, and immediately folds them into dh and
+dW; backward only scales those by the incoming gradient. Same matmul FLOPs, one chunk of logits
+alive at a time. Used on CPU for training; the reference is F.cross_entropy on model.head(h).
+"""
+
+from __future__ import annotations
+
+import torch
+
+IGNORE = -100
+
+
+class _ChunkedHeadCE(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, h, weight, targets, chunk: int):
+        T = h.shape[0]
+        loss = torch.zeros((), dtype=torch.promote_types(h.dtype, torch.float32), device=h.device)
+        grad_h = torch.empty_like(h)
+        grad_w = torch.zeros_like(weight)
+        rows = torch.arange(min(chunk, T), device=h.device)
+        for s in range(0, T, chunk):
+            hs, ts = h[s:s + chunk], targets[s:s + chunk]
+            n = hs.shape[0]
+            logits = hs @ weight.t()  # (n, V)
+            valid = ts != IGNORE
+            tt = torch.where(valid, ts, 0)
+            lse = torch.logsumexp(logits, dim=-1)  # (n,)
+            picked = logits[rows[:n], tt]
+            loss += ((lse - picked) * valid).sum()
+            probs = logits.sub_(lse[:, None]).exp_()  # softmax, in place
+            probs[rows[:n], tt] -= 1.0  # dloss/dlogits = softmax - onehot
+            probs.mul_(valid[:, None])  # ignored tokens contribute nothing
+            torch.mm(probs, weight, out=grad_h[s:s + n])
+            grad_w.addmm_(probs.t(), hs)
+        ctx.save_for_backward(grad_h, grad_w)
+        return loss
+
+    @staticmethod
+    def backward(ctx, g):
+        grad_h, grad_w = ctx.saved_tensors
+        return grad_h * g, grad_w * g, None, None
+
+
+def head_cross_entropy(h: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor,
+                       chunk: int = 1024) -> torch.Tensor:
+    """Summed cross-entropy of logits h @ weight^T against targets (IGNORE skipped)."""
+    if torch.is_grad_enabled() and (h.requires_grad or weight.requires_grad):
+        return _ChunkedHeadCE.apply(h, weight, targets, chunk)
+    logits = h @ weight.t()
+    logits = logits.to(torch.promote_types(logits.dtype, torch.float32))
+    return torch.nn.functional.cross_entropy(logits, targets, ignore_index=IGNORE, reduction="sum")
