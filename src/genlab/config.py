@@ -492,7 +492,7 @@ PRESETS: dict[str, tuple[str, dict[str, Any]]] = {
         "demo default: dense Transformer, 4 layers x 256 wide, BPE 2048, GQA; about 3 minutes",
         {"data": {"tokenizer": "bpe", "vocab_size": 2048, "packing_length": 256},
          "model": {"d_model": 256, "n_layer": 4, "n_head": 8, "n_kv_head": 4, "tie_embeddings": True},
-         "train": {"steps": 300, "batch_rows": 8, "lr": 2e-3, "warmup_steps": 30, "eval_every": 100,
+         "train": {"steps": 400, "batch_rows": 8, "lr": 2e-3, "warmup_steps": 40, "eval_every": 100,
                    "eval_batches": 16, "ckpt_every": 100}},
     ),
     "lstm-tiny": (
