@@ -22,8 +22,10 @@ def _losses(run_dir):
     return [(r["step"], r["loss"]) for r in map(json.loads, Path(run_dir, "metrics.jsonl").read_text().splitlines())]
 
 
-def test_resume_is_bitwise_exact(tiny_corpus, tmp_path):
-    cfg = resolve(None, None, tiny_overrides(tiny_corpus, steps=6, extra=["train.grad_accum=2"]))
+@pytest.mark.parametrize("objective", ["causal", "masked", "any-order"])
+def test_resume_is_bitwise_exact(tiny_corpus, tmp_path, objective):
+    cfg = resolve(None, None, tiny_overrides(tiny_corpus, steps=6, extra=["train.grad_accum=2",
+                                                                          f"train.objective={objective}"]))
     full, _ = train(cfg, tmp_path / "full", progress=False, log=lambda *a: None)
     # Make a copy that stopped at step 3: drop the later checkpoint and metrics, then resume.
     part = tmp_path / "part"

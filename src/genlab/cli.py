@@ -136,6 +136,11 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--no-cache", action="store_true", help="recompute the whole sequence every step")
     s.add_argument("--speculative", action="store_true",
                    help="deepseek with MTP: greedy decoding drafted by the MTP module (same text; reports acceptance)")
+    s.add_argument("--infill", metavar="TEXT",
+                   help="lm, masked / any-order runs: fill the <mask> spans of TEXT (<mask:N> = N tokens)")
+    s.add_argument("--span", type=_positive_int, default=8, help="--infill: tokens a bare <mask> stands for")
+    s.add_argument("--order", choices=("left-to-right", "random", "confident"), default="left-to-right",
+                   help="--infill: which hole is filled next")
     s.add_argument("-n", "--num", type=_positive_int, default=64, help="density, diffusion: how many samples")
     s.add_argument("--out", help="density, diffusion: output file (density: a .png grid for image-shaped data, "
                    "or .npy; default RUN/samples.png or RUN/samples.npy)")

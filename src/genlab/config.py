@@ -6,6 +6,7 @@ GenlabError naming the key, the value and what is allowed. Nothing here evaluate
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import math
 import tomllib
@@ -133,6 +134,9 @@ class TrainConfig:
     ema_decay: float = 0.999  # diffusion: EMA of the denoiser's weights, used for sampling and eval
     activation_checkpointing: str = "none"  # none | full | every:K | selective (models with `model.blocks`)
     precision: str = "fp32"  # fp32 | fp8 (DeepSeek-V3 block-scaled E4M3 Linears; emulated on CPU; genlab.ops.fp8)
+    objective: str = "causal"  # lm: causal (next token) | masked (BERT) | any-order (random orderings); the
+    #                            last two train a bidirectional Transformer for `genlab sample --infill`
+    mask_prob: float = 0.15  # lm, objective masked: share of each sequence's tokens chosen for prediction
 
 
 @dataclass
@@ -164,6 +168,7 @@ CHOICES = {
     "train.optimizer": ("adamw", "adagrad", "adadelta", "sgd"),
     "model.attn_backend": ("auto", "naive", "sdpa", "flash", "triton"),  # flash: genlab.ops.flash
     "train.precision": ("fp32", "fp8"),
+    "train.objective": ("causal", "masked", "any-order"),  # genlab.data.objectives
     "train.parallel": ("ddp", "fsdp"),  # genlab.train.distributed
     "train.schedule": ("multistep", "cosine", "constant", "inverse"),
     "train.device": ("auto", "cpu", "cuda"),
@@ -244,6 +249,7 @@ RANGES = {
     "train.early_stop_patience": (0, None),
     "train.eps": (0.0, 1.0),
     "train.lr_decay": (0.0, None),
+    "train.mask_prob": (0.01, 1.0),
     "data.image_size": (4, 512),
     "data.image_channels": (1, 3),
     "model.latent_channels": (1, 64),
@@ -298,6 +304,13 @@ def _validate(cfg: RunConfig) -> None:
         from genlab.models.deepseek.config import validate_deepseek
 
         validate_deepseek(cfg)
+    if cfg.train.objective != "causal":
+        obj = f"train.objective = {cfg.train.objective!r}"
+        if cfg.task != "lm" or m.arch != "transformer":
+            raise GenlabError(f"{obj} needs task = 'lm' with model.arch = 'transformer' (a bidirectional "
+                              f"model); this run has task {cfg.task!r}, arch {m.arch!r}; or use train.objective=causal")
+        if cfg.data.mode != "packed":
+            raise GenlabError(f"{obj} needs data.mode = 'packed' (bidirectional attention would see padding)")
     if m.arch == "transformer":
         if m.d_model % m.n_head:
             raise GenlabError(f"model.d_model ({m.d_model}) must be divisible by model.n_head ({m.n_head})")
@@ -576,6 +589,21 @@ _DIGITS_TRAIN = {"steps": 3000, "batch_rows": 100, "warmup_steps": 0, "schedule"
                  "grad_clip": 0.0, "eval_every": 13, "eval_batches": 100, "log_every": 13, "ckpt_every": 500,
                  "early_stop_patience": 20, "threads": 1}
 _DENSITY_DATA = {"val_fraction": 0.1, "test_fraction": 0.1}  # for user files that hold one array of rows
+
+def _with_train(name: str, **train) -> dict[str, Any]:
+    """A copy of preset `name`'s settings with some train.* values replaced."""
+    d = copy.deepcopy(PRESETS[name][1])
+    d["train"] = {**d.get("train", {}), **train}
+    return d
+
+
+PRESETS.update({
+    "infill-small": ("lm-small trained with the any-order objective: bidirectional, for `genlab sample --infill`",
+                     _with_train("lm-small", objective="any-order")),
+    "mlm-small": ("lm-small trained with BERT's masked-token objective (15%, 80/10/10), for `genlab sample --infill`",
+                  _with_train("lm-small", objective="masked")),
+})
+
 PRESETS.update({
     "fvsbn-digits": (
         "density: FVSBN (a logistic regression per dimension) on binarized 8x8 digits",

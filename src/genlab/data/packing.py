@@ -34,6 +34,10 @@ class Batch:
     n_real: int  # real (non-padding) tokens
     capacity: int  # rows * L: the token slots the batch occupies
     n_rows: int
+    # any-order objective (data/objectives.py): per-token loss weights, and the count the summed
+    # loss is divided by (the sequences' tokens rather than the predicted ones)
+    weights: torch.Tensor | None = None
+    target_count: int | None = None
 
     @property
     def real_fraction(self) -> float:
@@ -41,13 +45,17 @@ class Batch:
 
     @property
     def n_targets(self) -> int:
+        if self.target_count is not None:
+            return self.target_count
         return int((self.targets != IGNORE).sum())
 
     def to(self, device) -> "Batch":
         if str(device) == "cpu":
             return self
+        w = self.weights.to(device) if self.weights is not None else None
         return Batch(self.input_ids.to(device), self.targets.to(device), self.position_ids.to(device),
-                     self.cu_seqlens.to(device), self.max_seqlen, self.n_real, self.capacity, self.n_rows)
+                     self.cu_seqlens.to(device), self.max_seqlen, self.n_real, self.capacity, self.n_rows,
+                     w, self.target_count)
 
 
 def chunk_spans(offsets: np.ndarray, order: list[int] | np.ndarray, L: int) -> list[tuple[int, int]]:

@@ -7,11 +7,13 @@ import torch.nn as nn
 from genlab.config import ModelConfig
 
 
-def build_lm(cfg: ModelConfig, vocab_size: int, max_len: int = 2048) -> nn.Module:
+def build_lm(cfg: ModelConfig, vocab_size: int, max_len: int = 2048, causal: bool = True) -> nn.Module:
     if cfg.arch == "transformer":
         from genlab.models.transformer import Transformer
 
-        return Transformer(cfg, vocab_size, max_len)
+        return Transformer(cfg, vocab_size, max_len, causal)
+    if not causal:
+        raise ValueError(f"model.arch {cfg.arch!r} is causal only")
     if cfg.arch == "deepseek":
         from genlab.models.deepseek.model import DeepSeekLM
 

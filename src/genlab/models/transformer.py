@@ -85,9 +85,10 @@ class KVCache:
 
 
 class Attention(nn.Module):
-    def __init__(self, cfg: ModelConfig, layer: int):
+    def __init__(self, cfg: ModelConfig, layer: int, causal: bool = True):
         super().__init__()
         self.layer = layer
+        self.causal = causal  # False: every token of a sequence sees every other (masked / any-order)
         self.n_head = cfg.n_head
         self.n_kv = cfg.n_kv_head or cfg.n_head
         self.head_dim = cfg.d_model // cfg.n_head
@@ -100,7 +101,7 @@ class Attention(nn.Module):
         qkv = self.qkv(x).view(T, self.n_head + 2 * self.n_kv, self.head_dim)
         q, k, v = rope_qkv(qkv, cos, sin, self.n_head, self.n_kv)
         if cache is None:
-            y = attention(q, k, v, cu_seqlens, max_seqlen, causal=True, backend=self.backend)
+            y = attention(q, k, v, cu_seqlens, max_seqlen, causal=self.causal, backend=self.backend)
         else:
             y = self._cached(q, k, v, cache)
         return self.proj(y.reshape(T, self.n_head * self.head_dim))
@@ -155,10 +156,10 @@ class SwiGLU(nn.Module):
 
 
 class Block(nn.Module):
-    def __init__(self, cfg: ModelConfig, layer: int):
+    def __init__(self, cfg: ModelConfig, layer: int, causal: bool = True):
         super().__init__()
         self.attn_norm = RMSNorm(cfg.d_model, cfg.norm_eps)
-        self.attn = Attention(cfg, layer)
+        self.attn = Attention(cfg, layer, causal)
         self.mlp_norm = RMSNorm(cfg.d_model, cfg.norm_eps)
         self.mlp = SwiGLU(cfg.d_model, ffn_width(cfg))
 
@@ -170,12 +171,13 @@ class Block(nn.Module):
 
 
 class Transformer(nn.Module):
-    def __init__(self, cfg: ModelConfig, vocab_size: int, max_len: int = 2048):
+    def __init__(self, cfg: ModelConfig, vocab_size: int, max_len: int = 2048, causal: bool = True):
         super().__init__()
         self.cfg = cfg
         self.vocab_size = vocab_size
+        self.causal = causal
         self.embed = nn.Embedding(vocab_size, cfg.d_model)
-        self.blocks = nn.ModuleList(Block(cfg, i) for i in range(cfg.n_layer))
+        self.blocks = nn.ModuleList(Block(cfg, i, causal) for i in range(cfg.n_layer))
         self.norm = RMSNorm(cfg.d_model, cfg.norm_eps)
         self.head = nn.Linear(cfg.d_model, vocab_size, bias=False)
         if cfg.tie_embeddings:
@@ -204,6 +206,8 @@ class Transformer(nn.Module):
 
     def forward(self, input_ids, position_ids, cu_seqlens, max_seqlen, cache: KVCache | None = None):
         """input_ids (T,) -> hidden states (T, d_model) after the final norm."""
+        if cache is not None and not self.causal:
+            raise ValueError("a bidirectional model has no incremental (KV-cached) decoding")
         self._extend_rope(int(max_seqlen) if cache is None else cache.len + input_ids.shape[0])
         cos, sin = self.rope_cos[position_ids], self.rope_sin[position_ids]
         x = self.embed(input_ids)

@@ -18,7 +18,7 @@ IGNORE = -100
 
 class _ChunkedHeadCE(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, h, weight, targets, chunk: int):
+    def forward(ctx, h, weight, targets, chunk: int, tok_weights=None):
         T = h.shape[0]
         loss = torch.zeros((), dtype=torch.promote_types(h.dtype, torch.float32), device=h.device)
         grad_h = torch.empty_like(h)
@@ -30,6 +30,8 @@ class _ChunkedHeadCE(torch.autograd.Function):
             logits = hs @ weight.t()  # (n, V)
             valid = ts != IGNORE
             tt = torch.where(valid, ts, 0)
+            if tok_weights is not None:  # per-token loss weights (any-order objective)
+                valid = valid * tok_weights[s:s + chunk].to(logits.dtype)
             lse = torch.logsumexp(logits, dim=-1)  # (n,)
             picked = logits[rows[:n], tt]
             loss += ((lse - picked) * valid).sum()
@@ -44,14 +46,23 @@ class _ChunkedHeadCE(torch.autograd.Function):
     @staticmethod
     def backward(ctx, g):
         grad_h, grad_w = ctx.saved_tensors
-        return grad_h * g, grad_w * g, None, None
+        return grad_h * g, grad_w * g, None, None, None
+
+
+def weighted_cross_entropy(logits: torch.Tensor, targets: torch.Tensor,
+                           tok_weights: torch.Tensor | None = None) -> torch.Tensor:
+    """The plain reference: sum over tokens of w_i * CE(logits_i, t_i), IGNORE skipped."""
+    logits = logits.to(torch.promote_types(logits.dtype, torch.float32))
+    if tok_weights is None:
+        return torch.nn.functional.cross_entropy(logits, targets, ignore_index=IGNORE, reduction="sum")
+    ce = torch.nn.functional.cross_entropy(logits, targets, ignore_index=IGNORE, reduction="none")
+    return (ce * tok_weights.to(ce.dtype)).sum()
 
 
 def head_cross_entropy(h: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor,
-                       chunk: int = 1024) -> torch.Tensor:
-    """Summed cross-entropy of logits h @ weight^T against targets (IGNORE skipped)."""
+                       chunk: int = 1024, tok_weights: torch.Tensor | None = None) -> torch.Tensor:
+    """Summed (optionally per-token weighted) cross-entropy of logits h @ weight^T against targets
+    (IGNORE skipped)."""
     if torch.is_grad_enabled() and (h.requires_grad or weight.requires_grad):
-        return _ChunkedHeadCE.apply(h, weight, targets, chunk)
-    logits = h @ weight.t()
-    logits = logits.to(torch.promote_types(logits.dtype, torch.float32))
-    return torch.nn.functional.cross_entropy(logits, targets, ignore_index=IGNORE, reduction="sum")
+        return _ChunkedHeadCE.apply(h, weight, targets, chunk, tok_weights)
+    return weighted_cross_entropy(h @ weight.t(), targets, tok_weights)

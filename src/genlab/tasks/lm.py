@@ -15,12 +15,13 @@ import torch
 import torch.nn.functional as F
 
 from genlab.config import RunConfig
+from genlab.data.objectives import apply_objective
 from genlab.data.packing import IGNORE, Batch, TokenDataset
 from genlab.data.text import load_corpus, split_documents
 from genlab.data.tokenizer import build_tokenizer, load_tokenizer
 from genlab.errors import GenlabError
 from genlab.models import build_lm
-from genlab.ops.loss import head_cross_entropy
+from genlab.ops.loss import head_cross_entropy, weighted_cross_entropy
 
 TOKENIZER_FILE = "tokenizer.json"
 
@@ -72,27 +73,49 @@ class LMTask:
                             mode="packed", buffer=self.cfg.data.pack_buffer, shuffle=False)
 
     # ------------------------------------------------------------------ model and loss
+    @property
+    def objective(self) -> str:
+        return self.cfg.train.objective
+
+    @property
+    def mask_id(self) -> int | None:
+        """The <mask> token of a masked / any-order run: one past the tokenizer's ids."""
+        return None if self.objective == "causal" else self.tokenizer.vocab_size
+
     def build_model(self) -> torch.nn.Module:
-        return build_lm(self.cfg.model, self.tokenizer.vocab_size, self.cfg.data.packing_length)
+        causal = self.objective == "causal"
+        vocab = self.tokenizer.vocab_size + (0 if causal else 1)
+        return build_lm(self.cfg.model, vocab, self.cfg.data.packing_length, causal=causal)
 
     def initial_state(self):
         return (0, 0)
 
+    def with_objective(self, batch: Batch, seed: int) -> Batch:
+        if self.objective == "causal":
+            return batch
+        g = torch.Generator().manual_seed(seed)
+        return apply_objective(batch, self.objective, self.mask_id, self.tokenizer.vocab_size, g,
+                               self.cfg.train.mask_prob, self.tokenizer.bos_id)
+
     def next_batch(self, state) -> tuple[Batch, tuple[int, int]]:
-        return self.train_data.batch_at(state)
+        batch, new_state = self.train_data.batch_at(state)
+        if self.objective != "causal":  # the corruption depends only on (seed, position in the stream): resumable
+            epoch, cursor = state
+            batch = self.with_objective(batch, (self.cfg.train.seed * 1_000_003 + epoch) * 1_000_003 + cursor)
+        return batch, new_state
 
     @staticmethod
     def loss(model, batch: Batch) -> tuple[torch.Tensor, int]:
-        """Summed next-token cross-entropy (nats) and the number of predicted tokens."""
+        """Summed cross-entropy (nats) where targets are defined, and the count it is a sum over
+        (predicted tokens; for any-order, the sequences' tokens, see data/objectives.py)."""
         h = model(batch.input_ids, batch.position_ids, batch.cu_seqlens, batch.max_seqlen)
         head = model.head
         if h.device.type == "cpu" and type(head) is torch.nn.Linear and head.bias is None:
             # chunked head + CE with the gradient formed in the forward pass (ops/loss.py): no
             # logits-sized tensors kept; equal to the plain path (tests/test_models.py)
-            loss_sum = head_cross_entropy(h, head.weight, batch.targets)
+            loss_sum = head_cross_entropy(h, head.weight, batch.targets, tok_weights=batch.weights)
         else:
-            logits = head(h).float()
-            loss_sum = F.cross_entropy(logits, batch.targets, ignore_index=IGNORE, reduction="sum")
+            loss_sum = weighted_cross_entropy(head(h), batch.targets, batch.weights)
         extra = model.aux_loss(batch, h) if hasattr(model, "aux_loss") else None  # MoE balance, MTP (training)
         if extra is not None:  # a mean-scale term: weighted by this batch's share of the step's targets
             loss_sum = loss_sum + extra * batch.n_targets
@@ -111,12 +134,17 @@ class LMTask:
         for i, batch in enumerate(data.iter_epoch()):
             if max_batches is not None and i >= max_batches:
                 break
-            batch = batch.to(device)
+            orig = batch.input_ids
+            batch = self.with_objective(batch, 7919 * (i + 1)).to(device)  # fixed corruption per batch
             loss_sum, count = self.loss(model, batch)
             nll += float(loss_sum)
             n += count
-            tg = batch.targets.cpu()
-            nbytes += float(tbytes[tg[tg != IGNORE]].sum())
+            if batch.weights is not None:  # any-order: the loss estimates every (non-start) token's NLL
+                counted = orig[orig != self.tokenizer.bos_id] if self.tokenizer.bos_id is not None else orig
+            else:
+                tg = batch.targets.cpu()
+                counted = tg[tg != IGNORE]
+            nbytes += float(tbytes[counted].sum())
         model.train(was_training)
         if n == 0:
             return {}
@@ -142,6 +170,8 @@ class LMTask:
             raise GenlabError(f"--top-k {args.top_k} must be >= 0")
         if args.top_p > 1:
             raise GenlabError(f"--top-p {args.top_p} must be between 0 and 1")
+        if getattr(args, "infill", None) is not None or self.objective != "causal":
+            return self.infill_cli(model, args)
         ids = self.prompt_ids(args.prompt)  # checks the prompt before anything is printed
         if getattr(args, "speculative", False):  # deepseek MTP self-speculative greedy decoding
             if not len(getattr(model, "mtp", ())):
@@ -157,6 +187,25 @@ class LMTask:
         print(args.prompt, end="", flush=True)
         stream_sample(self, model, args.prompt, args.max_new_tokens, args.temperature, args.top_k, args.top_p,
                       args.seed, use_cache=not args.no_cache)
+
+    def infill_cli(self, model, args) -> None:
+        """`--infill TEXT`: fill its <mask> spans. A masked / any-order run without --infill continues
+        --prompt by filling `--max-new-tokens` masks after it, left to right."""
+        if self.objective == "causal":
+            raise GenlabError("--infill needs a run trained with train.objective = masked or any-order (this run is "
+                              "causal: it only continues text); train one with --set train.objective=any-order")
+        if getattr(args, "speculative", False):
+            raise GenlabError("--speculative is for causal deepseek runs with MTP, not infilling")
+        text = args.infill if args.infill is not None else args.prompt + f"<mask:{args.max_new_tokens}>"
+        ids, n_spans = parse_infill(text, self.tokenizer, self.mask_id, args.span)
+        if self.tokenizer.bos_id is not None:
+            ids = [self.tokenizer.bos_id] + ids
+        n_holes = ids.count(self.mask_id)
+        out = infill(model, ids, self.mask_id, args.order, args.temperature, args.top_k, args.top_p,
+                     args.seed)
+        print(self.tokenizer.decode(out), flush=True)
+        print(f"filled {n_holes} tokens in {n_spans} span(s), order {args.order}, objective {self.objective}",
+              file=sys.stderr)
 
     # ------------------------------------------------------------------ sampling
     def prompt_ids(self, prompt: str) -> list[int]:
@@ -213,3 +262,59 @@ def generate(model, prompt: list[int], max_new_tokens: int, temperature: float =
             return
         ids.append(nxt)
         feed = [nxt]
+
+
+# ---------------------------------------------------------------------------- infilling
+INFILL_ORDERS = ("left-to-right", "random", "confident")
+_MASK_RE = __import__("re").compile(r"<mask(?::(\d+))?>")
+
+
+def parse_infill(text: str, tokenizer, mask_id: int, span: int) -> tuple[list[int], int]:
+    """"text with <mask> spans" -> token ids with `mask_id` in every span, and the number of spans.
+    `<mask>` stands for `span` tokens, `<mask:N>` for N (1..4096)."""
+    ids: list[int] = []
+    pos, n_spans = 0, 0
+    for m in _MASK_RE.finditer(text):
+        if m.start() > pos:
+            ids += tokenizer.encode(text[pos:m.start()])
+        n = int(m.group(1)) if m.group(1) else span
+        if not 1 <= n <= 4096:
+            raise GenlabError(f"{m.group(0)}: a span holds 1 to 4096 tokens")
+        ids += [mask_id] * n
+        pos, n_spans = m.end(), n_spans + 1
+    if pos < len(text):
+        ids += tokenizer.encode(text[pos:])
+    if n_spans == 0:
+        raise GenlabError("--infill text has no <mask> span; write e.g. \"def <mask>(x):\" or <mask:N> for N tokens")
+    return ids, n_spans
+
+
+@torch.no_grad()
+def infill(model, ids: list[int], mask_id: int, order: str = "left-to-right", temperature: float = 1.0,
+           top_k: int = 0, top_p: float = 1.0, seed: int = 0, device="cpu") -> list[int]:
+    """Fill every `mask_id` position of one sequence, one token per model call, each sampled from
+    p(x_i | every token known so far) of a bidirectional (masked / any-order) model.
+
+    order: left-to-right (the leftmost hole next), random (a uniformly random hole next: for an
+    any-order model this is ancestral sampling under a random ordering), confident (the hole whose
+    most likely token is most probable next, as iterative masked-LM decoding does)."""
+    if order not in INFILL_ORDERS:
+        raise GenlabError(f"unknown infill order {order!r}; choose one of: {', '.join(INFILL_ORDERS)}")
+    model.eval()
+    g = torch.Generator().manual_seed(seed)
+    x = torch.tensor(ids, device=device)
+    pos = torch.arange(len(ids), device=device)
+    cu = torch.tensor([0, len(ids)], dtype=torch.int32, device=device)
+    holes = [i for i, t in enumerate(ids) if t == mask_id]
+    while holes:
+        logits = model.head(model(x, pos, cu, len(ids))[holes]).float().cpu()  # (n_holes, V)
+        logits[:, mask_id] = float("-inf")  # the mask token itself is never a filling
+        if order == "left-to-right":
+            j = 0
+        elif order == "random":
+            j = int(torch.randint(len(holes), (1,), generator=g))
+        else:
+            j = int(torch.log_softmax(logits, -1).max(-1).values.argmax())
+        x[holes[j]] = sample_next(logits[j], temperature, top_k, top_p, g)
+        del holes[j]
+    return x.tolist()
