@@ -53,13 +53,14 @@ def make(name, n):
         "made-2hl-masks": lambda: MADE(n, [12, 9], n_masks=4, resample="full", seed=2),
         "made-direct-ordering": lambda: MADE(n, [12], n_masks=3, resample="ordering", direct=True, seed=3),
         "made-connectivity": lambda: MADE(n, [7, 7], n_masks=3, resample="connectivity", seed=4),
+        "made-tanh-direct": lambda: MADE(n, [12], direct=True, seed=5, activation="tanh"),
         "transformer": lambda: tiny_transformer(n),
         "transformer-order": lambda: tiny_transformer(n, order=perm),
     }[name]()
 
 
 ALL = ["bernoulli", "mixture", "fvsbn", "fvsbn-order", "nade", "nade-order", "made-1hl", "made-2hl-masks",
-       "made-direct-ordering", "made-connectivity", "transformer", "transformer-order"]
+       "made-direct-ordering", "made-connectivity", "made-tanh-direct", "transformer", "transformer-order"]
 AUTOREGRESSIVE = [m for m in ALL if m not in ("bernoulli", "mixture")]
 
 

@@ -53,6 +53,7 @@ class ModelConfig:
     n_masks: int = 1  # density, arch made: masks cycled over training batches; evaluation averages all
     mask_resample: str = "full"  # density, made with n_masks > 1: full | ordering | connectivity
     direct_connections: bool = False  # density, made: masked direct input -> output weights
+    hidden_activation: str = "relu"  # density, made: relu | tanh (the MADE authors' Adult run uses tanh)
     # deepseek (arch deepseek; Hugging Face DeepseekV3Config names): d_model, n_layer, n_head, ffn_hidden (the
     # dense layers' SwiGLU width), rope_theta, norm_eps, tie_embeddings, init_std, attn_backend apply too
     q_lora_rank: int = 0  # deepseek, MLA: query latent rank; 0 = a plain query projection
@@ -165,6 +166,7 @@ CHOICES = {
                    "deepseek",  # lm: MLA + DeepSeekMoE + MTP (genlab.models.deepseek)
                    "bernoulli", "mixture", "fvsbn", "nade", "made"),  # density only (with transformer)
     "model.mask_resample": ("full", "ordering", "connectivity"),
+    "model.hidden_activation": ("relu", "tanh"),
     "train.optimizer": ("adamw", "adagrad", "adadelta", "sgd"),
     "model.attn_backend": ("auto", "naive", "sdpa", "flash", "triton"),  # flash: genlab.ops.flash
     "train.precision": ("fp32", "fp8"),

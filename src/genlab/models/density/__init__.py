@@ -28,7 +28,7 @@ def build_density(cfg: ModelConfig, n_dims: int, seed: int = 0) -> DensityModel:
         return NADE(n_dims, cfg.d_model)
     if cfg.arch == "made":
         return MADE(n_dims, [cfg.d_model] * cfg.n_layer, cfg.n_masks, cfg.mask_resample,
-                    cfg.direct_connections, seed)
+                    cfg.direct_connections, seed, cfg.hidden_activation)
     if cfg.arch == "transformer":
         return BinaryTransformer(cfg, n_dims)
     raise ValueError(f"unknown density arch {cfg.arch!r}")  # config validation rejects it first

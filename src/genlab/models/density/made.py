@@ -51,9 +51,10 @@ def made_degrees(n_dims: int, hidden: list[int], n_masks: int, resample: str, se
 
 class MADE(AutoregressiveModel):
     def __init__(self, n_dims: int, hidden: list[int], n_masks: int = 1, resample: str = "full",
-                 direct: bool = False, seed: int = 0):
+                 direct: bool = False, seed: int = 0, activation: str = "relu"):
         super().__init__()
         self.n_dims, self.n_masks = n_dims, n_masks
+        self.act = {"relu": F.relu, "tanh": torch.tanh}[activation]
         sizes = [n_dims, *hidden]
         self.layers = nn.ModuleList(nn.Linear(a, b) for a, b in zip(sizes[:-1], sizes[1:]))
         self.out = nn.Linear(sizes[-1], n_dims)
@@ -87,7 +88,7 @@ class MADE(AutoregressiveModel):
         hidden, out_mask, direct_mask = self.masks(mask_id)
         h = x
         for lin, m in zip(self.layers, hidden):
-            h = F.relu(F.linear(h, lin.weight * m, lin.bias))
+            h = self.act(F.linear(h, lin.weight * m, lin.bias))
         lo = F.linear(h, self.out.weight * out_mask, self.out.bias)
         if self.direct is not None:
             lo = lo + F.linear(x, self.direct.weight * direct_mask)
