@@ -78,3 +78,16 @@ def test_bench_rnn_step_cap(tmp_path):
     r = rnn.run(steps=2, quick=True, plot=False, seconds=5.0)
     assert [m["steps"] for m in r["models"]] == [2, 2, 2]
     assert r["plot"] is None
+
+
+def test_bench_objectives_quick():
+    from genlab.bench import objectives
+
+    r = objectives.run(quick=True)
+    json.dumps(r)
+    rows = r["objectives"]
+    assert set(rows) == {"causal", "masked", "any-order"}
+    for o, row in rows.items():
+        assert row["steps"] == r["config"]["steps"] and np.isfinite(row["val_loss"]) and row["val_loss"] > 0
+    for o in ("masked", "any-order"):  # the snippet's text outside the holes survives the infilling
+        assert rows[o]["infill"].startswith("def ") and rows[o]["infill"].rstrip().endswith("[key]")
