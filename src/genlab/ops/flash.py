@@ -110,10 +110,10 @@ def _forward_run(q, k, v, scale, causal, window, block, acc_dtype):
                 s.masked_fill_(~_mask(i0, i1, j0, j1, causal, window, q.device), -math.inf)
             m_new = torch.maximum(m, s.amax(-1))
             ref = torch.where(m_new == -math.inf, 0.0, m_new)  # fully-masked-row guard
-            p = torch.exp_(s - ref.unsqueeze(-1))
-            c = torch.exp(m - ref)  # rescale factor of the old state (0 when m = -inf)
-            l = l * c + p.sum(-1)
-            acc = acc * c.unsqueeze(-1) + p @ vj
+            p = s.sub_(ref.unsqueeze(-1)).exp_()  # in place: one (Br, Bc) tile alive
+            c = m.sub_(ref).exp_()  # rescale factor of the old state (0 when m = -inf); m is replaced below
+            l.mul_(c).add_(p.sum(-1))
+            acc.mul_(c.unsqueeze(-1)).add_(p @ vj)
             m = m_new
         safe = torch.where(l > 0, l, 1.0)
         o = torch.where((l > 0).unsqueeze(-1), acc / safe.unsqueeze(-1), 0.0)
@@ -145,8 +145,7 @@ def _backward_run(q, k, v, o, do, lse, scale, causal, window, block, acc_dtype):
             if needs_mask:
                 s.masked_fill_(~_mask(i0, i1, j0, j1, causal, window, q.device), -math.inf)
             p = torch.exp_(s.sub_(lsei))  # recomputed probabilities
-            dp = doi @ vj.transpose(-1, -2)  # (B, Hkv, rep, Br, Bc)
-            ds = p * (dp - dvec) * scale
+            ds = (doi @ vj.transpose(-1, -2)).sub_(dvec).mul_(p).mul_(scale)  # P * (dP - rowsum(dO*O)) * scale
             dqi += ds @ kj
             # sum the query heads of each group: (B, Hkv, rep, Bc, *) -> (B, Bc, Hkv, *)
             dk[:, j0:j1] += (ds.transpose(-1, -2) @ qi).sum(2).permute(0, 2, 1, 3)
