@@ -91,8 +91,13 @@ def layer_errors(model) -> list[list]:
     for h in hooks:
         h.remove()
     rows = []
+    modules = dict(model.named_modules())
     for n in names:
-        w = quantization_error(dict(model.named_modules())[n].weight)
+        if n.endswith(".experts"):  # routed experts: stacked weights; expert 0's gate|up projection
+            w = quantization_error(modules[n.removesuffix(".experts")].w13[0])
+            rows.append([f"{n} (w13 of expert 0)", f"{w['block_rel_rms']:.4f}", f"{w['block_max_rel']:.3f}", "-", "-"])
+            continue
+        w = quantization_error(modules[n].weight)
         a = quantization_error(acts[n]) if n in acts else {"tile_rel_rms": math.nan, "tile_max_rel": math.nan}
         rows.append([n, f"{w['block_rel_rms']:.4f}", f"{w['block_max_rel']:.3f}", f"{a['tile_rel_rms']:.4f}",
                      f"{a['tile_max_rel']:.3f}"])

@@ -18,9 +18,9 @@ row-wise scales (one scale per row over the whole inner dimension: coarser than 
 single outlier costs a whole row precision), else it emulates. `gemm_mode()` says which ran.
 
 convert_to_fp8(model) turns eligible nn.Linear modules into FP8Linear in place (same parameters,
-same state_dict). Kept in high precision: embeddings, the output head, MoE router gates (parameters,
-not Linears), norms, attention's core (scores/softmax), and weights used outside nn.Linear (genlab's
-MoE routed experts use their own grouped GEMM).
+same state_dict), and switches DeepSeekMoE's routed experts (stacked weights, not Linears) to the
+same three FP8 GEMMs per expert (models.deepseek.moe.fp8_grouped_experts). Kept in high precision:
+embeddings, the output head, MoE router gates, norms and attention's core (scores/softmax).
 """
 
 from __future__ import annotations
@@ -174,6 +174,10 @@ def convert_to_fp8(model: nn.Module) -> list[str]:
             continue
         mod.__class__ = FP8Linear
         done.append(name)
+    for name, mod in model.named_modules():
+        if hasattr(mod, "fp8_experts"):  # DeepSeekMoE: routed experts' grouped GEMMs
+            mod.fp8_experts = True
+            done.append(f"{name}.experts")
     return done
 
 

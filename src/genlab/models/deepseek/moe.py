@@ -119,6 +119,22 @@ def grouped_experts(xs, w13, w2, counts: torch.Tensor) -> torch.Tensor:
     return _ExpertsFn.apply(xs, w13, w2, counts.tolist())
 
 
+def fp8_grouped_experts(xs, w13, w2, counts: torch.Tensor) -> torch.Tensor:
+    """The routed experts with FP8 GEMMs (train.precision = fp8): each expert's two projections run
+    through genlab.ops.fp8's FP8 Linear function (1x128 activation tiles, 128x128 weight blocks for
+    Fprop, Dgrad and Wgrad; the activation saved in FP8), on the expert's contiguous token slice."""
+    from genlab.ops.fp8 import FP8LinearFn
+
+    outs, start = [], 0
+    for e, n in enumerate(counts.tolist()):
+        if n:
+            h = FP8LinearFn.apply(xs[start:start + n], w13[e])
+            gate, up = h.chunk(2, dim=-1)
+            outs.append(FP8LinearFn.apply(F.silu(gate) * up, w2[e]))
+            start += n
+    return torch.cat(outs) if outs else xs.new_zeros(0, w2.shape[1])
+
+
 def loop_experts(x, idx, gates, w13, w2) -> torch.Tensor:
     """Reference: every expert in turn over the tokens that chose it (plain autograd)."""
     out = torch.zeros_like(x)
@@ -166,6 +182,7 @@ class MoE(nn.Module):
         self.register_buffer("load", torch.zeros(n_experts, dtype=torch.float32), persistent=False)
         self.aux_loss: torch.Tensor | None = None  # set by training forwards that compute one
         self.use_reference = False  # tests: run loop_experts instead of the grouped dispatch
+        self.fp8_experts = False  # set by genlab.ops.fp8.convert_to_fp8: routed-expert GEMMs in FP8
 
     def forward(self, x: torch.Tensor, cu_seqlens: torch.Tensor | None = None) -> torch.Tensor:
         T = x.shape[0]
@@ -191,7 +208,8 @@ class MoE(nn.Module):
             order = flat.argsort(stable=True)
             counts = torch.bincount(flat, minlength=self.n_experts)
             token_of = order // self.k
-            ys = grouped_experts(x[token_of], self.w13, self.w2, counts)  # (T*k, d) sorted by expert
+            experts = fp8_grouped_experts if self.fp8_experts else grouped_experts
+            ys = experts(x[token_of], self.w13, self.w2, counts)  # (T*k, d) sorted by expert
             ys = ys * gates.reshape(-1)[order, None].to(ys.dtype)
             y = x.new_zeros(T, x.shape[1]).index_add_(0, token_of, ys)
         if self.shared is not None:
