@@ -69,6 +69,10 @@ def test_nonfinite_step_is_skipped_and_logged(tiny_corpus, tmp_path, kind):
     recs = _records(run.path)
     assert [r["step"] for r in recs if r.get("skipped")] == [3]
     assert "non-finite " + ("loss" if kind == "loss" else "gradient") in recs[2]["skip_reason"]
+    text = Path(run.path, "metrics.jsonl").read_text()
+    assert "NaN" not in text and "Infinity" not in text  # strict JSON: non-finite values are written as null
+    if kind == "loss":
+        assert recs[2]["loss"] is None
     assert all(torch.isfinite(p).all() for p in trainer.model.parameters())
     assert trainer.guard.nonfinite == 1
 

@@ -219,7 +219,7 @@ def run_point(out: Path, spec: dict, p: dict, log=print) -> dict:
 
 def _last_loss(run) -> float:
     """The last logged training loss (a point resumed from its final checkpoint trains no step)."""
-    losses = [r["loss"] for r in run.metrics() if "loss" in r]
+    losses = [r["loss"] for r in run.metrics() if r.get("loss") is not None]
     return losses[-1] if losses else float("nan")
 
 

@@ -11,6 +11,7 @@ leaves a half-made run behind.
 from __future__ import annotations
 
 import json
+import math
 import os
 import time
 from pathlib import Path
@@ -80,8 +81,13 @@ class RunDir:
             return {"status": "unknown"}
 
     def append_metrics(self, record: dict) -> None:
+        """One JSON line; a non-finite number (the loss of a skipped non-finite step) is written as
+        null, so the file stays strict JSON for any reader."""
+        def finite(v):
+            return None if isinstance(v, float) and not math.isfinite(v) else v
+
         with open(self.path / METRICS, "a") as f:
-            f.write(json.dumps(record) + "\n")
+            f.write(json.dumps({k: finite(v) for k, v in record.items()}, allow_nan=False) + "\n")
 
     def metrics(self) -> list[dict]:
         out = []
