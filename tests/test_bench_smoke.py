@@ -41,3 +41,26 @@ def test_bench_common_helpers(capsys):
     assert "cpu" in machine_info()
     print_table("title", ["a", "b"], [["x", 1.5]])
     assert "title" in capsys.readouterr().out
+
+
+def test_bench_moe_quick():
+    """`genlab bench moe --quick`: the HF comparison is fair (same loss from the same weights) and the
+    three balancing modes run through the trainer and report MaxVio."""
+    import json
+
+    import torch
+
+    from genlab.bench import moe
+
+    threads = torch.get_num_threads()
+    try:
+        r = moe.run(quick=True)
+    finally:
+        torch.set_num_threads(threads)
+    json.dumps(r)
+    st = r["step_time"]
+    assert abs(st["loss_genlab"] - st["loss_hf"]) < 1e-4
+    assert st["s_per_step_genlab"] > 0 and st["speedup_vs_default"] > 0
+    assert set(r["balance"]) == {"none", "aux", "aux_free"}
+    for m in r["balance"].values():
+        assert m["maxvio_last20"] >= 0 and m["val_loss"] > 0
