@@ -547,14 +547,14 @@ PRESETS: dict[str, tuple[str, dict[str, Any]]] = {
         {"task": "detection", "data": {"history": 32},
          "model": {"arch": "oadtr", "d_model": 64, "n_layer": 2, "n_head": 4, "dec_layers": 2, "dec_heads": 4,
                    "future_steps": 4, "dropout": 0.1},
-         "train": {"steps": 2000, "batch_rows": 32, "lr": 2e-3, "warmup_steps": 40, "weight_decay": 1e-4,
+         "train": {"steps": 4000, "batch_rows": 32, "lr": 2e-3, "warmup_steps": 40, "weight_decay": 1e-4,
                    "eval_every": 500, "eval_batches": 8, "ckpt_every": 500, "log_every": 20}},
     ),
     "gru-synth": (
         "GRU online detector (the RNN baseline, about OadTR's parameter count) on the synthetic benchmark",
         {"task": "detection", "data": {"history": 32},
          "model": {"arch": "gru", "d_model": 144, "n_layer": 1, "dropout": 0.1},
-         "train": {"steps": 2000, "batch_rows": 32, "lr": 3e-3, "warmup_steps": 40, "weight_decay": 1e-4,
+         "train": {"steps": 4000, "batch_rows": 32, "lr": 3e-3, "warmup_steps": 40, "weight_decay": 1e-4,
                    "eval_every": 500, "eval_batches": 8, "ckpt_every": 500, "log_every": 20}},
     ),
     "deepseek-tiny": (
