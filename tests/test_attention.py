@@ -53,8 +53,15 @@ def test_value_dim_differs_from_query_dim():
     q, k, v, cu, ms = _inputs([9, 4], D=24, Dv=16)
     a = naive_attention(q, k, v, cu, ms)
     b = sdpa_attention(q, k, v, cu, ms)
-    assert a.shape == (13, 4, 16)
+    assert a.shape == b.shape == (13, 4, 16)
     torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
+    # gradients through the zero-padded values (sdpa pads v to the query dim on CPU)
+    g = torch.randn_like(a)
+    ga = torch.autograd.grad(a, (q, k, v), g)
+    gb = torch.autograd.grad(b, (q, k, v), g)
+    for x, y in zip(ga, gb):
+        assert x.shape == y.shape
+        torch.testing.assert_close(x, y, atol=1e-5, rtol=1e-5)
 
 
 def test_window_convention_counts_self():

@@ -41,14 +41,16 @@ def route(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, k: int, n_g
 
 
 class _ExpertsFn(torch.autograd.Function):
-    """y_e = (silu(x_e W1_e^T) * (x_e W3_e^T)) W2_e^T for each expert's contiguous token slice.
+    """y_e = (g * silu(x_e W1_e^T) * (x_e W3_e^T)) W2_e^T for each expert's contiguous token slice.
 
     xs (N, d) sorted by expert; w13 (E, 2F, d) [gate rows | up rows]; w2 (E, d, F); counts a list of
-    E ints summing to N. Saves xs and the (N, 2F) pre-activation; writes every result straight
-    into one preallocated tensor (no cat, no per-expert autograd graph)."""
+    E ints summing to N; g (N,) the routing gates or None. The gate scales the F-wide activation
+    before the down projection (the same product as scaling the d-wide output, on a tensor d/F times
+    smaller). Saves xs and the (N, 2F) pre-activation; writes every result straight into one
+    preallocated tensor (no cat, no per-expert autograd graph)."""
 
     @staticmethod
-    def forward(ctx, xs, w13, w2, counts):
+    def forward(ctx, xs, w13, w2, counts, g):
         N, Fw = xs.shape[0], w2.shape[2]
         h = xs.new_empty(N, 2 * Fw)  # (N, 2F) gate|up pre-activations
         act = xs.new_empty(N, Fw)
@@ -61,25 +63,28 @@ class _ExpertsFn(torch.autograd.Function):
                 start += n
         gate, up = h.split(Fw, dim=1)
         torch.mul(F.silu(gate), up, out=act)
+        if g is not None:
+            act.mul_(g.to(act.dtype)[:, None])
         start = 0
         for e, n in enumerate(counts):
             if n:
                 sl = slice(start, start + n)
                 torch.mm(act[sl], w2[e].t(), out=ys[sl])
                 start += n
-        ctx.save_for_backward(xs, w13, w2, h)
+        ctx.save_for_backward(xs, w13, w2, h, g)
         ctx.counts = counts
         return ys
 
     @staticmethod
     def backward(ctx, dys):
-        xs, w13, w2, h = ctx.saved_tensors
+        xs, w13, w2, h, g = ctx.saved_tensors
         Fw = w2.shape[2]
         gate, up = h.split(Fw, dim=1)
         sg = F.silu(gate)
-        act = sg * up
+        act = sg * up  # recomputed, before the gate
+        act_g = act * g.to(act.dtype)[:, None] if g is not None else act
         dys = dys.contiguous()
-        dact = torch.empty_like(act)
+        dact = torch.empty_like(act)  # gradient of the gated activation, then of the activation
         dw2 = torch.empty_like(w2)  # every expert's slice is written below; idle experts get zeros
         dw13 = torch.empty_like(w13)
         idle = [e for e, n in enumerate(ctx.counts) if n == 0]
@@ -91,8 +96,12 @@ class _ExpertsFn(torch.autograd.Function):
             if n:
                 sl = slice(start, start + n)
                 torch.mm(dys[sl], w2[e], out=dact[sl])  # (n, F)
-                torch.mm(dys[sl].t(), act[sl], out=dw2[e])  # (d, F)
+                torch.mm(dys[sl].t(), act_g[sl], out=dw2[e])  # (d, F)
                 start += n
+        dg = None
+        if g is not None:
+            dg = (dact * act).sum(-1).to(g.dtype) if ctx.needs_input_grad[4] else None
+            dact.mul_(g.to(dact.dtype)[:, None])
         dh = torch.empty_like(h)
         d_gate, d_up = dh.split(Fw, dim=1)
         torch.mul(dact, sg, out=d_up)
@@ -106,20 +115,24 @@ class _ExpertsFn(torch.autograd.Function):
                 torch.mm(dh[sl], w13[e], out=dxs[sl])  # (n, d)
                 torch.mm(dh[sl].t(), xs[sl], out=dw13[e])  # (2F, d)
                 start += n
-        return dxs, dw13, dw2, None
+        return dxs, dw13, dw2, None, dg
 
 
-def grouped_experts(xs, w13, w2, counts: torch.Tensor) -> torch.Tensor:
-    """Expert SwiGLU over tokens sorted by expert; counts (E,) tokens per expert."""
+def grouped_experts(xs, w13, w2, counts: torch.Tensor, gates: torch.Tensor | None = None) -> torch.Tensor:
+    """Expert SwiGLU over tokens sorted by expert; counts (E,) tokens per expert; gates (N,) scale
+    each row's output (applied to the activation before the down projection)."""
     if xs.is_cuda and hasattr(torch, "_grouped_mm"):
         offs = counts.cumsum(0).to(torch.int32)
         h = torch._grouped_mm(xs, w13.transpose(-2, -1), offs=offs)
         gate, up = h.chunk(2, dim=-1)
-        return torch._grouped_mm(F.silu(gate) * up, w2.transpose(-2, -1), offs=offs)
-    return _ExpertsFn.apply(xs, w13, w2, counts.tolist())
+        act = F.silu(gate) * up
+        if gates is not None:
+            act = act * gates.to(act.dtype)[:, None]
+        return torch._grouped_mm(act, w2.transpose(-2, -1), offs=offs)
+    return _ExpertsFn.apply(xs, w13, w2, counts.tolist(), gates)
 
 
-def fp8_grouped_experts(xs, w13, w2, counts: torch.Tensor) -> torch.Tensor:
+def fp8_grouped_experts(xs, w13, w2, counts: torch.Tensor, gates: torch.Tensor | None = None) -> torch.Tensor:
     """The routed experts with FP8 GEMMs (train.precision = fp8): each expert's two projections run
     through genlab.ops.fp8's FP8 Linear function (1x128 activation tiles, 128x128 weight blocks for
     Fprop, Dgrad and Wgrad; the activation saved in FP8), on the expert's contiguous token slice."""
@@ -130,7 +143,10 @@ def fp8_grouped_experts(xs, w13, w2, counts: torch.Tensor) -> torch.Tensor:
         if n:
             h = FP8LinearFn.apply(xs[start:start + n], w13[e])
             gate, up = h.chunk(2, dim=-1)
-            outs.append(FP8LinearFn.apply(F.silu(gate) * up, w2[e]))
+            act = F.silu(gate) * up
+            if gates is not None:
+                act = act * gates[start:start + n, None].to(act.dtype)
+            outs.append(FP8LinearFn.apply(act, w2[e]))
             start += n
     return torch.cat(outs) if outs else xs.new_zeros(0, w2.shape[1])
 
@@ -209,8 +225,8 @@ class MoE(nn.Module):
             counts = torch.bincount(flat, minlength=self.n_experts)
             token_of = order // self.k
             experts = fp8_grouped_experts if self.fp8_experts else grouped_experts
-            ys = experts(x[token_of], self.w13, self.w2, counts)  # (T*k, d) sorted by expert
-            ys = ys * gates.reshape(-1)[order, None].to(ys.dtype)
+            # (T*k, d) sorted by expert, each row already scaled by its gate
+            ys = experts(x[token_of], self.w13, self.w2, counts, gates.reshape(-1)[order])
             y = x.new_zeros(T, x.shape[1]).index_add_(0, token_of, ys)
         if self.shared is not None:
             y = y + self.shared(x)
