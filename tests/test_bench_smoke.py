@@ -58,7 +58,7 @@ def test_bench_moe_quick():
     finally:
         torch.set_num_threads(threads)
     json.dumps(r)
-    st = r["step_time"]
+    st = r["step_time"]["threads_1"]
     assert abs(st["loss_genlab"] - st["loss_hf"]) < 1e-4
     assert st["s_per_step_genlab"] > 0 and st["speedup_vs_default"] > 0
     assert set(r["balance"]) == {"none", "aux", "aux_free"}

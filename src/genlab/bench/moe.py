@@ -6,6 +6,7 @@ validation loss)."""
 
 from __future__ import annotations
 
+import copy
 import tempfile
 
 import torch
@@ -58,8 +59,11 @@ def step_time(quick: bool, steps: int) -> dict:
     hcfg = transformers.DeepseekV3Config(**hc)
     hfs = {}
     for impl in ("eager", "grouped_mm"):
-        hfm = transformers.DeepseekV3ForCausalLM(hcfg).float().train()
+        # one config object per model: the experts read config._experts_implementation at every call,
+        # so two models sharing one config would both run whichever implementation was set last
+        hfm = transformers.DeepseekV3ForCausalLM(copy.deepcopy(hcfg)).float().train()
         hfm.config._experts_implementation = impl
+        assert hfm.config is not hcfg
         missing, unexpected = hfm.load_state_dict(hf_state(ours, cfg), strict=False)
         assert not unexpected and all("rotary" in k for k in missing), (missing, unexpected)
         hfs["default" if impl == "eager" else impl] = hfm
@@ -84,12 +88,14 @@ def step_time(quick: bool, steps: int) -> dict:
     with torch.no_grad():  # same weights, same batch: same loss (checks the comparison is fair)
         a = F.cross_entropy(ours.head(ours(flat, pos, cu, L)), tgt.reshape(-1))
         b = F.cross_entropy(hfs["default"](ids).logits.reshape(-1, V), tgt.reshape(-1))
+    impls = [m.config._experts_implementation for m in hfs.values()]
+    assert impls == ["eager", "grouped_mm"], impls  # each model really runs its own implementation
     times = interleaved_times([ours_step, hf_step(hfs["default"]), hf_step(hfs["grouped_mm"])], 1, steps)
     t = [median(x) for x in times]
     rows = [["genlab deepseek", f"{t[0]:.3f}", "1.00"], ["transformers (default experts)", f"{t[1]:.3f}",
             f"{t[1] / t[0]:.2f}"], ["transformers (grouped_mm)", f"{t[2]:.3f}", f"{t[2] / t[0]:.2f}"]]
     print_table(f"training step, {B}x{L} tokens, {cfg.model.n_routed_experts} experts top-"
-                f"{cfg.model.num_experts_per_tok} (median of {steps}, interleaved)",
+                f"{cfg.model.num_experts_per_tok}, {torch.get_num_threads()} thread(s) (median of {steps}, interleaved)",
                 ["implementation", "s/step", "genlab speed-up"], rows)
     return {"tokens": B * L, "loss_genlab": float(a), "loss_hf": float(b), "s_per_step_genlab": t[0],
             "s_per_step_hf_default": t[1], "s_per_step_hf_grouped_mm": t[2], "speedup_vs_default": t[1] / t[0],
@@ -128,19 +134,32 @@ def balance_run(mode: str, steps: int, quick: bool) -> dict:
 
 
 def run(steps=None, quick=False) -> dict:
+    """Step time at 1 and 2 threads (quick: 1), then the balancing runs at 1 thread.
+    $GENLAB_BENCH_MOE_PARTS = "step", "balance" or "step,balance" (default) picks the parts."""
+    import os
+
     import torch
 
-    # one thread: on this shared 2-core machine (load ~15) two OpenMP threads spend most of each small
-    # kernel waiting at a barrier for a descheduled partner; both sides of every comparison use the same
-    torch.set_num_threads(1)
-    res = {"machine": machine_info(), "note": "CPU shared with other jobs: ratios measured interleaved"}
-    res["step_time"] = step_time(quick, steps or (2 if quick else 6))
-    b = BALANCE_QUICK if quick else BALANCE
-    bsteps = b["steps"]
-    res["balance"] = {mode: balance_run(mode, bsteps, quick) for mode in ("none", "aux", "aux_free")}
-    res["balance_config"] = b
-    print_table(f"load balancing, {bsteps} steps x {b['rows']} rows x 128 tokens on the embedded corpus "
-                f"(16 experts top-2; aux alpha 1e-3, aux-free gamma {b['gamma']})",
-                ["mode", "MaxVio (last 20%)", "val loss"],
-                [[m, f"{r['maxvio_last20']:.3f}", f"{r['val_loss']:.4f}"] for m, r in res["balance"].items()])
+    parts = set(os.environ.get("GENLAB_BENCH_MOE_PARTS", "step,balance").split(","))
+    threads_before = torch.get_num_threads()
+    res = {"machine": machine_info(), "note": "ratios measured interleaved step by step"}
+    try:
+        if "step" in parts:
+            res["step_time"] = {}
+            for n in ((1,) if quick else (1, 2)):
+                torch.set_num_threads(n)
+                res["step_time"][f"threads_{n}"] = step_time(quick, steps or (2 if quick else 6))
+        if "balance" in parts:
+            # one thread: tiny GEMMs, where a second OpenMP thread mostly waits at barriers
+            torch.set_num_threads(1)
+            b = BALANCE_QUICK if quick else BALANCE
+            bsteps = b["steps"]
+            res["balance"] = {mode: balance_run(mode, bsteps, quick) for mode in ("none", "aux", "aux_free")}
+            res["balance_config"] = b
+            print_table(f"load balancing, {bsteps} steps x {b['rows']} rows x 128 tokens on the embedded corpus "
+                        f"(16 experts top-2; aux alpha 1e-3, aux-free gamma {b['gamma']})",
+                        ["mode", "MaxVio (last 20%)", "val loss"],
+                        [[m, f"{r['maxvio_last20']:.3f}", f"{r['val_loss']:.4f}"] for m, r in res["balance"].items()])
+    finally:
+        torch.set_num_threads(threads_before)
     return res

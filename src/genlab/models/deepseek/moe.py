@@ -226,7 +226,7 @@ class MoE(nn.Module):
             token_of = order // self.k
             experts = fp8_grouped_experts if self.fp8_experts else grouped_experts
             # (T*k, d) sorted by expert, each row already scaled by its gate
-            ys = experts(x[token_of], self.w13, self.w2, counts, gates.reshape(-1)[order])
+            ys = experts(x.index_select(0, token_of), self.w13, self.w2, counts, gates.reshape(-1)[order])
             y = x.new_zeros(T, x.shape[1]).index_add_(0, token_of, ys)
         if self.shared is not None:
             y = y + self.shared(x)
