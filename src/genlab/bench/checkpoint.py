@@ -5,7 +5,8 @@ the tiny MoE model (the deepseek-tiny preset: MLA + 16-expert MoE + MTP, 4 layer
 Each policy runs in its own subprocess (genlab.bench.attention.run_isolated). Activation memory = the
 resident set held after the forward and the loss (the tensors kept for backward) minus before it;
 peak = the highest resident set during forward + backward (VmHWM) minus before it. Time = forward +
-backward, best of the timed repeats after one warm-up step.
+backward, best of the timed repeats after one warm-up step, from a second subprocess that keeps the
+default allocator (the memory process's mmap threshold adds page faults to every large temporary).
 """
 
 from __future__ import annotations
@@ -63,7 +64,11 @@ def run(steps: int | None = None, quick: bool = False) -> dict:
     kw = {"repeats": steps or (1 if quick else 3)}
     if quick:
         kw.update(rows=2, length=128)
-    res = {p: run_isolated("checkpoint", "measure", policy=p, **kw) for p in POLICIES}
+    res = {p: run_isolated("checkpoint", "measure", policy=p, **kw) for p in POLICIES}  # memory
+    for p in POLICIES:  # time: a process with the default allocator (see genlab.bench.attention.run_isolated)
+        timed = run_isolated("checkpoint", "measure", mmap=False, policy=p, **kw)
+        if "step_s" in res[p] and "step_s" in timed:
+            res[p]["step_s"] = timed["step_s"]
     base = res["none"]
     rows = []
     for p in POLICIES:
