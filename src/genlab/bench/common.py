@@ -7,6 +7,8 @@ Stable, small API (other benchmark modules import it):
     interleaved_times(fns, warmup, steps)       the same for several functions, run in turns
     median(xs) -> float
     print_table(title, columns, rows)           a rich table on stdout (rows: lists of anything; str())
+    bench_threads(quick) -> int                 $GENLAB_BENCH_THREADS, else 1 for quick, else 0 (leave as is)
+    bench_thread_scope(quick)                   a with-block running under bench_threads(quick), restored after
 """
 
 from __future__ import annotations
@@ -15,7 +17,8 @@ import os
 import platform
 import statistics
 import time
-from typing import Callable, Sequence
+from contextlib import contextmanager
+from typing import Callable, Iterator, Sequence
 
 import torch
 
@@ -106,3 +109,21 @@ def print_table(title: str, columns: Sequence[str], rows: Sequence[Sequence[obje
     for r in rows:
         table.add_row(*[str(x) for x in r])
     console.print(table)
+
+
+def bench_threads(quick: bool) -> int:
+    """Threads for a benchmark: $GENLAB_BENCH_THREADS if set, else 1 for quick (tiny shapes only
+    pay thread overhead), else 0 = leave torch's setting."""
+    return int(os.environ.get("GENLAB_BENCH_THREADS", "0") or 0) or (1 if quick else 0)
+
+
+@contextmanager
+def bench_thread_scope(quick: bool) -> Iterator[None]:
+    """Run the block with bench_threads(quick) torch threads (if set); the caller's setting comes back."""
+    before = torch.get_num_threads()
+    if bench_threads(quick):
+        torch.set_num_threads(bench_threads(quick))
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)

@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from genlab.bench.common import machine_info, print_table
+from genlab.bench.common import bench_thread_scope, machine_info, print_table
 from genlab.config import resolve
 from genlab.detect import StreamingDetector, detect_offline
 from genlab.models import count_params
@@ -84,18 +84,11 @@ def train_and_score(preset: str, seed: int, p: dict) -> dict:
 
 
 def run(steps: int | None = None, quick: bool = False) -> dict:
-    from genlab.bench.packing import bench_threads
-
     p = dict(QUICK if quick else DEFAULTS)
     if steps is not None:
         p["steps"] = steps
-    threads_before = torch.get_num_threads()
-    if bench_threads(quick):  # $GENLAB_BENCH_THREADS, or 1 for quick
-        torch.set_num_threads(bench_threads(quick))
-    try:
+    with bench_thread_scope(quick):  # $GENLAB_BENCH_THREADS, or 1 for quick
         return _run(p)
-    finally:
-        torch.set_num_threads(threads_before)
 
 
 def _run(p: dict) -> dict:

@@ -14,10 +14,7 @@ from __future__ import annotations
 import tempfile
 import time
 
-import torch
-
-from genlab.bench.common import machine_info, print_table
-from genlab.bench.packing import bench_threads
+from genlab.bench.common import bench_thread_scope, machine_info, print_table
 
 PRESETS = {"causal": "lm-small", "masked": "mlm-small", "any-order": "infill-small"}
 SNIPPET = 'def <mask:2>(self, key):\n    """Return the <mask:2> for key."""\n    return self.<mask:3>[key]\n'
@@ -53,14 +50,8 @@ def run(steps: int | None = None, quick: bool = False) -> dict:
     p = dict(QUICK if quick else DEFAULTS)
     if steps is not None:
         p["steps"] = steps
-    threads_before = torch.get_num_threads()
-    if bench_threads(quick):  # $GENLAB_BENCH_THREADS, or 1 for quick
-        torch.set_num_threads(bench_threads(quick))
-    try:
-        with tempfile.TemporaryDirectory() as d:
-            rows = {obj: train_one(obj, p, d) for obj in PRESETS}
-    finally:
-        torch.set_num_threads(threads_before)
+    with bench_thread_scope(quick), tempfile.TemporaryDirectory() as d:  # $GENLAB_BENCH_THREADS, or 1 for quick
+        rows = {obj: train_one(obj, p, d) for obj in PRESETS}
     print_table(f"objectives on the embedded corpus, {p['steps']} steps each",
                 ["objective", "preset", "val loss", "covers", "bits/byte", "train s", "tokens/s"],
                 [[o, r["preset"], f"{r['val_loss']:.4f}", "masked tokens" if o == "masked" else "every token",

@@ -22,13 +22,12 @@ from __future__ import annotations
 
 import copy
 import math
-import os
 import time
 
 import numpy as np
 import torch
 
-from genlab.bench.common import machine_info, print_table
+from genlab.bench.common import bench_thread_scope, machine_info, print_table
 from genlab.config import ModelConfig, TrainConfig
 from genlab.data.packing import TokenDataset, best_fit_decreasing, chunk_spans, pack_rows
 from genlab.models import build_lm, count_params
@@ -126,23 +125,12 @@ def _embedded_fractions(p: dict) -> dict:
     return out
 
 
-def bench_threads(quick: bool) -> int:
-    """Threads for a benchmark: $GENLAB_BENCH_THREADS if set, else 1 for quick (tiny shapes only
-    pay thread overhead), else 0 = leave torch's setting."""
-    return int(os.environ.get("GENLAB_BENCH_THREADS", "0") or 0) or (1 if quick else 0)
-
-
 def run(steps: int | None = None, quick: bool = False) -> dict:
     p = dict(QUICK if quick else DEFAULTS)
     if steps is not None:
         p["steps"] = steps
-    threads_before = torch.get_num_threads()
-    if bench_threads(quick):
-        torch.set_num_threads(bench_threads(quick))
-    try:
+    with bench_thread_scope(quick):
         return _run(p, quick)
-    finally:
-        torch.set_num_threads(threads_before)
 
 
 def _run(p: dict, quick: bool) -> dict:

@@ -29,8 +29,7 @@ from pathlib import Path
 
 import torch
 
-from genlab.bench.common import machine_info, print_table
-from genlab.bench.packing import bench_threads
+from genlab.bench.common import bench_threads, machine_info, print_table
 from genlab.config import ModelConfig, RunConfig, TrainConfig
 from genlab.models import build_lm, count_params
 from genlab.tasks.lm import LMTask
