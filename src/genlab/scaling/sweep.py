@@ -25,7 +25,7 @@ import shutil
 import time
 from pathlib import Path
 
-from genlab.config import ModelConfig, RunConfig, resolve
+from genlab.config import RunConfig, resolve
 from genlab.errors import GenlabError
 from genlab.scaling import laws
 from genlab.scaling.plan import find_shape

@@ -12,7 +12,6 @@ from pathlib import Path
 from typing import Iterator
 
 import torch
-import torch.nn.functional as F
 
 from genlab.config import RunConfig
 from genlab.data.objectives import apply_objective
