@@ -3,6 +3,7 @@ decoding == greedy, and the deepseek model trained by genlab's trainer (bias in 
 
 import json
 
+import pytest
 import torch
 import torch.nn.functional as F
 
@@ -113,3 +114,12 @@ def test_gamma_and_lambda_schedules_follow_optimizer_steps():
     moe.load.copy_(torch.arange(8.0))
     model.on_optimizer_step()  # from step 1 on gamma is 0: frozen
     assert torch.equal(moe.bias, moved) and model.mtp_lambda() == 0.1
+
+
+def test_gamma_can_follow_the_learning_rate_schedule():
+    for schedule, expected in (("constant", 0.01), ("lr", 0.0025)):
+        model = build(balance_gamma=0.01, balance_gamma_schedule=schedule).train()
+        moe = model.blocks[1].mlp
+        moe.load.copy_(torch.arange(8.0))
+        model.on_optimizer_step(lr_factor=0.25)  # the trainer passes lr / peak lr
+        assert float(moe.bias.abs().max()) == pytest.approx(expected)

@@ -72,6 +72,7 @@ class ModelConfig:
     balance: str = "aux_free"  # deepseek: aux_free (bias; + sequence-wise loss if alpha > 0) | seq_aux | aux | none
     balance_gamma: float = 0.001  # deepseek, aux_free: bias update speed; 0 freezes the bias
     balance_gamma_until: int = 0  # deepseek, aux_free: optimizer step from which gamma is 0; 0 = never
+    balance_gamma_schedule: str = "constant"  # deepseek, aux_free: constant | lr (gamma follows the lr schedule)
     balance_alpha: float = 0.0  # deepseek: balance-loss weight (seq_aux: per document, aux: per micro-batch)
     mtp_depth: int = 0  # deepseek: multi-token prediction modules D (0 = none)
     mtp_lambda: float = 0.3  # deepseek: loss = main + lambda / D * sum of MTP losses
@@ -176,6 +177,7 @@ CHOICES = {
     "train.device": ("auto", "cpu", "cuda"),
     "model.beta_schedule": ("linear", "scaled_linear", "squaredcos_cap_v2"),
     "model.balance": ("aux_free", "seq_aux", "aux", "none"),
+    "model.balance_gamma_schedule": ("constant", "lr"),
     "model.rope_scaling": ("none", "yarn"),
 }
 

@@ -175,7 +175,8 @@ class Trainer:
             self.opt.step()
         self.opt.zero_grad(set_to_none=True)
         hook = getattr(self.model, "on_optimizer_step", None)  # once per step, after every micro-batch
-        self.model_metrics = hook() if hook is not None else {}  # e.g. MoE loads and MaxVio -> metrics.jsonl
+        # e.g. MoE loads and MaxVio -> metrics.jsonl; lr_factor: this step's lr / peak lr (the schedule)
+        self.model_metrics = hook(lr_factor=lr_factor(self.step, t)) if hook is not None else {}
         self.step += 1
         if hasattr(self.task, "after_step"):  # optional task hook, e.g. an EMA of the weights (diffusion)
             self.task.after_step(self.model, self.step)
