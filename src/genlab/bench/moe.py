@@ -104,10 +104,12 @@ def step_time(quick: bool, steps: int) -> dict:
 
 # Balancing runs: 64 rows x 128 tokens per step (8,192 tokens, 16,384 routed slots, 1,024 per expert: sampling
 # noise alone puts the max over 16 experts ~7% above the mean), long enough for the bias to undo the router's
-# early collapse. gamma 0.003: at 0.01 the sign updates overshoot (MaxVio 0.27 at 400 steps, 64 rows), at
-# 0.001 (DeepSeek-V3's, for far bigger batches and runs) the bias cannot catch the collapse within the run.
-BALANCE = dict(rows=64, steps=1200, gamma=0.003)
-BALANCE_QUICK = dict(rows=4, steps=20, gamma=0.003)
+# early collapse. gamma 0.01 following the lr schedule (model.balance_gamma_schedule = lr): a constant
+# gamma leaves the sign updates oscillating at the end (0.01: MaxVio 0.27 at 400 steps; 0.003: 0.20 at
+# 1200 and 0.27 at 2400 steps), 0.001 (DeepSeek-V3's, for far bigger batches and runs) cannot catch the
+# collapse within the run; decaying it with the lr (cosine to 10%) lets the bias settle.
+BALANCE = dict(rows=64, steps=1200, gamma=0.01, gamma_schedule="lr")
+BALANCE_QUICK = dict(rows=4, steps=20, gamma=0.01, gamma_schedule="lr")
 
 
 def balance_run(mode: str, steps: int, quick: bool) -> dict:
@@ -124,7 +126,8 @@ def balance_run(mode: str, steps: int, quick: bool) -> dict:
             "train.warmup_steps=10", "train.log_every=1", f"train.eval_every={steps}", "train.eval_batches=8",
             f"train.ckpt_every={steps}", "train.schedule=cosine"]
     sets += {"none": ["model.balance=none"], "aux": ["model.balance=aux", "model.balance_alpha=1e-3"],
-             "aux_free": ["model.balance=aux_free", f"model.balance_gamma={b['gamma']}"]}[mode]
+             "aux_free": ["model.balance=aux_free", f"model.balance_gamma={b['gamma']}",
+                          f"model.balance_gamma_schedule={b['gamma_schedule']}"]}[mode]
     with tempfile.TemporaryDirectory() as d:
         run, trainer = prepare_training(resolve(None, None, sets), f"{d}/run", progress=False, log=lambda *a: None)
         last = trainer.fit()
@@ -157,7 +160,7 @@ def run(steps=None, quick=False) -> dict:
             res["balance"] = {mode: balance_run(mode, bsteps, quick) for mode in ("none", "aux", "aux_free")}
             res["balance_config"] = b
             print_table(f"load balancing, {bsteps} steps x {b['rows']} rows x 128 tokens on the embedded corpus "
-                        f"(16 experts top-2; aux alpha 1e-3, aux-free gamma {b['gamma']})",
+                        f"(16 experts top-2; aux alpha 1e-3, aux-free gamma {b['gamma']}, schedule {b['gamma_schedule']})",
                         ["mode", "MaxVio (last 20%)", "val loss"],
                         [[m, f"{r['maxvio_last20']:.3f}", f"{r['val_loss']:.4f}"] for m, r in res["balance"].items()])
     finally:
