@@ -7,6 +7,16 @@ torch.set_num_threads(min(2, os.cpu_count() or 1))
 
 
 @pytest.fixture
+def one_thread():
+    """Tiny shapes only pay for thread synchronisation (badly so on a loaded machine): 1 thread, restored
+    after. Modules opt in with `pytestmark = pytest.mark.usefixtures("one_thread")`."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture
 def tiny_corpus(tmp_path):
     """A small .jsonl corpus with CJK and emoji, enough documents for a split."""
     import json

@@ -7,14 +7,7 @@ import torch
 
 from genlab.bench import detect, window_max
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny shapes only pay for thread synchronisation (badly so on a loaded machine): 1 thread."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest.py: tiny shapes, 1 thread
 
 
 def test_bench_window_max_quick():

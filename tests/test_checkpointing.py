@@ -17,14 +17,7 @@ from genlab.train.activation_checkpoint import (_selective_policy, apply_activat
 
 POLICIES = ["full", "every:2", "selective"]
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny tensors: a second OpenMP thread only adds synchronisation, and on a shared CPU it stalls."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest.py: tiny shapes, 1 thread
 
 
 def _lm(preset, extra=()):

@@ -12,14 +12,7 @@ from genlab.config import ModelConfig
 from genlab.models.density import (FVSBN, MADE, NADE, AutoregressiveModel, BinaryTransformer,
                                    IndependentBernoulli, MixtureOfBernoullis)
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny tensors: one thread is faster, and far faster on a shared CPU."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest.py: tiny shapes, 1 thread
 
 
 def all_vectors(n, dtype=torch.float64):

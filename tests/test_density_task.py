@@ -13,13 +13,7 @@ from genlab.train import checkpoint
 from genlab.train.optim import build_optimizer, lr_factor
 from genlab.train.trainer import BEST_DIR, train
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest.py: tiny shapes, 1 thread
 
 
 @pytest.fixture

@@ -17,14 +17,7 @@ from genlab.models.oadtr import build_detector
 from genlab.tasks.detection import IGNORE, DetectionTask, make_batch
 from genlab.tasks.detection_metrics import ap_and_cap, frame_map
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny shapes only pay for thread synchronisation (badly so on a loaded machine): 1 thread."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest.py: tiny shapes, 1 thread
 
 
 # ------------------------------------------------------------------------------ metrics

@@ -23,13 +23,7 @@ STEPS = 20
 ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
 QUIET = dict(progress=False, log=lambda *a, **k: None)
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest.py: tiny shapes, 1 thread
 
 
 def _overrides(corpus, extra=()):

@@ -10,14 +10,7 @@ from hypothesis import strategies as st
 from genlab.ops.attention import naive_attention
 from genlab.ops.flash import _tiles, flash_attention
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny tensors: a second OpenMP thread only adds synchronisation, and on a shared CPU it stalls."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest.py: tiny shapes, 1 thread
 
 
 def _cu(lens):

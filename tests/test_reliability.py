@@ -21,13 +21,7 @@ from conftest import tiny_overrides
 
 QUIET = dict(progress=False, log=lambda *a, **k: None)
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest.py: tiny shapes, 1 thread
 
 
 def _records(run_dir):

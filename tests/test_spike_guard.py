@@ -16,14 +16,7 @@ from genlab.train.guards import SpikeGuard
 from genlab.train.trainer import prepare_training, train
 from conftest import tiny_overrides
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny shapes only pay for thread synchronisation (badly so on a loaded machine): 1 thread."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest.py: tiny shapes, 1 thread
 
 
 def test_guard_unit():
