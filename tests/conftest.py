@@ -33,3 +33,17 @@ def tiny_overrides(path, steps=6, extra=()):
             "model.n_layer=2", "model.n_head=4", "model.n_kv_head=2", f"train.steps={steps}", "train.batch_rows=4",
             "train.log_every=1", "train.eval_every=3", "train.eval_batches=2", "train.ckpt_every=3",
             "train.warmup_steps=2", "train.lr=3e-3", *extra]
+
+
+def watch_updates(trainer) -> dict:
+    """Wrap trainer.train_step; the returned dict fills with {step: did this step change any weight}."""
+    changed, step_fn = {}, trainer.train_step
+
+    def watched():
+        before = [p.detach().clone() for p in trainer.model.parameters()]
+        m = step_fn()
+        changed[trainer.step] = any(not torch.equal(b, p) for b, p in zip(before, trainer.model.parameters()))
+        return m
+
+    trainer.train_step = watched
+    return changed

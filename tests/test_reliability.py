@@ -17,7 +17,7 @@ from genlab.config import resolve
 from genlab.errors import GenlabError
 from genlab.train import checkpoint
 from genlab.train.trainer import prepare_training, train
-from conftest import tiny_overrides
+from conftest import tiny_overrides, watch_updates
 
 QUIET = dict(progress=False, log=lambda *a, **k: None)
 
@@ -49,15 +49,7 @@ def test_nonfinite_step_is_skipped_and_logged(tiny_corpus, tmp_path, kind):
     cfg = resolve(None, None, tiny_overrides(tiny_corpus, steps=6, extra=["train.spike_window=0"]))
     run, trainer = prepare_training(cfg, tmp_path / "r", **QUIET)
     _poisoned(trainer, {2}, kind)
-    changed, step_fn = {}, trainer.train_step
-
-    def watched():
-        before = [p.detach().clone() for p in trainer.model.parameters()]
-        m = step_fn()
-        changed[trainer.step] = any(not torch.equal(b, p) for b, p in zip(before, trainer.model.parameters()))
-        return m
-
-    trainer.train_step = watched
+    changed = watch_updates(trainer)
     trainer.fit()
     assert changed == {s: s != 3 for s in range(1, 7)}  # the 3rd update (step index 2) left the weights alone
     recs = _records(run.path)

@@ -14,7 +14,7 @@ from genlab.errors import GenlabError
 from genlab.train import checkpoint
 from genlab.train.guards import SpikeGuard
 from genlab.train.trainer import prepare_training, train
-from conftest import tiny_overrides
+from conftest import tiny_overrides, watch_updates
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # conftest.py: tiny shapes, 1 thread
 
@@ -49,16 +49,7 @@ def test_injected_spike_is_skipped_and_nothing_else(tiny_corpus, tmp_path):
         return (loss_sum * 100 if trainer.step == spike_step - 1 else loss_sum), n
 
     trainer.task.loss = spiky_loss
-    changed = {}
-    step_fn = trainer.train_step
-
-    def watched_step():
-        before = [p.detach().clone() for p in trainer.model.parameters()]
-        m = step_fn()
-        changed[trainer.step] = any(not torch.equal(b, p) for b, p in zip(before, trainer.model.parameters()))
-        return m
-
-    trainer.train_step = watched_step
+    changed = watch_updates(trainer)
     trainer.fit()
     assert changed == {s: s != spike_step for s in range(1, 10)}
     records = [json.loads(line) for line in (run.path / "metrics.jsonl").read_text().splitlines()]
