@@ -64,3 +64,16 @@ def test_bench_moe_quick():
     assert set(r["balance"]) == {"none", "aux", "aux_free"}
     for m in r["balance"].values():
         assert m["maxvio_last20"] >= 0 and m["val_loss"] > 0
+
+
+def test_bench_attention_quick_times_and_memory_from_separate_processes():
+    import json
+
+    from genlab.bench import attention
+
+    r = attention.run(quick=True)
+    json.dumps(r)
+    assert {(x["backend"], x["n"]) for x in r["results"]} == {(b, n) for b in ("naive", "flash", "sdpa")
+                                                              for n in (256, 512)}
+    for x in r["results"]:
+        assert x["fwd_bwd_s"] >= x["fwd_s"] > 0 and x["peak_fwd_bwd_mib"] >= 0

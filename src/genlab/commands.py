@@ -145,11 +145,11 @@ def cmd_info(args) -> int:
         cfg = run.config()
         vocab = load_tokenizer(run.path / "tokenizer.json").vocab_size
         source = f"run {run.path} ({run.status().get('status')}, step {run.status().get('step', 0)})"
-    causal = cfg.train.objective == "causal"
-    if not causal:  # masked / any-order runs add a <mask> token (genlab.data.objectives)
-        vocab += 1
+    from genlab.data.objectives import model_vocab
+
+    vocab = model_vocab(vocab, cfg.train.objective)  # masked / any-order runs add a <mask> token
     with torch.device("meta"):
-        model = build_lm(cfg.model, vocab, cfg.data.packing_length, causal=causal)
+        model = build_lm(cfg.model, vocab, cfg.data.packing_length, causal=cfg.train.objective == "causal")
     if cfg.model.arch == "deepseek":  # MoE: total vs activated parameters; MLA cache bytes per token
         from genlab.models.deepseek.model import info_lines
 

@@ -594,6 +594,7 @@ _DIGITS_TRAIN = {"steps": 3000, "batch_rows": 100, "warmup_steps": 0, "schedule"
                  "early_stop_patience": 20, "threads": 1}
 _DENSITY_DATA = {"val_fraction": 0.1, "test_fraction": 0.1}  # for user files that hold one array of rows
 
+
 def _with_train(name: str, **train) -> dict[str, Any]:
     """A copy of preset `name`'s settings with some train.* values replaced."""
     d = copy.deepcopy(PRESETS[name][1])

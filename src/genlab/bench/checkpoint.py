@@ -16,7 +16,7 @@ import time
 import torch
 import torch.nn.functional as F
 
-from genlab.bench.attention import _reset_peak, _rss_kib, run_isolated
+from genlab.bench.attention import _reset_peak, _rss_kib, memory_then_time
 from genlab.bench.common import machine_info, print_table
 
 POLICIES = ["none", "full", "every:2", "selective"]
@@ -64,11 +64,7 @@ def run(steps: int | None = None, quick: bool = False) -> dict:
     kw = {"repeats": steps or (1 if quick else 3)}
     if quick:
         kw.update(rows=2, length=128)
-    res = {p: run_isolated("checkpoint", "measure", policy=p, **kw) for p in POLICIES}  # memory
-    for p in POLICIES:  # time: a process with the default allocator (see genlab.bench.attention.run_isolated)
-        timed = run_isolated("checkpoint", "measure", mmap=False, policy=p, **kw)
-        if "step_s" in res[p] and "step_s" in timed:
-            res[p]["step_s"] = timed["step_s"]
+    res = {p: memory_then_time("checkpoint", "measure", ("step_s",), {}, {}, policy=p, **kw) for p in POLICIES}
     base = res["none"]
     rows = []
     for p in POLICIES:

@@ -133,7 +133,9 @@ def balance_run(mode: str, steps: int, quick: bool) -> dict:
         last = trainer.fit()
         recs = [r for r in run.metrics() if "maxvio" in r]
     tail = recs[int(0.8 * len(recs)):]
-    return {"maxvio_last20": sum(r["maxvio"] for r in tail) / max(1, len(tail)), "val_loss": last.get("val_loss")}
+    vio = [r["maxvio"] for r in recs]
+    return {"maxvio_last20": sum(r["maxvio"] for r in tail) / max(1, len(tail)), "val_loss": last.get("val_loss"),
+            "trajectory": [round(sum(vio[i:i + 20]) / len(vio[i:i + 20]), 3) for i in range(0, len(vio), 20)]}
 
 
 def run(steps=None, quick=False) -> dict:

@@ -29,6 +29,12 @@ from genlab.data.packing import IGNORE, Batch
 OBJECTIVES = ("causal", "masked", "any-order")
 
 
+def model_vocab(tokenizer_vocab: int, objective: str) -> int:
+    """Embedding rows a model of this objective needs: the tokenizer's, plus <mask> (id tokenizer_vocab)
+    for the bidirectional objectives."""
+    return tokenizer_vocab + (0 if objective == "causal" else 1)
+
+
 def _seq_index(cu_seqlens: torch.Tensor, T: int) -> torch.Tensor:
     lens = (cu_seqlens[1:] - cu_seqlens[:-1]).long()
     return torch.repeat_interleave(torch.arange(len(lens)), lens, output_size=T)

@@ -87,7 +87,8 @@ def sdpa_attention(q, k, v, cu_seqlens, max_seqlen, causal=True, window=None, sc
     Hkv, Dv = k.shape[1], v.shape[-1]
     if q.device.type == "cpu" and Dv < D:
         # torch's CPU flash kernel needs one head dim for q, k and v; otherwise SDPA falls back to its
-        # unfused math path (MLA: 48/32 was 1.6-1.8x slower fwd+bwd). Zero-padded values change nothing.
+        # unfused math path (MLA, q/k 48 and v 32: 1.3-1.8x slower fwd+bwd; scripts/attention_matmul_vs_sdpa.py).
+        # Zero-padded values change nothing.
         v = F.pad(v, (0, D - Dv))
         return sdpa_attention(q, k, v, cu_seqlens, max_seqlen, causal, window, scale)[..., :Dv]
     outs = []

@@ -7,6 +7,7 @@ loss, evaluate. Sampling lives here too (the generation loop with a KV cache).
 from __future__ import annotations
 
 import math
+import re
 import sys
 from pathlib import Path
 from typing import Iterator
@@ -14,7 +15,7 @@ from typing import Iterator
 import torch
 
 from genlab.config import RunConfig
-from genlab.data.objectives import apply_objective
+from genlab.data.objectives import apply_objective, model_vocab
 from genlab.data.packing import IGNORE, Batch, TokenDataset
 from genlab.data.text import load_corpus, split_documents
 from genlab.data.tokenizer import build_tokenizer, load_tokenizer
@@ -82,9 +83,8 @@ class LMTask:
         return None if self.objective == "causal" else self.tokenizer.vocab_size
 
     def build_model(self) -> torch.nn.Module:
-        causal = self.objective == "causal"
-        vocab = self.tokenizer.vocab_size + (0 if causal else 1)
-        return build_lm(self.cfg.model, vocab, self.cfg.data.packing_length, causal=causal)
+        return build_lm(self.cfg.model, model_vocab(self.tokenizer.vocab_size, self.objective),
+                        self.cfg.data.packing_length, causal=self.objective == "causal")
 
     def initial_state(self):
         return (0, 0)
@@ -265,7 +265,7 @@ def generate(model, prompt: list[int], max_new_tokens: int, temperature: float =
 
 # ---------------------------------------------------------------------------- infilling
 INFILL_ORDERS = ("left-to-right", "random", "confident")
-_MASK_RE = __import__("re").compile(r"<mask(?::(\d+))?>")
+_MASK_RE = re.compile(r"<mask(?::(\d+))?>")
 
 
 def parse_infill(text: str, tokenizer, mask_id: int, span: int) -> tuple[list[int], int]:
@@ -306,14 +306,16 @@ def infill(model, ids: list[int], mask_id: int, order: str = "left-to-right", te
     cu = torch.tensor([0, len(ids)], dtype=torch.int32, device=device)
     holes = [i for i, t in enumerate(ids) if t == mask_id]
     while holes:
-        logits = model.head(model(x, pos, cu, len(ids))[holes]).float().cpu()  # (n_holes, V)
-        logits[:, mask_id] = float("-inf")  # the mask token itself is never a filling
-        if order == "left-to-right":
-            j = 0
-        elif order == "random":
-            j = int(torch.randint(len(holes), (1,), generator=g))
-        else:
+        h = model(x, pos, cu, len(ids))
+        if order == "confident":  # every hole's logits are needed to choose
+            logits = model.head(h[holes]).float().cpu()  # (n_holes, V)
+            logits[:, mask_id] = float("-inf")  # the mask token itself is never a filling
             j = int(torch.log_softmax(logits, -1).max(-1).values.argmax())
-        x[holes[j]] = sample_next(logits[j], temperature, top_k, top_p, g)
+            row = logits[j]
+        else:  # the head runs on the chosen hole only
+            j = 0 if order == "left-to-right" else int(torch.randint(len(holes), (1,), generator=g))
+            row = model.head(h[holes[j]]).float().cpu()
+            row[mask_id] = float("-inf")
+        x[holes[j]] = sample_next(row, temperature, top_k, top_p, g)
         del holes[j]
     return x.tolist()

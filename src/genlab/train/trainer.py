@@ -158,7 +158,8 @@ class Trainer:
             n_total, n_real, capacity = n_total + batch.n_targets, n_real + batch.n_real, capacity + batch.capacity
             if distributed.mine(i):
                 batches.append(batch.to(self.device))
-        lr = t.lr * lr_factor(self.step, t)
+        factor = lr_factor(self.step, t)  # this step's lr / the peak lr
+        lr = t.lr * factor
         set_lr(self.opt, lr)
         loss_total = 0.0
         scale = distributed.world_size() / max(1, n_total)  # global normalisation; DDP averages over ranks
@@ -175,8 +176,8 @@ class Trainer:
             self.opt.step()
         self.opt.zero_grad(set_to_none=True)
         hook = getattr(self.model, "on_optimizer_step", None)  # once per step, after every micro-batch
-        # e.g. MoE loads and MaxVio -> metrics.jsonl; lr_factor: this step's lr / peak lr (the schedule)
-        self.model_metrics = hook(lr_factor=lr_factor(self.step, t)) if hook is not None else {}
+        # model.on_optimizer_step(lr_factor=...) returns metrics, e.g. MoE loads and MaxVio -> metrics.jsonl
+        self.model_metrics = hook(lr_factor=factor) if hook is not None else {}
         self.step += 1
         if hasattr(self.task, "after_step"):  # optional task hook, e.g. an EMA of the weights (diffusion)
             self.task.after_step(self.model, self.step)

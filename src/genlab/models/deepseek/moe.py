@@ -118,17 +118,20 @@ class _ExpertsFn(torch.autograd.Function):
         return dxs, dw13, dw2, None, dg
 
 
+def _gated_act(h: torch.Tensor, gates: torch.Tensor | None) -> torch.Tensor:
+    """(N, 2F) gate|up pre-activations -> silu(gate) * up, each row scaled by its routing gate."""
+    gate, up = h.chunk(2, dim=-1)
+    act = F.silu(gate) * up
+    return act if gates is None else act * gates.to(act.dtype)[:, None]
+
+
 def grouped_experts(xs, w13, w2, counts: torch.Tensor, gates: torch.Tensor | None = None) -> torch.Tensor:
     """Expert SwiGLU over tokens sorted by expert; counts (E,) tokens per expert; gates (N,) scale
     each row's output (applied to the activation before the down projection)."""
     if xs.is_cuda and hasattr(torch, "_grouped_mm"):
         offs = counts.cumsum(0).to(torch.int32)
         h = torch._grouped_mm(xs, w13.transpose(-2, -1), offs=offs)
-        gate, up = h.chunk(2, dim=-1)
-        act = F.silu(gate) * up
-        if gates is not None:
-            act = act * gates.to(act.dtype)[:, None]
-        return torch._grouped_mm(act, w2.transpose(-2, -1), offs=offs)
+        return torch._grouped_mm(_gated_act(h, gates), w2.transpose(-2, -1), offs=offs)
     return _ExpertsFn.apply(xs, w13, w2, counts.tolist(), gates)
 
 
@@ -142,11 +145,8 @@ def fp8_grouped_experts(xs, w13, w2, counts: torch.Tensor, gates: torch.Tensor |
     for e, n in enumerate(counts.tolist()):
         if n:
             h = FP8LinearFn.apply(xs[start:start + n], w13[e])
-            gate, up = h.chunk(2, dim=-1)
-            act = F.silu(gate) * up
-            if gates is not None:
-                act = act * gates[start:start + n, None].to(act.dtype)
-            outs.append(FP8LinearFn.apply(act, w2[e]))
+            g = gates[start:start + n] if gates is not None else None
+            outs.append(FP8LinearFn.apply(_gated_act(h, g), w2[e]))
             start += n
     return torch.cat(outs) if outs else xs.new_zeros(0, w2.shape[1])
 
