@@ -7,13 +7,12 @@ from types import SimpleNamespace
 import pytest
 import torch
 import torch.nn as nn
-from torch.utils.checkpoint import CheckpointPolicy
 
 from genlab.config import PRESETS, RunConfig, apply_dict, apply_overrides
 from genlab.errors import GenlabError
 from genlab.models import build_lm
-from genlab.train.activation_checkpoint import (_selective_policy, apply_activation_checkpointing,
-                                                parse_policy)
+from genlab.ops import recompute
+from genlab.train.activation_checkpoint import apply_activation_checkpointing, parse_policy
 
 POLICIES = ["full", "every:2", "selective"]
 
@@ -124,16 +123,71 @@ def test_full_policy_keeps_far_fewer_tensors_for_backward():
     assert full < 0.25 * none
 
 
-def test_selective_policy_saves_matmuls_and_recomputes_router_and_elementwise():
-    aten = torch.ops.aten
-    router = nn.Parameter(torch.randn(4, 8))
-    other = torch.randn(8, 8)
-    policy = _selective_policy([router])
-    x = torch.randn(3, 8)
-    assert policy(None, aten.mm.default, x, other) == CheckpointPolicy.MUST_SAVE
-    assert policy(None, aten.mm.default, x, router.t()) == CheckpointPolicy.PREFER_RECOMPUTE
-    assert policy(None, aten.mul.Tensor, x, x) == CheckpointPolicy.PREFER_RECOMPUTE
-    assert policy(None, aten.bmm.default, x[None], other[None]) == CheckpointPolicy.PREFER_RECOMPUTE
+@pytest.mark.parametrize("preset", ["lm-tiny", "deepseek-tiny"])
+def test_selective_keeps_projections_and_rebuilds_norms_activations_rope_router(preset, monkeypatch):
+    """What selective stores for backward: no RMSNorm output, no SwiGLU activation, no RoPE'd or
+    assembled q/k/v, no router affinities (they come back as recipes), and far less than `none`;
+    every recipe is rebuilt exactly once per use in backward."""
+    model = _lm(preset, ("model.n_layer=2",) if preset == "deepseek-tiny" else ())
+    ids, pos, cu, mx = _batch()
+
+    def stored(policy):
+        m = copy.deepcopy(model).train()
+        apply_activation_checkpointing(m, policy)
+        norm_outs, kept, recipes = [], {}, []  # norm outputs held, so no address is reused meanwhile
+        for mod in m.modules():
+            if type(mod).__name__ == "RMSNorm":
+                mod.register_forward_hook(lambda _m, _i, o: norm_outs.append(o))
+        plain_pack = recompute._pack
+        weights = {p.untyped_storage().data_ptr() for p in m.parameters()}
+
+        def pack(t):
+            r = plain_pack(t)
+            if isinstance(r, recompute._Recipe):
+                recipes.append(r)
+            elif r.untyped_storage().data_ptr() not in weights:
+                kept[r.untyped_storage().data_ptr()] = r.untyped_storage().nbytes()
+            return r
+        monkeypatch.setattr(recompute, "_pack", pack)
+        hooks = torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t) if policy == "none" else None
+        if hooks:
+            hooks.__enter__()
+        h = m(ids, pos, cu, mx)
+        if hooks:
+            hooks.__exit__(None, None, None)
+        monkeypatch.setattr(recompute, "_pack", plain_pack)
+        return h, {o.untyped_storage().data_ptr() for o in norm_outs}, kept, recipes
+
+    _, _, kept_none, _ = stored("none")
+    h, norm_outs, kept, recipes = stored("selective")
+    assert recipes and not (norm_outs & kept.keys())  # no norm output stored as a tensor
+    names = {getattr(r.entry.fn, "__name__", str(r.entry.fn)) for r in recipes}
+    want = {"apply"} | ({"rope_qkv"} if preset == "lm-tiny" else {"_queries", "_keys_values", "_affinities"})
+    assert want <= names, names
+    inner_total = sum(kept.values())
+    assert inner_total < 0.75 * sum(kept_none.values()), (inner_total, sum(kept_none.values()))
+    h.sum().backward()
+    left = [(r.entry.fn, r.entry.pending, r.entry.cache is None) for r in recipes if r.entry.pending or r.entry.cache is not None]
+    assert not left, left  # all used, nothing held
+
+
+def test_selective_refuses_an_input_changed_in_place():
+    from genlab.ops.recompute import SelectiveScope, cheap
+
+    w = torch.randn(4, 4, requires_grad=True)
+    x = torch.randn(3, 4)
+    with SelectiveScope():
+        y = cheap(torch.tanh, x)  # tanh's output is saved by tanh's own backward and by the matmul
+        z = (y @ w).sum()
+    x.add_(1.0)  # the recipe's input changed after the forward
+    with pytest.raises(RuntimeError, match="modified in place"):
+        z.backward()
+    x2 = torch.randn(3, 4, requires_grad=True)
+    with SelectiveScope():
+        y2 = cheap(torch.tanh, x2)
+        (y2 @ w).sum().backward()
+    ref = torch.autograd.grad((torch.tanh(x2) @ w).sum(), x2)[0]
+    torch.testing.assert_close(x2.grad, ref, rtol=0, atol=0)
 
 
 def test_policy_parsing_and_errors():
@@ -181,4 +235,4 @@ def test_trainer_applies_policy_precision_and_flash_backend(tiny_corpus, tmp_pat
     assert isinstance(m.blocks[0].attn.qkv, FP8Linear) and type(m.head) is torch.nn.Linear
     assert m.blocks[0].attn.backend == "flash"
     last = trainer.fit()
-    assert math.isfinite(last["loss"]) and m.blocks[0]._genlab_sac_policy is not None
+    assert math.isfinite(last["loss"]) and m.blocks[0]._genlab_policy == "selective"

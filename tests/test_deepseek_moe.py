@@ -88,6 +88,45 @@ def test_grouped_dispatch_equals_loop_reference_forward_and_grads():
         assert torch.allclose(a, b, atol=1e-5), (a - b).abs().max()
 
 
+def test_fused_gather_and_combine_equal_the_separate_path_and_keep_no_pair_sized_tensor():
+    """CPU dispatch gathers and combines inside one function; the separate path (CUDA / FP8) gathers,
+    runs the sorted experts and scatters back. Same outputs and gradients; and what the fused path
+    keeps for backward has no (N, d) = (k T, d) tensor (no gathered input, no per-pair output)."""
+    from genlab.models.deepseek.moe import _ScatterRows, dispatch_experts, grouped_experts
+
+    g = torch.Generator().manual_seed(1)
+    T, d, E, Fw, k = 24, 16, 4, 6, 3
+    x = torch.randn(T, d, generator=g)
+    w13 = torch.randn(E, 2 * Fw, d, generator=g) * 0.3
+    w2 = torch.randn(E, d, Fw, generator=g) * 0.3
+    idx = torch.stack([torch.randperm(E, generator=g)[:k] for _ in range(T)])
+    flat = idx.reshape(-1)
+    order = flat.argsort(stable=True)
+    token_of, counts = order // k, torch.bincount(flat, minlength=E)
+    gates = torch.rand(T * k, generator=g)[order]
+    gy = torch.randn(T, d, generator=g)
+    res = []
+    for fused in (True, False):
+        leaves = [t.clone().requires_grad_() for t in (x, w13, w2, gates)]
+        xi, a, b, gi = leaves
+        saved = []
+
+        def pack(t):
+            saved.append(tuple(t.shape))
+            return t
+        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+            if fused:
+                y = dispatch_experts(xi, token_of, a, b, counts, gi)
+            else:
+                y = _ScatterRows.apply(grouped_experts(xi.index_select(0, token_of), a, b, counts, gi), token_of, T)
+        y.backward(gy)
+        res.append([y.detach()] + [t.grad for t in leaves])
+        if fused:
+            assert (T * k, d) not in saved, saved
+    for u, v in zip(*res):
+        torch.testing.assert_close(u, v, atol=1e-6, rtol=1e-6)
+
+
 def test_load_counted_once_per_forward_with_checkpointing_and_not_in_eval():
     m = _moe()
     x = torch.randn(30, 16, requires_grad=True)

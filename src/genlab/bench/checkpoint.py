@@ -1,33 +1,39 @@
 """genlab bench checkpoint: activation memory and step time of each activation-checkpointing policy on
-the tiny MoE model (the deepseek-tiny preset: MLA + 16-expert MoE + MTP, 4 layers x 128; a batch of
-8 packed rows x 256 tokens, vocabulary 2048).
+the tiny MoE model (the deepseek-tiny preset: MLA + 16-expert MoE + one MTP module, 4 layers x 128;
+a batch of 8 packed rows x 256 tokens, vocabulary 2048). A step is what training runs: the LM task's
+loss (chunked head + cross-entropy, plus the MTP loss through the MTP block, which every policy
+wraps too), then backward.
 
-Each policy runs in its own subprocess (genlab.bench.attention.run_isolated). Activation memory = the
-resident set held after the forward and the loss (the tensors kept for backward) minus before it;
-peak = the highest resident set during forward + backward (VmHWM) minus before it. Time = forward +
-backward, best of the timed repeats after one warm-up step, from a second subprocess that keeps the
-default allocator (the memory process's mmap threshold adds page faults to every large temporary).
+Memory: each policy in its own subprocess (genlab.bench.attention.run_isolated, with an mmap threshold
+so the resident set follows live tensors). Activation memory = the resident set after forward and loss
+(what is kept for backward) minus before; peak = the highest resident set during forward + backward
+(VmHWM) minus before.
+Time: all policies in ONE further subprocess with the default allocator, one model per policy (same
+weights), stepped round-robin (the starting policy rotates each round) after a warm-up step each;
+the median of the rounds per policy. Interleaving keeps slow drifts of a shared machine out of the
+ratios, which separate processes per policy did not (their `none` baselines moved by 30%).
 """
 
 from __future__ import annotations
 
+import statistics
 import time
 
 import torch
-import torch.nn.functional as F
 
-from genlab.bench.attention import _reset_peak, _rss_kib, memory_then_time
+from genlab.bench.attention import _reset_peak, _rss_kib, run_isolated
 from genlab.bench.common import machine_info, print_table
 
 POLICIES = ["none", "full", "every:2", "selective"]
 
 
-def measure(policy: str, repeats: int = 3, rows: int = 8, length: int = 256, preset: str = "deepseek-tiny") -> dict:
+def _setup(policy: str, rows: int, length: int, preset: str):
     from genlab.config import PRESETS, RunConfig, apply_dict
+    from genlab.data.packing import Batch
     from genlab.models import build_lm
+    from genlab.tasks.lm import LMTask
     from genlab.train.activation_checkpoint import apply_activation_checkpointing
 
-    torch.set_num_threads(1)
     cfg = apply_dict(RunConfig(), PRESETS[preset][1], preset).validate()
     torch.manual_seed(0)
     vocab = cfg.data.vocab_size
@@ -35,36 +41,70 @@ def measure(policy: str, repeats: int = 3, rows: int = 8, length: int = 256, pre
     apply_activation_checkpointing(model, policy)
     g = torch.Generator().manual_seed(0)
     ids = torch.randint(0, vocab, (rows * length,), generator=g)
-    pos = torch.arange(length).repeat(rows)
-    cu = torch.arange(0, rows * length + 1, length, dtype=torch.int32)
+    targets = ids.roll(-1)
+    targets[length - 1::length] = -100  # nothing predicted across a row's end
+    T = rows * length
+    batch = Batch(ids, targets, torch.arange(length).repeat(rows),
+                  torch.arange(0, T + 1, length, dtype=torch.int32), length, T, T, rows)
+
+    def forward():
+        loss, n = LMTask.loss(model, batch)
+        return loss / n
 
     def step():
-        h = model(ids, pos, cu, length)
-        loss = F.cross_entropy(model.head(h).float(), ids.roll(-1))
-        return loss
+        forward().backward()
+        model.zero_grad(set_to_none=True)
+        model._stats.clear() if hasattr(model, "_stats") else None
 
-    step().backward()  # warm-up
-    model.zero_grad(set_to_none=True)
-    times, held, peak = [], 0, 0
+    return forward, step
+
+
+def measure(policy: str, repeats: int = 3, rows: int = 8, length: int = 256, preset: str = "deepseek-tiny") -> dict:
+    """Inside a memory subprocess: resident memory held after forward + loss, and the peak."""
+    torch.set_num_threads(1)
+    forward, step = _setup(policy, rows, length, preset)
+    step()  # warm-up
+    held, peak = 0, 0
     for _ in range(repeats):
         _reset_peak()
         base = _rss_kib("VmRSS")
-        t0 = time.perf_counter()
-        loss = step()
+        loss = forward()
         held = max(held, _rss_kib("VmRSS") - base)
         loss.backward()
-        times.append(time.perf_counter() - t0)
         peak = max(peak, _rss_kib("VmHWM") - base)
         del loss
-        model.zero_grad(set_to_none=True)
-    return {"policy": policy, "step_s": min(times), "held_mib": held / 1024, "peak_mib": peak / 1024}
+    return {"policy": policy, "held_mib": held / 1024, "peak_mib": peak / 1024}
+
+
+def time_all(policies: list[str], rounds: int = 5, rows: int = 8, length: int = 256,
+             preset: str = "deepseek-tiny") -> dict:
+    """Inside the timing subprocess: forward + backward per policy, interleaved; medians."""
+    torch.set_num_threads(1)
+    steps = {p: _setup(p, rows, length, preset)[1] for p in policies}
+    for p in policies:
+        steps[p]()  # warm-up
+    times = {p: [] for p in policies}
+    for r in range(rounds):
+        order = policies[r % len(policies):] + policies[:r % len(policies)]
+        for p in order:
+            t0 = time.perf_counter()
+            steps[p]()
+            times[p].append(time.perf_counter() - t0)
+    return {p: {"step_s": statistics.median(t), "step_times_s": [round(x, 4) for x in t]} for p, t in times.items()}
 
 
 def run(steps: int | None = None, quick: bool = False) -> dict:
-    kw = {"repeats": steps or (1 if quick else 3)}
+    kw = {}
     if quick:
         kw.update(rows=2, length=128)
-    res = {p: memory_then_time("checkpoint", "measure", ("step_s",), {}, {}, policy=p, **kw) for p in POLICIES}
+    res = {p: run_isolated("checkpoint", "measure", policy=p, repeats=1 if quick else 2, **kw) for p in POLICIES}
+    timed = run_isolated("checkpoint", "time_all", mmap=False, policies=POLICIES,
+                         rounds=steps or (2 if quick else 7), **kw)
+    for p in POLICIES:
+        if "error" in timed:
+            res[p].setdefault("error", timed["error"])
+        elif "error" not in res[p]:
+            res[p].update(timed[p])
     base = res["none"]
     rows = []
     for p in POLICIES:
@@ -78,6 +118,6 @@ def run(steps: int | None = None, quick: bool = False) -> dict:
                      f"{extra:+.0%}", ""])
         r.update(saved=saved, extra_time=extra)
     print_table(f"activation checkpointing on deepseek-tiny ({kw.get('rows', 8)} x {kw.get('length', 256)} tokens, "
-                "fp32, CPU, 1 thread)",
-                ["policy", "activations MiB", "saved", "peak MiB", "step s", "extra time", "error"], rows)
+                "fp32, CPU, 1 thread; time = median of interleaved rounds)",
+                ["policy", "activations MiB", "saved", "peak MiB", "step s (fwd+bwd)", "extra time", "error"], rows)
     return {"machine": machine_info(), "results": res}

@@ -15,6 +15,7 @@ import torch.nn.functional as F
 
 from genlab.config import ModelConfig
 from genlab.ops.attention import attention, pick_backend
+from genlab.ops.recompute import cheap
 from genlab.ops.rope import rope_qkv, rope_table
 
 
@@ -65,8 +66,8 @@ class RMSNorm(nn.Module):
 
     def forward(self, x):
         if x.device.type == "cpu":
-            return _RMSNormFn.apply(x, self.weight, self.eps)
-        return F.rms_norm(x, (x.shape[-1],), self.weight, self.eps)  # fused kernel on GPUs
+            return cheap(_RMSNormFn.apply, x, self.weight, self.eps)
+        return cheap(F.rms_norm, x, (x.shape[-1],), self.weight, self.eps)  # fused kernel on GPUs
 
 
 class KVCache:
@@ -99,7 +100,7 @@ class Attention(nn.Module):
     def forward(self, x, cos, sin, cu_seqlens, max_seqlen, cache: KVCache | None = None):
         T = x.shape[0]
         qkv = self.qkv(x).view(T, self.n_head + 2 * self.n_kv, self.head_dim)
-        q, k, v = rope_qkv(qkv, cos, sin, self.n_head, self.n_kv)
+        q, k, v = cheap(rope_qkv, qkv, cos, sin, self.n_head, self.n_kv)
         if cache is None:
             y = attention(q, k, v, cu_seqlens, max_seqlen, causal=self.causal, backend=self.backend)
         else:
@@ -120,6 +121,13 @@ class Attention(nn.Module):
         return y[0].transpose(0, 1)
 
 
+def silu_mul(gate: torch.Tensor, up: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
+    """silu(gate) * up, written into `out` (or a fresh contiguous tensor): two passes, one tensor.
+    gate and up are usually the strided halves of one fused projection."""
+    out = torch.empty(gate.shape, dtype=gate.dtype, device=gate.device) if out is None else out
+    return torch.ops.aten.silu.out(gate, out=out).mul_(up)
+
+
 class _SwiGLUFn(torch.autograd.Function):
     """silu(gate) * up from the fused (..., 2 * hidden) projection. The backward writes both
     halves of the gradient into one (..., 2 * hidden) tensor (plain autograd makes three
@@ -130,7 +138,7 @@ class _SwiGLUFn(torch.autograd.Function):
         gate, up = gate_up.split(hidden, dim=-1)
         ctx.save_for_backward(gate_up)
         ctx.hidden = hidden
-        return F.silu(gate).mul_(up)
+        return silu_mul(gate, up)
 
     @staticmethod
     def backward(ctx, g):
@@ -152,7 +160,7 @@ class SwiGLU(nn.Module):
         self.down = nn.Linear(hidden, d, bias=False)
 
     def forward(self, x):
-        return self.down(_SwiGLUFn.apply(self.gate_up(x), self.hidden))
+        return self.down(cheap(_SwiGLUFn.apply, self.gate_up(x), self.hidden))
 
 
 class Block(nn.Module):

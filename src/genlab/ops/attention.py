@@ -23,6 +23,7 @@ import torch.nn.functional as F
 
 from genlab.errors import GenlabError
 from genlab.ops.flash import flash_attention
+from genlab.ops.recompute import cheap
 from genlab.ops.triton_flash import available as _triton_available
 
 
@@ -89,8 +90,8 @@ def sdpa_attention(q, k, v, cu_seqlens, max_seqlen, causal=True, window=None, sc
         # torch's CPU flash kernel needs one head dim for q, k and v; otherwise SDPA falls back to its
         # unfused math path (MLA, q/k 48 and v 32: 1.3-1.8x slower fwd+bwd; scripts/attention_matmul_vs_sdpa.py).
         # Zero-padded values change nothing.
-        v = F.pad(v, (0, D - Dv))
-        return sdpa_attention(q, k, v, cu_seqlens, max_seqlen, causal, window, scale)[..., :Dv]
+        v = cheap(F.pad, v, (0, D - Dv))
+        return cheap(_unpad, sdpa_attention(q, k, v, cu_seqlens, max_seqlen, causal, window, scale), Dv)
     outs = []
     cu = cu_seqlens.tolist()
     for start, count, n in _runs_of_equal_length(cu):
@@ -108,8 +109,20 @@ def sdpa_attention(q, k, v, cu_seqlens, max_seqlen, causal=True, window=None, sc
         else:
             o = F.scaled_dot_product_attention(qs, ks, vs, is_causal=causal, scale=scale,
                                                enable_gqa=Hkv != H)
-        outs.append(o.transpose(1, 2).reshape(count * n, H, Dv))
-    return outs[0] if len(outs) == 1 else torch.cat(outs)
+        outs.append(o)
+    # back to (T, H, Dv): a copy, and SDPA keeps its own output for backward anyway, so under
+    # selective checkpointing the copy is rebuilt from that instead of being kept too
+    return cheap(_tokens_major, *outs)
+
+
+def _tokens_major(*outs: torch.Tensor) -> torch.Tensor:
+    """SDPA outputs (count, H, n, Dv) of consecutive runs of sequences -> one (T, H, Dv) tensor."""
+    flat = [o.transpose(1, 2).reshape(-1, o.shape[1], o.shape[3]) for o in outs]
+    return flat[0] if len(flat) == 1 else torch.cat(flat)
+
+
+def _unpad(o: torch.Tensor, dv: int) -> torch.Tensor:
+    return o[..., :dv].contiguous()
 
 
 AttentionFn = Callable[..., torch.Tensor]

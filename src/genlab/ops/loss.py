@@ -24,18 +24,22 @@ class _ChunkedHeadCE(torch.autograd.Function):
         grad_h = torch.empty_like(h)
         grad_w = torch.zeros_like(weight)
         rows = torch.arange(min(chunk, T), device=h.device)
+        # two chunk-sized buffers reused by every chunk: a fresh logits-sized tensor per chunk costs
+        # page faults on CPU comparable to the arithmetic done on it
+        logits = h.new_empty(min(chunk, T), weight.shape[0])
+        logp = torch.empty_like(logits)
         for s in range(0, T, chunk):
             hs, ts = h[s:s + chunk], targets[s:s + chunk]
             n = hs.shape[0]
-            logits = hs @ weight.t()  # (n, V)
+            torch.mm(hs, weight.t(), out=logits[:n])  # (n, V)
             valid = ts != IGNORE
             tt = torch.where(valid, ts, 0)
             if tok_weights is not None:  # per-token loss weights (any-order objective)
                 valid = valid * tok_weights[s:s + chunk].to(logits.dtype)
-            lse = torch.logsumexp(logits, dim=-1)  # (n,)
-            picked = logits[rows[:n], tt]
-            loss += ((lse - picked) * valid).sum()
-            probs = logits.sub_(lse[:, None]).exp_()  # softmax, in place
+            # one fused pass (max, sum of exp, subtract) instead of logsumexp + subtract
+            lp = torch.ops.aten._log_softmax.out(logits[:n], -1, False, out=logp[:n])
+            loss -= (lp[rows[:n], tt] * valid).sum()
+            probs = lp.exp_()  # softmax, in place
             probs[rows[:n], tt] -= 1.0  # dloss/dlogits = softmax - onehot
             probs.mul_(valid[:, None])  # ignored tokens contribute nothing
             torch.mm(probs, weight, out=grad_h[s:s + n])
@@ -66,3 +70,13 @@ def head_cross_entropy(h: torch.Tensor, weight: torch.Tensor, targets: torch.Ten
     if torch.is_grad_enabled() and (h.requires_grad or weight.requires_grad):
         return _ChunkedHeadCE.apply(h, weight, targets, chunk, tok_weights)
     return weighted_cross_entropy(h @ weight.t(), targets, tok_weights)
+
+
+def head_loss(head: torch.nn.Module, h: torch.Tensor, targets: torch.Tensor,
+              tok_weights: torch.Tensor | None = None) -> torch.Tensor:
+    """Summed cross-entropy of head(h) against targets. On CPU with a plain bias-free Linear head: the
+    chunked head + CE above (no logits-sized tensor kept for backward; equal to the plain path,
+    tests/test_models.py); otherwise the logits and the plain reference."""
+    if h.device.type == "cpu" and type(head) is torch.nn.Linear and head.bias is None:
+        return head_cross_entropy(h, head.weight, targets, tok_weights=tok_weights)
+    return weighted_cross_entropy(head(h), targets, tok_weights)

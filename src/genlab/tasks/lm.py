@@ -21,7 +21,7 @@ from genlab.data.text import load_corpus, split_documents
 from genlab.data.tokenizer import build_tokenizer, load_tokenizer
 from genlab.errors import GenlabError
 from genlab.models import build_lm
-from genlab.ops.loss import head_cross_entropy, weighted_cross_entropy
+from genlab.ops.loss import head_loss
 
 TOKENIZER_FILE = "tokenizer.json"
 
@@ -108,13 +108,7 @@ class LMTask:
         """Summed cross-entropy (nats) where targets are defined, and the count it is a sum over
         (predicted tokens; for any-order, the sequences' tokens, see data/objectives.py)."""
         h = model(batch.input_ids, batch.position_ids, batch.cu_seqlens, batch.max_seqlen)
-        head = model.head
-        if h.device.type == "cpu" and type(head) is torch.nn.Linear and head.bias is None:
-            # chunked head + CE with the gradient formed in the forward pass (ops/loss.py): no
-            # logits-sized tensors kept; equal to the plain path (tests/test_models.py)
-            loss_sum = head_cross_entropy(h, head.weight, batch.targets, tok_weights=batch.weights)
-        else:
-            loss_sum = weighted_cross_entropy(head(h), batch.targets, batch.weights)
+        loss_sum = head_loss(model.head, h, batch.targets, batch.weights)
         extra = model.aux_loss(batch, h) if hasattr(model, "aux_loss") else None  # MoE balance, MTP (training)
         if extra is not None:  # a mean-scale term: weighted by this batch's share of the step's targets
             loss_sum = loss_sum + extra * batch.n_targets

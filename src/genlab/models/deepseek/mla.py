@@ -18,6 +18,7 @@ import torch.nn.functional as F
 
 from genlab.models.transformer import RMSNorm
 from genlab.ops.attention import attention, pick_backend
+from genlab.ops.recompute import cheap
 from genlab.ops.rope import apply_rope_interleaved, rope_table, yarn_inv_freq, yarn_mscale
 
 LATENT_NORM_EPS = 1e-6  # the latent RMSNorms' epsilon (fixed, as in the released models)
@@ -105,14 +106,31 @@ class MLA(nn.Module):
         k = torch.cat((k_nope, k_rope.expand(T, self.H, self.r)), dim=-1)
         return k, v
 
+    def _queries(self, q_in, cos, sin):
+        """Per-head queries [q_nope | rope(q_rope)] (T, H, n + r) from the normed query latent
+        (through the up-projection W_UQ) or, without a query latent, from the projection output."""
+        q = self.wq_b(q_in) if hasattr(self, "wq_a") else q_in
+        q_nope, q_rope = q.view(q.shape[0], self.H, self.n + self.r).split([self.n, self.r], dim=-1)
+        return torch.cat((q_nope, apply_rope_interleaved(q_rope, cos, sin)), dim=-1)
+
+    def _keys_values(self, c, k_rope, cos, sin):
+        """Per-head keys and values from the normed KV latent (the up-projections W_UK, W_UV) and the
+        raw shared rope key."""
+        return self._expand(c, apply_rope_interleaved(k_rope[:, None, :], cos, sin))
+
     def forward(self, x, cos, sin, cu_seqlens, max_seqlen, cache: MLACache | None = None):
         T = x.shape[0]
-        q_nope, q_rope, c, k_rope = self._project(x, cos, sin)
         if cache is None:
-            k, v = self._expand(c, k_rope)
-            q = torch.cat((q_nope, q_rope), dim=-1)
+            # training / full-sequence forward. Under selective checkpointing the query and key/value
+            # assembly, the up-projections included (DeepSeek-V3 sec. 3.2.3), is recomputed in backward
+            q_in = self.q_norm(self.wq_a(x)) if hasattr(self, "wq_a") else self.wq(x)
+            q = cheap(self._queries, q_in, cos, sin)
+            c, k_rope = self.wkv_a(x).split([self.C, self.r], dim=-1)
+            k, v = cheap(self._keys_values, self.kv_norm(c), k_rope, cos, sin)
             y = attention(q, k, v, cu_seqlens, max_seqlen, causal=True, scale=self.scale, backend=self.backend)
-        elif cache.mode == "latent":
+            return self.wo(y.reshape(T, self.H * self.v))
+        q_nope, q_rope, c, k_rope = self._project(x, cos, sin)
+        if cache.mode == "latent":
             y = self._absorbed(q_nope, q_rope, c, k_rope[:, 0], cache)
         else:
             y = self._full_cached(q_nope, q_rope, c, k_rope, cache)

@@ -13,12 +13,12 @@ import math
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 
 from genlab.data.packing import IGNORE
 from genlab.models.deepseek.mla import MLA, MLACache, mla_rope_table
 from genlab.models.deepseek.moe import MoE
 from genlab.models.transformer import RMSNorm, SwiGLU, ffn_width
+from genlab.ops.loss import head_loss
 
 
 def make_moe(cfg) -> MoE:
@@ -98,6 +98,10 @@ class DeepSeekLM(nn.Module):
         self.register_buffer("rope_sin", sin, persistent=False)
         self._rope_len = n
 
+    def checkpoint_blocks(self) -> list[nn.Module]:
+        """Blocks that activation checkpointing wraps: the main ones, then each MTP module's."""
+        return [*self.blocks, *(m.block for m in self.mtp)]
+
     def moe_layers(self) -> list[tuple[str, MoE]]:
         out = [(f"L{i}", b.mlp) for i, b in enumerate(self.blocks) if b.is_moe]
         return out + [(f"mtp{k}", m.block.mlp) for k, m in enumerate(self.mtp) if m.block.is_moe]
@@ -166,9 +170,8 @@ class DeepSeekLM(nn.Module):
             emb = self.embed(torch.where(valid, ids[idx], 0))
             target = torch.where(valid, tgt[idx], IGNORE)
             prev = module(prev, emb, cos, sin, cu, batch.max_seqlen)
-            logits = self.head(module.norm(prev)).float()
             n = int((target != IGNORE).sum())
-            losses.append(F.cross_entropy(logits, target, ignore_index=IGNORE, reduction="sum") / max(1, n))
+            losses.append(head_loss(self.head, module.norm(prev), target) / max(1, n))
         return losses
 
     @torch.no_grad()

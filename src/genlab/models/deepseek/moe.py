@@ -14,7 +14,12 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from genlab.models.transformer import SwiGLU
+from genlab.models.transformer import SwiGLU, silu_mul
+from genlab.ops.recompute import cheap
+
+
+def _affinities(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    return F.linear(x.float(), weight.float()).sigmoid()
 
 
 def route(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, k: int, n_group: int, topk_group: int,
@@ -23,7 +28,7 @@ def route(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, k: int, n_g
 
     x (T, d), weight (E, d), bias (E,) fp32 -> scores (T, E) fp32, idx (T, k) int64, gates (T, k) fp32.
     """
-    scores = F.linear(x.float(), weight.float()).sigmoid()  # (T, E)
+    scores = cheap(_affinities, x, weight)  # (T, E)
     sel = scores.detach() + bias  # the bias only ever chooses experts
     T, E = sel.shape
     if n_group > 1 and topk_group < n_group:
@@ -43,17 +48,21 @@ def route(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, k: int, n_g
 class _ExpertsFn(torch.autograd.Function):
     """y_e = (g * silu(x_e W1_e^T) * (x_e W3_e^T)) W2_e^T for each expert's contiguous token slice.
 
-    xs (N, d) sorted by expert; w13 (E, 2F, d) [gate rows | up rows]; w2 (E, d, F); counts a list of
-    E ints summing to N; g (N,) the routing gates or None. The gate scales the F-wide activation
-    before the down projection (the same product as scaling the d-wide output, on a tensor d/F times
-    smaller). Saves xs and the (N, 2F) pre-activation; writes every result straight into one
-    preallocated tensor (no cat, no per-expert autograd graph)."""
+    x (T, d); token_of (N,) the token of each (token, expert) pair sorted by expert, or None when x
+    is already the (N, d) sorted rows; w13 (E, 2F, d) [gate rows | up rows]; w2 (E, d, F); counts a
+    list of E ints summing to N; g (N,) the routing gates or None. With token_of the rows are gathered
+    here and each pair's output is summed back into its token: the result is (T, d), and neither the
+    gathered (N, d) input nor the (N, d) expert outputs are kept for backward (the gather is redone
+    there; N = k T, so each would cost k times the layer's input). The gate scales the F-wide
+    activation before the down projection (the same product as scaling the d-wide output, on a
+    tensor d/F times smaller). Saves x and the (N, 2F) pre-activation; writes every result straight
+    into one preallocated tensor (no cat, no per-expert autograd graph)."""
 
     @staticmethod
-    def forward(ctx, xs, w13, w2, counts, g):
+    def forward(ctx, x, token_of, w13, w2, counts, g):
+        xs = x if token_of is None else x.index_select(0, token_of)
         N, Fw = xs.shape[0], w2.shape[2]
         h = xs.new_empty(N, 2 * Fw)  # (N, 2F) gate|up pre-activations
-        act = xs.new_empty(N, Fw)
         ys = xs.new_empty(N, w2.shape[1])
         start = 0
         for e, n in enumerate(counts):
@@ -61,8 +70,7 @@ class _ExpertsFn(torch.autograd.Function):
                 sl = slice(start, start + n)
                 torch.mm(xs[sl], w13[e].t(), out=h[sl])
                 start += n
-        gate, up = h.split(Fw, dim=1)
-        torch.mul(F.silu(gate), up, out=act)
+        act = silu_mul(*h.split(Fw, dim=1))
         if g is not None:
             act.mul_(g.to(act.dtype)[:, None])
         start = 0
@@ -71,19 +79,20 @@ class _ExpertsFn(torch.autograd.Function):
                 sl = slice(start, start + n)
                 torch.mm(act[sl], w2[e].t(), out=ys[sl])
                 start += n
-        ctx.save_for_backward(xs, w13, w2, h, g)
+        ctx.save_for_backward(x, token_of, w13, w2, h, g)
         ctx.counts = counts
-        return ys
+        return ys if token_of is None else x.new_zeros(x.shape).index_add_(0, token_of, ys)
 
     @staticmethod
-    def backward(ctx, dys):
-        xs, w13, w2, h, g = ctx.saved_tensors
+    def backward(ctx, dy):
+        x, token_of, w13, w2, h, g = ctx.saved_tensors
+        xs = x if token_of is None else x.index_select(0, token_of)
+        dys = dy.contiguous() if token_of is None else dy.index_select(0, token_of)
         Fw = w2.shape[2]
         gate, up = h.split(Fw, dim=1)
-        sg = F.silu(gate)
+        sg = torch.ops.aten.silu.out(gate, out=torch.empty(gate.shape, dtype=h.dtype, device=h.device))
         act = sg * up  # recomputed, before the gate
         act_g = act * g.to(act.dtype)[:, None] if g is not None else act
-        dys = dys.contiguous()
         dact = torch.empty_like(act)  # gradient of the gated activation, then of the activation
         dw2 = torch.empty_like(w2)  # every expert's slice is written below; idle experts get zeros
         dw13 = torch.empty_like(w13)
@@ -100,7 +109,7 @@ class _ExpertsFn(torch.autograd.Function):
                 start += n
         dg = None
         if g is not None:
-            dg = (dact * act).sum(-1).to(g.dtype) if ctx.needs_input_grad[4] else None
+            dg = (dact * act).sum(-1).to(g.dtype) if ctx.needs_input_grad[5] else None
             dact.mul_(g.to(dact.dtype)[:, None])
         dh = torch.empty_like(h)
         d_gate, d_up = dh.split(Fw, dim=1)
@@ -115,13 +124,29 @@ class _ExpertsFn(torch.autograd.Function):
                 torch.mm(dh[sl], w13[e], out=dxs[sl])  # (n, d)
                 torch.mm(dh[sl].t(), xs[sl], out=dw13[e])  # (2F, d)
                 start += n
-        return dxs, dw13, dw2, None, dg
+        dx = dxs if token_of is None else torch.zeros_like(x).index_add_(0, token_of, dxs)
+        return dx, None, dw13, dw2, None, dg
+
+
+class _ScatterRows(torch.autograd.Function):
+    """out[token_of[i]] += ys[i] into a (T, d) zero tensor; backward gathers. (index_add in plain
+    autograd keeps the whole `ys` alive only to read its shape.)"""
+
+    @staticmethod
+    def forward(ctx, ys, token_of, T: int):
+        ctx.save_for_backward(token_of)
+        return ys.new_zeros(T, ys.shape[1]).index_add_(0, token_of, ys)
+
+    @staticmethod
+    def backward(ctx, dy):
+        (token_of,) = ctx.saved_tensors
+        return dy.index_select(0, token_of), None, None
 
 
 def _gated_act(h: torch.Tensor, gates: torch.Tensor | None) -> torch.Tensor:
     """(N, 2F) gate|up pre-activations -> silu(gate) * up, each row scaled by its routing gate."""
     gate, up = h.chunk(2, dim=-1)
-    act = F.silu(gate) * up
+    act = F.silu(gate) * up  # plain autograd (silu_mul writes with out=, which autograd refuses)
     return act if gates is None else act * gates.to(act.dtype)[:, None]
 
 
@@ -132,7 +157,16 @@ def grouped_experts(xs, w13, w2, counts: torch.Tensor, gates: torch.Tensor | Non
         offs = counts.cumsum(0).to(torch.int32)
         h = torch._grouped_mm(xs, w13.transpose(-2, -1), offs=offs)
         return torch._grouped_mm(_gated_act(h, gates), w2.transpose(-2, -1), offs=offs)
-    return _ExpertsFn.apply(xs, w13, w2, counts.tolist(), gates)
+    return _ExpertsFn.apply(xs, None, w13, w2, counts.tolist(), gates)
+
+
+def dispatch_experts(x, token_of, w13, w2, counts: torch.Tensor, gates: torch.Tensor, fp8: bool = False):
+    """x (T, d) -> sum over each token's chosen experts of gate * expert(x_token), (T, d). token_of (N,)
+    and gates (N,) list the (token, expert) pairs sorted by expert; counts (E,) pairs per expert."""
+    if not fp8 and not x.is_cuda:  # gather, experts and combine in one function (see _ExpertsFn)
+        return _ExpertsFn.apply(x, token_of, w13, w2, counts.tolist(), gates)
+    experts = fp8_grouped_experts if fp8 else grouped_experts
+    return _ScatterRows.apply(experts(x.index_select(0, token_of), w13, w2, counts, gates), token_of, x.shape[0])
 
 
 def fp8_grouped_experts(xs, w13, w2, counts: torch.Tensor, gates: torch.Tensor | None = None) -> torch.Tensor:
@@ -224,10 +258,8 @@ class MoE(nn.Module):
             order = flat.argsort(stable=True)
             counts = torch.bincount(flat, minlength=self.n_experts)
             token_of = order // self.k
-            experts = fp8_grouped_experts if self.fp8_experts else grouped_experts
-            # (T*k, d) sorted by expert, each row already scaled by its gate
-            ys = experts(x.index_select(0, token_of), self.w13, self.w2, counts, gates.reshape(-1)[order])
-            y = x.new_zeros(T, x.shape[1]).index_add_(0, token_of, ys)
+            y = dispatch_experts(x, token_of, self.w13, self.w2, counts, gates.reshape(-1)[order],
+                                 self.fp8_experts)
         if self.shared is not None:
             y = y + self.shared(x)
         return y
