@@ -123,3 +123,18 @@ def test_gamma_can_follow_the_learning_rate_schedule():
         moe.load.copy_(torch.arange(8.0))
         model.on_optimizer_step(lr_factor=0.25)  # the trainer passes lr / peak lr
         assert float(moe.bias.abs().max()) == pytest.approx(expected)
+
+
+def test_a_skipped_step_leaves_the_balance_bias_but_resets_the_loads():
+    """The trainer passes skipped=True when it discards a step's update (loss spike, NaN): the MoE
+    bias is not moved by that step's loads either, the loads are still reported and cleared, and
+    the step counts for the gamma / lambda schedules like any other."""
+    model = build(balance_gamma=0.01).train()
+    moe = model.blocks[1].mlp
+    moe.load.copy_(torch.arange(8.0))
+    out = model.on_optimizer_step(skipped=True)
+    assert torch.equal(moe.bias, torch.zeros_like(moe.bias)) and float(moe.load.sum()) == 0
+    assert out["load/L1"] == list(range(8)) and int(model.steps_done) == 1
+    moe.load.copy_(torch.arange(8.0))
+    model.on_optimizer_step()
+    assert float(moe.bias.abs().max()) == pytest.approx(0.01)

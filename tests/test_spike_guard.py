@@ -50,8 +50,11 @@ def test_injected_spike_is_skipped_and_nothing_else(tiny_corpus, tmp_path):
 
     trainer.task.loss = spiky_loss
     changed = watch_updates(trainer)
+    told = []  # what a model's per-step hook (the MoE bias update) hears about each step
+    trainer.model.on_optimizer_step = lambda lr_factor, skipped: told.append(skipped) or {}
     trainer.fit()
     assert changed == {s: s != spike_step for s in range(1, 10)}
+    assert told == [s == spike_step for s in range(1, 10)]
     records = [json.loads(line) for line in (run.path / "metrics.jsonl").read_text().splitlines()]
     skipped = [r["step"] for r in records if r.get("skipped")]
     assert skipped == [spike_step] and "loss" in records[spike_step - 1]["skip_reason"]

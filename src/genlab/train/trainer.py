@@ -177,7 +177,8 @@ class Trainer:
         self.opt.zero_grad(set_to_none=True)
         hook = getattr(self.model, "on_optimizer_step", None)  # once per step, after every micro-batch
         # model.on_optimizer_step(lr_factor=...) returns metrics, e.g. MoE loads and MaxVio -> metrics.jsonl
-        self.model_metrics = hook(lr_factor=factor) if hook is not None else {}
+        # (skipped=True: the update was discarded, so e.g. the MoE balance bias stays as it is too)
+        self.model_metrics = hook(lr_factor=factor, skipped=spike is not None) if hook is not None else {}
         self.step += 1
         if hasattr(self.task, "after_step"):  # optional task hook, e.g. an EMA of the weights (diffusion)
             self.task.after_step(self.model, self.step)

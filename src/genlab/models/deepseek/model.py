@@ -175,12 +175,17 @@ class DeepSeekLM(nn.Module):
         return losses
 
     @torch.no_grad()
-    def on_optimizer_step(self, lr_factor: float = 1.0) -> dict:
+    def on_optimizer_step(self, lr_factor: float = 1.0, skipped: bool = False) -> dict:
         """After every optimizer step (all micro-batches done): update each MoE layer's balance bias
         from the step's loads; return per-layer MaxVio and load histograms plus averaged extras.
-        `lr_factor` (this step's lr / the peak lr) scales gamma when model.balance_gamma_schedule = lr."""
+        `lr_factor` (this step's lr / the peak lr) scales gamma when model.balance_gamma_schedule = lr.
+        `skipped`: the trainer discarded this step's update (loss spike, non-finite loss): the bias
+        stays too (the loads are reported and reset); the step still counts for the schedules, like
+        the trainer's own step counter."""
         c = self.cfg
         gamma = 0.0 if (c.balance_gamma_until and int(self.steps_done) >= c.balance_gamma_until) else c.balance_gamma
+        if skipped:
+            gamma = 0.0
         if c.balance_gamma_schedule == "lr":
             gamma *= lr_factor
         out: dict = {}
