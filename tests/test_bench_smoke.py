@@ -77,3 +77,19 @@ def test_bench_attention_quick_times_and_memory_from_separate_processes():
                                                               for n in (256, 512)}
     for x in r["results"]:
         assert x["fwd_bwd_s"] >= x["fwd_s"] > 0 and x["peak_fwd_bwd_mib"] >= 0
+
+
+def test_bench_checkpoint_quick():
+    """`genlab bench checkpoint --quick`: every policy measured (memory and interleaved time), full
+    keeps the least, and the per-block accounting shows selective keeping less than none."""
+    from genlab.bench import checkpoint
+
+    r = checkpoint.run(quick=True)
+    res = r["results"]
+    assert set(res) == {"none", "full", "every:2", "selective"}
+    for p, v in res.items():
+        assert "error" not in v, (p, v)
+        assert v["step_s"] > 0 and v["held_mib"] > 0 and len(v["step_times_s"]) == 2
+    assert res["full"]["held_mib"] < res["every:2"]["held_mib"] < res["none"]["held_mib"]
+    blk = r["moe_block_saved_mib"]
+    assert 0 < blk["selective"] < 0.8 * blk["none"]
