@@ -19,6 +19,7 @@ from genlab.models.deepseek.mla import MLA, MLACache, mla_rope_table
 from genlab.models.deepseek.moe import MoE
 from genlab.models.transformer import RMSNorm, SwiGLU, ffn_width
 from genlab.ops.loss import head_loss
+from genlab.ops.recompute import cheap
 
 
 def make_moe(cfg) -> MoE:
@@ -57,8 +58,11 @@ class MTPModule(nn.Module):
         self.block = Block(cfg, cfg.n_layer + k, slot=k)
         self.norm = RMSNorm(d, cfg.norm_eps)  # HF: shared_head.norm
 
+    def _joined(self, emb, h_prev):
+        return torch.cat((self.enorm(emb), self.hnorm(h_prev)), dim=-1)
+
     def forward(self, h_prev, emb, cos, sin, cu_seqlens, max_seqlen, cache=None):
-        x = self.eh_proj(torch.cat((self.enorm(emb), self.hnorm(h_prev)), dim=-1))
+        x = self.eh_proj(cheap(self._joined, emb, h_prev))  # two norms: rebuilt under selective checkpointing
         return self.block(x, cos, sin, cu_seqlens, max_seqlen, cache)
 
 
@@ -99,8 +103,9 @@ class DeepSeekLM(nn.Module):
         self._rope_len = n
 
     def checkpoint_blocks(self) -> list[nn.Module]:
-        """Blocks that activation checkpointing wraps: the main ones, then each MTP module's."""
-        return [*self.blocks, *(m.block for m in self.mtp)]
+        """What activation checkpointing wraps: the main blocks, then each whole MTP module (its
+        projection of [norm(embedding) ; norm(h)] and its block)."""
+        return [*self.blocks, *self.mtp]
 
     def moe_layers(self) -> list[tuple[str, MoE]]:
         out = [(f"L{i}", b.mlp) for i, b in enumerate(self.blocks) if b.is_moe]
