@@ -124,3 +124,37 @@ def test_fsdp2_resume_1_to_2_sharded_checkpoints_2_to_1_and_consolidation(runs, 
     assert "corrupted" in checkpoint.verify(ck15)
     shutil.rmtree(fsdp / checkpoint.CKPT_DIR / f"step_{STEPS:08d}")
     assert checkpoint.latest_valid(fsdp, warn=lambda m: None).name == "step_00000010"  # 15 is skipped
+
+
+def test_ctrl_c_under_torchrun_stops_every_rank_at_one_step_with_a_checkpoint(tiny_corpus, tmp_path):
+    """A terminal Ctrl-C reaches the whole process group (genlab, torchrun, both workers; torchrun
+    forwards it to the workers once more): both ranks stop after the same step, a complete
+    checkpoint of that step is written, the exit status is 130 without a traceback, and the run
+    resumes on 2 processes."""
+    import signal
+    import time
+
+    out = tmp_path / "run"
+    sets = [f"--set={o}" for o in _overrides(tiny_corpus)] + ["--set=train.steps=100000", "--set=train.ckpt_every=100000"]
+    proc = subprocess.Popen([sys.executable, "-m", "genlab", "train", "--no-progress", "--nproc", "2", "--out", str(out),
+                             *sets], stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=ENV, start_new_session=True)
+    metrics = out / "metrics.jsonl"
+    deadline = time.time() + 120
+    while time.time() < deadline and (not metrics.exists() or len(metrics.read_text().splitlines()) < 3):
+        time.sleep(0.05)
+    os.killpg(proc.pid, signal.SIGINT)  # what the terminal does on Ctrl-C
+    try:
+        _, err = proc.communicate(timeout=150)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    err = err.decode()
+    assert proc.returncode == 130, err[-3000:]
+    assert "Traceback" not in err, err
+    status = json.loads((out / "run.json").read_text())
+    stopped = status["step"]
+    assert status["status"] == "interrupted" and 3 <= stopped < 100000
+    assert checkpoint.latest_valid(out).name == f"step_{stopped:08d}"
+    assert _losses(out)[-1][0] == stopped  # the last step logged is the one saved
+    _nproc(2, "--resume", "--out", str(out), "--steps", str(stopped + 2))
+    assert [s for s, _ in _losses(out)][-3:] == [stopped, stopped + 1, stopped + 2]

@@ -111,3 +111,18 @@ def test_ctrl_c_writes_checkpoint_and_resume_matches(tiny_corpus, tmp_path):
     r = subprocess.run(cmd + ["--out", str(tmp_path / "full")], capture_output=True, env=env, timeout=300)
     assert r.returncode == 0, r.stderr.decode()
     assert _losses(tmp_path / "int") == _losses(tmp_path / "full")
+
+
+def test_stop_on_signal_repeats_within_a_second_are_one_request():
+    """Under torchrun a Ctrl-C reaches each worker twice at once (terminal + the agent forwarding it):
+    that is one request; a second signal later (a second Ctrl-C) interrupts at once."""
+    from genlab.train.trainer import StopOnSignal
+
+    stop = StopOnSignal()
+    stop.REPEAT_S = 0.2
+    stop._handler(signal.SIGINT, None)
+    assert stop.requested
+    stop._handler(signal.SIGINT, None)  # the forwarded copy: still only a request
+    time.sleep(0.25)
+    with pytest.raises(KeyboardInterrupt):
+        stop._handler(signal.SIGTERM, None)

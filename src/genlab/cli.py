@@ -4,6 +4,7 @@ and exit status 2; Ctrl-C in exit status 130."""
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 from genlab.errors import GenlabError
@@ -204,11 +205,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"genlab: error: {msg}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print("genlab: interrupted", file=sys.stderr)
+        if os.environ.get("RANK", "0") == "0":  # under torchrun: once, from rank 0
+            print("genlab: interrupted", file=sys.stderr)
         return 130
     except BrokenPipeError:  # e.g. `genlab sample RUN | head`: the reader left; not an error of ours
-        import os
-
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 0
 

@@ -65,8 +65,9 @@ def cmd_train(args) -> int:
     try:
         last = trainer.fit()
     except KeyboardInterrupt:
-        _print("interrupted: a checkpoint was written; continue with `genlab train --out RUN --resume`",
-               file=sys.stderr)
+        if main:
+            _print("interrupted: a checkpoint was written; continue with `genlab train --out RUN --resume`",
+                   file=sys.stderr)
         raise
     finally:
         distributed.teardown()

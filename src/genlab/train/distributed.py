@@ -82,6 +82,15 @@ def all_reduce_sum(x: float) -> float:
     return float(t[0])
 
 
+def any_rank(flag: bool) -> bool:
+    """True on every rank if it is True on any (a single process: the flag itself)."""
+    if not dist.is_initialized():
+        return flag
+    t = torch.tensor([int(flag)], dtype=torch.int32)
+    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return bool(t[0])
+
+
 def barrier() -> None:
     if dist.is_initialized():
         dist.barrier()
@@ -157,13 +166,35 @@ class QuietRunDir:
         pass
 
 
+SHUTDOWN_TIMEOUT_S = 120  # torchrun's wait for workers to finish their step and checkpoint after Ctrl-C
+
+
 def launch(nproc: int, child_args: list[str]) -> int:
-    """`genlab train --nproc N`: run `torchrun --standalone --nproc-per-node N -m genlab train ...`."""
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}",
-           "-m", "genlab", "train", *child_args]
+    """`genlab train --nproc N`: run `torchrun --standalone --nproc-per-node N -m genlab train ...`.
+
+    Ctrl-C: the terminal signals every process of the group; the workers stop together after the
+    current step and write a checkpoint, torchrun waits up to SHUTDOWN_TIMEOUT_S for them, and this
+    process keeps waiting for torchrun (a second Ctrl-C kills it). Returns torchrun's exit status,
+    or 130 if interrupted."""
+    cmd = [sys.executable, "-m", "genlab.train.torchrun", "--standalone", f"--nproc-per-node={nproc}",
+           f"--shutdown-timeout={SHUTDOWN_TIMEOUT_S}", "-m", "genlab", "train", *child_args]
     env = dict(os.environ)
     env.setdefault("OMP_NUM_THREADS", "1")
-    return subprocess.run(cmd, env=env).returncode
+    proc = subprocess.Popen(cmd, env=env)
+    interrupted = False
+    while True:
+        try:
+            rc = proc.wait()
+            break
+        except KeyboardInterrupt:
+            if interrupted:
+                proc.kill()
+                proc.wait()
+                raise
+            interrupted = True
+            print("stopping after the current step and writing a checkpoint (Ctrl-C again to abort)",
+                  file=sys.stderr, flush=True)
+    return 130 if interrupted else rc
 
 
 def launch_from_args(args, cfg) -> int:
@@ -190,6 +221,8 @@ def launch_from_args(args, cfg) -> int:
         child += ["--steps", str(args.steps)]
     child += ["--resume"] * bool(args.resume) + ["--no-progress"] * bool(args.no_progress)
     rc = launch(args.nproc, child)
+    if rc == 130:
+        raise KeyboardInterrupt  # the CLI reports it (exit status 130)
     if rc:
         raise GenlabError(f"torchrun with {args.nproc} processes failed (exit status {rc}); see the messages above")
     return 0

@@ -27,17 +27,24 @@ BEST_DIR = "best"  # RUN/best/checkpoints/step_N: the weights with the lowest va
 
 
 class StopOnSignal:
-    """Turn the first Ctrl-C (SIGINT) or SIGTERM into a request to stop after the current step;
-    a second one interrupts at once. Outside the main thread, signals are left alone."""
+    """Turn the first Ctrl-C (SIGINT) or SIGTERM into a request to stop after the current step; a
+    second one at least REPEAT_S seconds later interrupts at once. (Closer repeats are the same
+    request: under torchrun a terminal Ctrl-C reaches each worker twice, once from the terminal and
+    once forwarded by the torchrun agent.) Outside the main thread, signals are left alone."""
+
+    REPEAT_S = 1.0
 
     def __init__(self):
         self.requested = False
+        self._first = 0.0
         self._old = {}
 
     def _handler(self, signum, frame):
-        if self.requested:
+        now = time.monotonic()
+        if self.requested and now - self._first >= self.REPEAT_S:
             raise KeyboardInterrupt
-        self.requested = True
+        if not self.requested:
+            self.requested, self._first = True, now
 
     def __enter__(self):
         if threading.current_thread() is threading.main_thread():
@@ -197,7 +204,9 @@ class Trainer:
         self._interval = [0, 0, time.perf_counter()]
         with TrainProgress(t.steps, self.step, enabled=self.show_progress) as progress, StopOnSignal() as stop:
             while self.step < t.steps and not self.stopped_early:
-                if stop.requested:  # checked between whole steps, so the saved state is consistent
+                # checked between whole steps, so the saved state is consistent; with several processes
+                # any rank's request stops them all at the same step (one tiny all-reduce per step)
+                if distributed.any_rank(stop.requested):
                     self.save_checkpoint()
                     self.run.set_status("interrupted", self.step)
                     raise KeyboardInterrupt
