@@ -158,3 +158,26 @@ def test_ctrl_c_under_torchrun_stops_every_rank_at_one_step_with_a_checkpoint(ti
     assert _losses(out)[-1][0] == stopped  # the last step logged is the one saved
     _nproc(2, "--resume", "--out", str(out), "--steps", str(stopped + 2))
     assert [s for s, _ in _losses(out)][-3:] == [stopped, stopped + 1, stopped + 2]
+
+
+def test_fsdp2_early_stopping_saves_the_best_whole_model(tiny_corpus, tmp_path):
+    """FSDP2 + train.early_stop_patience: the best weights go to RUN/best/ as one whole-model
+    checkpoint (gathered from the shards by every rank, written by rank 0); `genlab eval`'s loader
+    picks them, and they reproduce the best val_loss that metrics.jsonl recorded."""
+    from genlab.commands import load_run
+    from genlab.train.trainer import BEST_DIR
+
+    out = tmp_path / "run"
+    _nproc(2, "--out", str(out), *[f"--set={o}" for o in _overrides(tiny_corpus, ["train.parallel=fsdp",
+                                                                                   "train.eval_every=4",
+                                                                                   "train.early_stop_patience=2"])])
+    recs = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    evals = [(r["val_loss"], r["step"]) for r in recs if "val_loss" in r]
+    best_loss, best_step = min(evals)
+    ck = checkpoint.latest_valid(out / BEST_DIR)
+    assert ck is not None and ck.name == f"step_{best_step:08d}" and not (ck / "dcp").exists()
+    run, cfg, task, model = load_run(str(out))
+    assert run.checkpoint_used == ck
+    task.prepare(run.path, fresh=False)  # the run's validation split, as the trainer evaluated it
+    got = task.evaluate(model, max_batches=cfg.train.eval_batches)["val_loss"]
+    assert abs(got - best_loss) <= 1e-5, (got, best_loss)

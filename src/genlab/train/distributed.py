@@ -241,9 +241,7 @@ def save_sharded(run_path, step: int, model, opt, state: dict, keep: int):
     from pathlib import Path
 
     import torch.distributed.checkpoint as dcp
-    from safetensors.torch import save_file
-    from torch.distributed.checkpoint.state_dict import (StateDictOptions, get_model_state_dict,
-                                                         get_optimizer_state_dict)
+    from torch.distributed.checkpoint.state_dict import get_model_state_dict, get_optimizer_state_dict
 
     from genlab.train import checkpoint
 
@@ -257,13 +255,52 @@ def save_sharded(run_path, step: int, model, opt, state: dict, keep: int):
     barrier()
     dcp.save({"model": get_model_state_dict(model), "optim": get_optimizer_state_dict(model, opt)},
              checkpoint_id=str(tmp / DCP_DIR))
-    full = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
-    if is_main():  # full: rank 0 holds every tensor; tied weights are saved under both names
-        save_file({k: v.detach().clone().contiguous() for k, v in full.items()}, str(tmp / "model.safetensors"))
-        checkpoint._fault_point(step)
-        torch.save(state, tmp / "state.pt")
+    full = _full_weights(model)
+    if is_main():
+        _write_full(tmp, full, state, step)
         names = [*checkpoint.FILES, *sorted(str(p.relative_to(tmp)) for p in (tmp / DCP_DIR).iterdir())]
         checkpoint.finish(tmp, final, step, names, run_path, keep)
+    barrier()
+    return final
+
+
+def _full_weights(model) -> dict:
+    """Every rank takes part; rank 0 gets every tensor (on CPU), the others an empty dict."""
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
+    return get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+
+
+def _write_full(tmp, full: dict, state: dict, step: int) -> None:
+    """Rank 0: model.safetensors (tied weights under both names) and state.pt into `tmp`."""
+    from safetensors.torch import save_file
+
+    from genlab.train import checkpoint
+
+    save_file({k: v.detach().clone().contiguous() for k, v in full.items()}, str(tmp / "model.safetensors"))
+    checkpoint._fault_point(step)
+    torch.save(state, tmp / "state.pt")
+
+
+def save_whole_from_shards(run_path, step: int, model, state: dict, keep: int):
+    """A whole-model checkpoint (model.safetensors + state.pt, no dcp/) of an FSDP2 model, e.g. the
+    early-stopping best in RUN/best/: every rank gathers, rank 0 writes (checkpoint.save's protocol)."""
+    import shutil
+    from pathlib import Path
+
+    from genlab.train import checkpoint
+
+    full = _full_weights(model)
+    final = None
+    if is_main():
+        root = Path(run_path) / checkpoint.CKPT_DIR
+        root.mkdir(parents=True, exist_ok=True)
+        final, tmp = root / f"step_{step:08d}", root / f"step_{step:08d}.tmp"
+        if tmp.exists():
+            shutil.rmtree(tmp)
+        tmp.mkdir()
+        _write_full(tmp, full, state, step)
+        checkpoint.finish(tmp, final, step, checkpoint.FILES, run_path, keep)
     barrier()
     return final
 

@@ -228,9 +228,11 @@ class Trainer:
             return
         if val_loss < self.best["val_loss"]:
             self.best = {"val_loss": val_loss, "step": self.step, "evals_since": 0}
-            if distributed.is_main():
-                checkpoint.save(self.run.path / BEST_DIR, self.step, self.model, {"step": self.step,
-                            "val_loss": val_loss}, keep=1)
+            state = {"step": self.step, "val_loss": val_loss}
+            if distributed.is_sharded(self.model):  # FSDP2: every rank gathers, rank 0 writes
+                distributed.save_whole_from_shards(self.run.path / BEST_DIR, self.step, self.model, state, keep=1)
+            elif distributed.is_main():
+                checkpoint.save(self.run.path / BEST_DIR, self.step, self.model, state, keep=1)
         else:
             self.best["evals_since"] += 1
             self.stopped_early = self.best["evals_since"] >= patience
