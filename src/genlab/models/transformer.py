@@ -178,52 +178,81 @@ class Block(nn.Module):
         return self.mlp(self.mlp_norm(x)).add_(x)
 
 
-class Transformer(nn.Module):
-    def __init__(self, cfg: ModelConfig, vocab_size: int, max_len: int = 2048, causal: bool = True):
-        super().__init__()
+class DecoderLM(nn.Module):
+    """The skeleton genlab's decoder LMs share (this dense Transformer, models.deepseek.DeepSeekLM):
+    token embedding, `blocks`, final RMSNorm, output head (optionally tied to the embedding), a RoPE
+    table grown on demand, and GPT-2-style initialisation: N(0, init_std) for every matrix, divided by
+    sqrt(2 n_layer) for the residual output projections named in OUT_PROJ. Subclasses build their
+    blocks, provide `rope_tables(n)` and may register more modules after `_build`."""
+
+    OUT_PROJ: tuple[str, ...] = ()  # parameter-name suffixes of the projections into the residual stream
+
+    def _build(self, cfg, vocab_size: int, blocks, max_len: int) -> None:
         self.cfg = cfg
         self.vocab_size = vocab_size
-        self.causal = causal
         self.embed = nn.Embedding(vocab_size, cfg.d_model)
-        self.blocks = nn.ModuleList(Block(cfg, i, causal) for i in range(cfg.n_layer))
+        self.blocks = nn.ModuleList(blocks)
         self.norm = RMSNorm(cfg.d_model, cfg.norm_eps)
         self.head = nn.Linear(cfg.d_model, vocab_size, bias=False)
         if cfg.tie_embeddings:
             self.head.weight = self.embed.weight
-        self.head_dim = cfg.d_model // cfg.n_head
         self._rope_len = 0
         self._extend_rope(max_len)
-        self.reset_parameters()
+
+    def rope_tables(self, n: int) -> tuple[torch.Tensor, torch.Tensor]:
+        raise NotImplementedError
 
     def reset_parameters(self):
         std = self.cfg.init_std
+        out_scale = 1 / math.sqrt(2 * self.cfg.n_layer)
         for name, p in self.named_parameters():
             if p.dim() >= 2:
-                scale = 1 / math.sqrt(2 * self.cfg.n_layer) if name.endswith(("proj.weight", "down.weight")) else 1
-                nn.init.normal_(p, std=std * scale)
+                nn.init.normal_(p, std=std * (out_scale if name.endswith(self.OUT_PROJ) else 1))
 
     def _extend_rope(self, n: int):
         if n <= self._rope_len:
             return
         n = max(n, 2 * self._rope_len)
-        cos, sin = rope_table(n, self.head_dim, self.cfg.rope_theta)
+        cos, sin = self.rope_tables(n)
         device = self.embed.weight.device
         self.register_buffer("rope_cos", cos.to(device), persistent=False)
         self.register_buffer("rope_sin", sin.to(device), persistent=False)
         self._rope_len = n
 
-    def forward(self, input_ids, position_ids, cu_seqlens, max_seqlen, cache: KVCache | None = None):
-        """input_ids (T,) -> hidden states (T, d_model) after the final norm."""
-        if cache is not None and not self.causal:
-            raise ValueError("a bidirectional model has no incremental (KV-cached) decoding")
-        self._extend_rope(int(max_seqlen) if cache is None else cache.len + input_ids.shape[0])
-        cos, sin = self.rope_cos[position_ids], self.rope_sin[position_ids]
+    def rope(self, position_ids, upto: int):
+        """cos, sin at these positions, the table grown to cover `upto` first."""
+        self._extend_rope(upto)
+        return self.rope_cos[position_ids], self.rope_sin[position_ids]
+
+    def _trunk(self, input_ids, position_ids, cu_seqlens, max_seqlen, cache=None):
+        """input_ids (T,) -> hidden states (T, d_model) after the final norm; a cache gets the new tokens."""
+        cos, sin = self.rope(position_ids, int(max_seqlen) if cache is None else cache.len + input_ids.shape[0])
         x = self.embed(input_ids)
         for block in self.blocks:
             x = block(x, cos, sin, cu_seqlens, max_seqlen, cache)
         if cache is not None:
             cache.len += input_ids.shape[0]
         return self.norm(x)
+
+
+class Transformer(DecoderLM):
+    OUT_PROJ = ("proj.weight", "down.weight")
+
+    def __init__(self, cfg: ModelConfig, vocab_size: int, max_len: int = 2048, causal: bool = True):
+        super().__init__()
+        self.causal = causal
+        self.head_dim = cfg.d_model // cfg.n_head
+        self._build(cfg, vocab_size, (Block(cfg, i, causal) for i in range(cfg.n_layer)), max_len)
+        self.reset_parameters()
+
+    def rope_tables(self, n: int):
+        return rope_table(n, self.head_dim, self.cfg.rope_theta)
+
+    def forward(self, input_ids, position_ids, cu_seqlens, max_seqlen, cache: KVCache | None = None):
+        """input_ids (T,) -> hidden states (T, d_model) after the final norm."""
+        if cache is not None and not self.causal:
+            raise ValueError("a bidirectional model has no incremental (KV-cached) decoding")
+        return self._trunk(input_ids, position_ids, cu_seqlens, max_seqlen, cache)
 
     def new_cache(self, max_len: int) -> KVCache:
         w = self.embed.weight

@@ -9,7 +9,6 @@ trainer when a model defines them.
 
 from __future__ import annotations
 
-import math
 
 import torch
 import torch.nn as nn
@@ -17,7 +16,7 @@ import torch.nn as nn
 from genlab.data.packing import IGNORE
 from genlab.models.deepseek.mla import MLA, MLACache, mla_rope_table
 from genlab.models.deepseek.moe import MoE
-from genlab.models.transformer import RMSNorm, SwiGLU, ffn_width
+from genlab.models.transformer import DecoderLM, RMSNorm, SwiGLU, ffn_width
 from genlab.ops.loss import head_loss
 from genlab.ops.recompute import cheap
 
@@ -66,41 +65,20 @@ class MTPModule(nn.Module):
         return self.block(x, cos, sin, cu_seqlens, max_seqlen, cache)
 
 
-class DeepSeekLM(nn.Module):
+class DeepSeekLM(DecoderLM):
+    OUT_PROJ = ("wo.weight", "down.weight", ".w2")
+
     def __init__(self, cfg, vocab_size: int, max_len: int = 2048):
         super().__init__()
-        self.cfg = cfg
-        self.vocab_size = vocab_size
-        self.embed = nn.Embedding(vocab_size, cfg.d_model)
-        self.blocks = nn.ModuleList(Block(cfg, i) for i in range(cfg.n_layer))
-        self.norm = RMSNorm(cfg.d_model, cfg.norm_eps)
-        self.head = nn.Linear(cfg.d_model, vocab_size, bias=False)
-        if cfg.tie_embeddings:
-            self.head.weight = self.embed.weight
+        self._build(cfg, vocab_size, (Block(cfg, i) for i in range(cfg.n_layer)), max_len)
         self.mtp = nn.ModuleList(MTPModule(cfg, k) for k in range(cfg.mtp_depth))
         # optimizer steps taken: drives the gamma / lambda schedules; in the checkpoint so resume is exact
         self.register_buffer("steps_done", torch.zeros((), dtype=torch.int64))
-        self._rope_len = 0
-        self._extend_rope(max_len)
         self._stats: dict[str, list[float]] = {}
         self.reset_parameters()
 
-    def reset_parameters(self):
-        std = self.cfg.init_std
-        out_scale = 1 / math.sqrt(2 * self.cfg.n_layer)
-        for name, p in self.named_parameters():
-            if p.dim() >= 2:
-                scale = out_scale if name.endswith(("wo.weight", "down.weight", ".w2")) else 1
-                nn.init.normal_(p, std=std * scale)
-
-    def _extend_rope(self, n: int):
-        if n <= self._rope_len:
-            return
-        n = max(n, 2 * self._rope_len)
-        cos, sin = mla_rope_table(self.cfg, n, self.embed.weight.device)
-        self.register_buffer("rope_cos", cos, persistent=False)
-        self.register_buffer("rope_sin", sin, persistent=False)
-        self._rope_len = n
+    def rope_tables(self, n: int):
+        return mla_rope_table(self.cfg, n)
 
     def checkpoint_blocks(self) -> list[nn.Module]:
         """What activation checkpointing wraps: the main blocks, then each whole MTP module (its
@@ -111,19 +89,9 @@ class DeepSeekLM(nn.Module):
         out = [(f"L{i}", b.mlp) for i, b in enumerate(self.blocks) if b.is_moe]
         return out + [(f"mtp{k}", m.block.mlp) for k, m in enumerate(self.mtp) if m.block.is_moe]
 
-    def rope(self, position_ids, upto: int):
-        self._extend_rope(upto)
-        return self.rope_cos[position_ids], self.rope_sin[position_ids]
-
     def forward(self, input_ids, position_ids, cu_seqlens, max_seqlen, cache: MLACache | None = None):
         """input_ids (T,) -> hidden states (T, d) after the final norm."""
-        cos, sin = self.rope(position_ids, int(max_seqlen) if cache is None else cache.len + input_ids.shape[0])
-        x = self.embed(input_ids)
-        for block in self.blocks:
-            x = block(x, cos, sin, cu_seqlens, max_seqlen, cache)
-        if cache is not None:
-            cache.len += input_ids.shape[0]
-        return self.norm(x)
+        return self._trunk(input_ids, position_ids, cu_seqlens, max_seqlen, cache)
 
     def new_cache(self, max_len: int, mode: str = "latent") -> MLACache:
         w = self.embed.weight
