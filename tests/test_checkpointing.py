@@ -236,3 +236,27 @@ def test_trainer_applies_policy_precision_and_flash_backend(tiny_corpus, tmp_pat
     assert m.blocks[0].attn.backend == "flash"
     last = trainer.fit()
     assert math.isfinite(last["loss"]) and m.blocks[0]._genlab_policy == "selective"
+
+
+def test_selective_rebuilds_under_the_forward_autocast_state():
+    """Backward runs outside the forward's autocast (as in the trainer); a cheap result computed under
+    autocast must be rebuilt with the same dtype and values. (Autocast to bf16 on CPU: tiny shapes.)"""
+    from genlab.ops.recompute import SelectiveScope, cheap
+
+    g = torch.Generator().manual_seed(0)
+    w1, w2 = (torch.randn(8, 8, generator=g).requires_grad_() for _ in range(2))
+    x = torch.randn(4, 8, generator=g)
+
+    def run(scope):
+        w1.grad = w2.grad = None
+        with torch.autocast("cpu", dtype=torch.bfloat16), scope:
+            h = cheap(torch.nn.functional.linear, x, w1)  # bf16 under autocast
+            y = torch.nn.functional.linear(h, w2)  # saves h: a recipe under the scope
+        y.float().square().sum().backward()
+        return w1.grad.clone(), w2.grad.clone()
+
+    import contextlib
+    ref = run(contextlib.nullcontext())
+    got = run(SelectiveScope())
+    for a, b in zip(got, ref):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)

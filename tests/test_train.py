@@ -113,9 +113,10 @@ def test_ctrl_c_writes_checkpoint_and_resume_matches(tiny_corpus, tmp_path):
     assert _losses(tmp_path / "int") == _losses(tmp_path / "full")
 
 
-def test_stop_on_signal_repeats_within_a_second_are_one_request():
-    """Under torchrun a Ctrl-C reaches each worker twice at once (terminal + the agent forwarding it):
-    that is one request; a second signal later (a second Ctrl-C) interrupts at once."""
+def test_stop_on_signal_close_repeats_are_one_request():
+    """Under torchrun a Ctrl-C reaches each worker twice at once (from genlab's launcher and forwarded
+    by the torchrun agent): that is one request; a signal REPEAT_S later (a second Ctrl-C) interrupts
+    at once."""
     from genlab.train.trainer import StopOnSignal
 
     stop = StopOnSignal()

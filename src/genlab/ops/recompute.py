@@ -24,12 +24,16 @@ class _Entry:
     """A cheap result registered during a block's forward: how to rebuild the storage of output
     `index` of fn(*args, **kwargs). out is held only until the block's forward ends."""
 
-    __slots__ = ("out", "out_version", "layout", "fn", "args", "kwargs", "index", "versions", "cache", "pending")
+    __slots__ = ("out", "out_version", "layout", "fn", "args", "kwargs", "index", "versions", "cache", "pending",
+                 "amp")
 
     def __init__(self, out, fn, args, kwargs, index):
         self.out, self.fn, self.args, self.kwargs, self.index = out, fn, args, kwargs, index
         self.out_version = out._version
-        self.layout = (out.shape, out.stride(), out.storage_offset())
+        self.layout = (out.shape, out.stride(), out.storage_offset(), out.dtype)
+        # the autocast state fn ran under, for the rebuild (backward runs outside the forward's autocast)
+        dev = out.device.type
+        self.amp = (dev, torch.is_autocast_enabled(dev), torch.get_autocast_dtype(dev))
         self.versions = [a._version if isinstance(a, torch.Tensor) else None for a in args]
         self.cache, self.pending = None, 0
 
@@ -51,7 +55,9 @@ def cheap(fn, *args, **kwargs):
     """fn(*args, **kwargs), marked as cheap to recompute. Under the `selective` policy, tensors that
     autograd saves from the storage of a (tensor) output of this call are rebuilt in backward by
     calling fn again instead of being kept. Outputs that share storage with an input (views) are
-    not registered. Elsewhere this is just the call."""
+    not registered. Tensor arguments must be positional. Elsewhere this is just the call."""
+    if any(isinstance(v, torch.Tensor) for v in kwargs.values()):
+        raise TypeError("cheap(): pass tensors positionally (they are packed and version-checked)")
     out = fn(*args, **kwargs)
     reg = getattr(_state, "registry", None)
     if reg is None or not torch.is_grad_enabled():
@@ -103,12 +109,13 @@ def _unpack(r):
                 raise RuntimeError("selective activation checkpointing: an input of a recomputed result was "
                                    "modified in place after the forward pass")
         args = [_unpack(a) for a in r.args]
-        with torch.no_grad():
+        dev, amp_on, amp_dtype = e.amp
+        with torch.no_grad(), torch.autocast(dev, dtype=amp_dtype, enabled=amp_on):
             out = e.fn(*args, **e.kwargs)
         out = out if e.index is None else out[e.index]
-        if (out.shape, out.stride(), out.storage_offset()) != e.layout:
+        if (out.shape, out.stride(), out.storage_offset(), out.dtype) != e.layout:
             raise RuntimeError(f"selective activation checkpointing: {getattr(e.fn, '__name__', e.fn)} "
-                               "recomputed a result with another memory layout")
+                               "recomputed a result with another memory layout or dtype")
         e.cache = out
     _release(r)
     return out.as_strided(*r.geometry)
@@ -127,6 +134,8 @@ class SelectiveScope:
     def __exit__(self, *exc):
         self.hooks.__exit__(*exc)
         for e in _state.registry.values():
-            e.out = None  # the results themselves are not kept past the block
+            # neither the results nor their raw inputs are kept past the block: recipes hold their
+            # own packed args (a cheap input of a cheap result is itself a recipe, not a tensor)
+            e.out = e.args = None
         _state.registry = self.prev
         return False

@@ -74,10 +74,16 @@ def mine(i: int) -> bool:
     return i % world_size() == rank()
 
 
+def _scalar(x, dtype) -> torch.Tensor:
+    """A one-element tensor where the process group's backend can reduce it (NCCL: the GPU)."""
+    dev = torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else None
+    return torch.tensor([x], dtype=dtype, device=dev)
+
+
 def all_reduce_sum(x: float) -> float:
     if not dist.is_initialized():
         return x
-    t = torch.tensor([x], dtype=torch.float64)
+    t = _scalar(x, torch.float64)
     dist.all_reduce(t)
     return float(t[0])
 
@@ -86,9 +92,19 @@ def any_rank(flag: bool) -> bool:
     """True on every rank if it is True on any (a single process: the flag itself)."""
     if not dist.is_initialized():
         return flag
-    t = torch.tensor([int(flag)], dtype=torch.int32)
+    t = _scalar(int(flag), torch.int32)
     dist.all_reduce(t, op=dist.ReduceOp.MAX)
     return bool(t[0])
+
+
+def from_rank0(x: float) -> float:
+    """Rank 0's value on every rank, so that decisions taken from it (early stopping) agree even if
+    non-deterministic kernels made the ranks' own values differ in the last bits."""
+    if not dist.is_initialized():
+        return x
+    t = _scalar(x, torch.float64)
+    dist.broadcast(t, src=0)
+    return float(t[0])
 
 
 def barrier() -> None:
@@ -167,34 +183,57 @@ class QuietRunDir:
 
 
 SHUTDOWN_TIMEOUT_S = 120  # torchrun's wait for workers to finish their step and checkpoint after Ctrl-C
+INTERRUPTED = 130
 
 
 def launch(nproc: int, child_args: list[str]) -> int:
-    """`genlab train --nproc N`: run `torchrun --standalone --nproc-per-node N -m genlab train ...`.
+    """`genlab train --nproc N`: run `torchrun --standalone --nproc-per-node N -m genlab train ...` (through
+    genlab.train.torchrun) in its own process group.
 
-    Ctrl-C: the terminal signals every process of the group; the workers stop together after the
-    current step and write a checkpoint, torchrun waits up to SHUTDOWN_TIMEOUT_S for them, and this
-    process keeps waiting for torchrun (a second Ctrl-C kills it). Returns torchrun's exit status,
-    or 130 if interrupted."""
+    Ctrl-C (SIGINT or SIGTERM to this process): forwarded once to torchrun's group, so the agent and
+    every worker get it; the workers stop together after the current step and write a checkpoint,
+    torchrun waits up to SHUTDOWN_TIMEOUT_S for them (TORCH_ELASTIC_SHUTDOWN_TIMEOUT, read by the torch
+    versions that have the setting, ignored by older ones), and this process waits for torchrun. A
+    second Ctrl-C kills the whole group. Returns torchrun's exit status, or INTERRUPTED after a
+    Ctrl-C that ended cleanly (a worker that failed meanwhile keeps its own status)."""
+    import signal
+
     cmd = [sys.executable, "-m", "genlab.train.torchrun", "--standalone", f"--nproc-per-node={nproc}",
-           f"--shutdown-timeout={SHUTDOWN_TIMEOUT_S}", "-m", "genlab", "train", *child_args]
+           "-m", "genlab", "train", *child_args]
     env = dict(os.environ)
     env.setdefault("OMP_NUM_THREADS", "1")
-    proc = subprocess.Popen(cmd, env=env)
+    env.setdefault("TORCH_ELASTIC_SHUTDOWN_TIMEOUT", str(SHUTDOWN_TIMEOUT_S))
+    proc = subprocess.Popen(cmd, env=env, start_new_session=True)
     interrupted = False
-    while True:
-        try:
-            rc = proc.wait()
-            break
-        except KeyboardInterrupt:
-            if interrupted:
-                proc.kill()
-                proc.wait()
-                raise
-            interrupted = True
-            print("stopping after the current step and writing a checkpoint (Ctrl-C again to abort)",
-                  file=sys.stderr, flush=True)
-    return 130 if interrupted else rc
+
+    def forward(signum, frame):
+        raise KeyboardInterrupt
+
+    old_term = signal.signal(signal.SIGTERM, forward) if _main_thread() else None
+    try:
+        while True:
+            try:
+                rc = proc.wait()
+                break
+            except KeyboardInterrupt:
+                if interrupted:
+                    os.killpg(proc.pid, signal.SIGKILL)
+                    proc.wait()
+                    raise
+                interrupted = True
+                print("stopping after the current step and writing a checkpoint (Ctrl-C again to abort)",
+                      file=sys.stderr, flush=True)
+                os.killpg(proc.pid, signal.SIGINT)
+    finally:
+        if old_term is not None:
+            signal.signal(signal.SIGTERM, old_term)
+    return INTERRUPTED if interrupted and rc in (0, INTERRUPTED) else rc
+
+
+def _main_thread() -> bool:
+    import threading
+
+    return threading.current_thread() is threading.main_thread()
 
 
 def launch_from_args(args, cfg) -> int:
@@ -221,7 +260,7 @@ def launch_from_args(args, cfg) -> int:
         child += ["--steps", str(args.steps)]
     child += ["--resume"] * bool(args.resume) + ["--no-progress"] * bool(args.no_progress)
     rc = launch(args.nproc, child)
-    if rc == 130:
+    if rc == INTERRUPTED:
         raise KeyboardInterrupt  # the CLI reports it (exit status 130)
     if rc:
         raise GenlabError(f"torchrun with {args.nproc} processes failed (exit status {rc}); see the messages above")

@@ -32,7 +32,7 @@ class StopOnSignal:
     request: under torchrun a terminal Ctrl-C reaches each worker twice, once from the terminal and
     once forwarded by the torchrun agent.) Outside the main thread, signals are left alone."""
 
-    REPEAT_S = 1.0
+    REPEAT_S = 2.0
 
     def __init__(self):
         self.requested = False
@@ -265,7 +265,7 @@ class Trainer:
             if ev:
                 record = record or {"step": self.step, "loss": m["loss"], "lr": m["lr"], "tokens": self.tokens_seen}
                 record.update(ev)
-                self._track_best(ev["val_loss"])
+                self._track_best(distributed.from_rank0(ev["val_loss"]))  # one decision on every rank
                 progress.note(f"step {self.step}: val_loss {ev['val_loss']:.4f}")
             self._interval[2] = time.perf_counter()  # evaluation time is not training throughput
         if record:
