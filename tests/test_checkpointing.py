@@ -260,3 +260,25 @@ def test_selective_rebuilds_under_the_forward_autocast_state():
     got = run(SelectiveScope())
     for a, b in zip(got, ref):
         torch.testing.assert_close(a, b, rtol=0, atol=0)
+
+
+def test_selective_keeps_no_norm_output_alive_after_the_forward():
+    """Under selective, with the graph still alive for backward, no RMSNorm output inside a block is
+    held by anything (recipes hold their packed inputs only; the registry lets go at block end).
+    The first recipe version kept the latent norms' outputs alive through the registry's raw args."""
+    import gc
+    import weakref
+
+    m = _lm("deepseek-tiny", ("model.n_layer=2",)).train()
+    apply_activation_checkpointing(m, "selective")
+    refs = []
+    for blk in m.checkpoint_blocks():
+        for mod in blk.modules():
+            if type(mod).__name__ == "RMSNorm":
+                mod.register_forward_hook(lambda _m, _i, o: refs.append(weakref.ref(o)))
+    ids, pos, cu, mx = _batch()
+    h = m(ids, pos, cu, mx)
+    loss = torch.nn.functional.cross_entropy(m.head(h), ids.roll(-1))
+    gc.collect()
+    assert refs and not [r for r in refs if r() is not None]
+    loss.backward()  # and the graph still works
