@@ -65,6 +65,44 @@ def test_fp8_gemm_equals_dequantized_fp32_matmul():
     assert (out - a @ b.t()).norm() / (a @ b.t()).norm() < 0.06
 
 
+def test_real_fp8_gemm_selection_and_fallback_run_on_this_cpu(monkeypatch):
+    """The GPU path of fp8_gemm, exercised with this torch's CPU torch._scaled_mm: block scales are
+    refused on CPU (as on a GPU without block-scaled FP8), so the first call falls back to row-wise
+    scales, which is checked against the emulation and used from then on; an FP8Linear trains
+    through it (forward, input and weight gradients close to the emulated recipe)."""
+    import genlab.ops.fp8 as fp8
+
+    monkeypatch.setattr(fp8, "REAL_GEMM_DEVICES", {"cpu"})
+    monkeypatch.setattr(fp8, "_CUDA_ORDER", ["blockwise", "rowwise"])
+    monkeypatch.setitem(fp8._GEMM, "mode", None)
+    g = torch.Generator().manual_seed(0)
+    a, b = torch.randn(40, 300, generator=g), torch.randn(70, 300, generator=g)
+    aq, a_s = quantize_tiles(a)
+    bq, b_s = quantize_blocks(b)
+    ref = dequantize(aq, a_s) @ dequantize(bq, b_s).t()
+    out = fp8_gemm(aq, a_s, bq, b_s)
+    assert gemm_mode() == "rowwise" and fp8._CUDA_ORDER == ["rowwise"]
+    rel = float((out - ref).norm() / ref.norm())
+    assert 1e-5 < rel < 0.1  # a real (row-scaled) FP8 GEMM ran, close to the tile/block recipe
+
+    lin = nn.Linear(300, 70, bias=False)
+    lin.__class__ = FP8Linear  # what convert_to_fp8 does
+    ref_lin = nn.Linear(300, 70, bias=False)
+    ref_lin.load_state_dict(lin.state_dict())
+    ref_lin.__class__ = FP8Linear
+    x = torch.randn(16, 300, generator=g, requires_grad=True)
+    ref_x = x.detach().clone().requires_grad_()
+    got = lin(x)
+    got.square().sum().backward()
+    assert gemm_mode() == "rowwise"
+    monkeypatch.setattr(fp8, "REAL_GEMM_DEVICES", set())  # the emulated recipe as the reference
+    want = ref_lin(ref_x)
+    want.square().sum().backward()
+    assert gemm_mode() == "emulated"
+    for u, v in ((got, want), (x.grad, ref_x.grad), (lin.weight.grad, ref_lin.weight.grad)):
+        assert float((u - v).norm() / v.norm()) < 0.1
+
+
 def test_fp8_linear_three_gemms_against_reference():
     """Fprop, Dgrad and Wgrad each equal the fp32 GEMM of the quantized operands (the recipe), and are
     close to the exact fp32 Linear."""
