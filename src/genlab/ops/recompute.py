@@ -2,7 +2,8 @@
 checkpointing policy (genlab.train.activation_checkpoint).
 
 Model code wraps cheap work in `cheap(fn, *args)`: norms, activations, RoPE, the concatenations and
-padding that assemble attention's q, k, v, the MoE router's affinities, MLA's up-projections. Inside
+padding that assemble attention's q, k, v, the MoE router's affinities (their (T, E) sigmoid output is saved by sigmoid itself, so it stays),
+MLA's up-projections. Inside
 a `SelectiveScope` (one block's forward), a saved-tensor hook (torch.autograd.graph.saved_tensors_hooks)
 replaces every tensor autograd saves for backward that lives in the storage of such a result by a
 recipe: fn, its args (packed the same way, so recipes nest) and the saved view's geometry. Backward

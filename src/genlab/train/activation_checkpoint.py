@@ -5,7 +5,8 @@
     every:K     checkpoint every K-th block (blocks 0, K, 2K, ...), keep the others
     selective   keep the outputs of the projections and of attention; recompute the norms, the
                 activations, RoPE (and the concatenations / padding that build attention's q, k, v),
-                the MoE router's affinities and, as DeepSeek-V3 does (sec. 3.2.3), MLA's
+                the MoE router's affinities (all but the small (T, E) sigmoid
+                output, which sigmoid saves itself) and, as DeepSeek-V3 does (sec. 3.2.3), MLA's
                 up-projections, each on its own when backward needs it
 
 `full` and `every:K` go through torch.utils.checkpoint.checkpoint(use_reentrant=False); RNG state is
