@@ -10,14 +10,14 @@ import torch
 from torch.profiler import ProfilerActivity, profile
 
 from genlab.bench.train import FULL
-from genlab.config import ModelConfig
+from genlab.families.lm.args import LMArgs
 from genlab.data.packing import Batch
-from genlab.models.transformer import Transformer
-from genlab.tasks.lm import LMTask
+from genlab.families.lm.transformer import Transformer
+from genlab.families.lm.task import LMTask
 
 torch.set_num_threads(2)
 p = FULL
-cfg = ModelConfig(d_model=p["d_model"], n_layer=p["n_layer"], n_head=p["n_head"], ffn_hidden=p["ffn_hidden"],
+cfg = LMArgs(d_model=p["d_model"], n_layer=p["n_layer"], n_head=p["n_head"], ffn_hidden=p["ffn_hidden"],
                   tie_embeddings=False)
 model = Transformer(cfg, p["vocab"], p["seq_len"]).train()
 R, L = p["rows"], p["seq_len"]

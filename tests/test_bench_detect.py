@@ -3,7 +3,6 @@
 import json
 
 import pytest
-import torch
 
 from genlab.bench import detect, window_max
 

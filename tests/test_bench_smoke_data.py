@@ -44,14 +44,14 @@ def test_skewed_corpus_deterministic_and_skewed():
 
 
 def test_match_width_formula_and_tolerance():
-    from genlab.config import ModelConfig
-    from genlab.models import build_lm, count_params
+    from genlab.families.lm.args import LMArgs
+    from genlab.families.lm.model import build_lm, count_params
 
     target = 3_344_384
     for arch in ("lstm", "gru"):
         w = rnn.match_width(arch, target, 2, 256)
         assert abs(rnn.rnn_param_count(arch, w, 2, 256) / target - 1) < 0.05
-        m = build_lm(ModelConfig(arch=arch, d_model=24, n_layer=2), 256)
+        m = build_lm(LMArgs(arch=arch, d_model=24, n_layer=2), 256)
         assert count_params(m)["total"] == rnn.rnn_param_count(arch, 24, 2, 256)
 
 

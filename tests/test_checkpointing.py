@@ -8,9 +8,9 @@ import pytest
 import torch
 import torch.nn as nn
 
-from genlab.config import PRESETS, RunConfig, apply_dict, apply_overrides
+from genlab.config import RunConfig, apply_overrides, preset as preset_config
 from genlab.errors import GenlabError
-from genlab.models import build_lm
+from genlab.families.lm.model import build_lm
 from genlab.ops import recompute
 from genlab.train.activation_checkpoint import apply_activation_checkpointing, parse_policy
 
@@ -19,8 +19,8 @@ POLICIES = ["full", "every:2", "selective"]
 pytestmark = pytest.mark.usefixtures("one_thread")  # conftest.py: tiny shapes, 1 thread
 
 
-def _lm(preset, extra=()):
-    cfg = apply_dict(RunConfig(), PRESETS[preset][1], preset)
+def _lm(name, extra=()):
+    cfg = preset_config(name)
     cfg = apply_overrides(cfg, ["model.n_layer=3", "data.vocab_size=300", *extra]).validate()
     torch.manual_seed(0)
     return build_lm(cfg.model, 300, 64)

@@ -7,12 +7,13 @@ import pytest
 import torch
 
 from genlab.config import RunConfig
-from genlab.models import build_lm
+from genlab.families.deepseek.args import DeepSeekArgs
+from genlab.families.lm.model import build_lm
 from genlab.ops.rope import apply_rope_interleaved, rope_table
 
 
 def ds_cfg(**kw):
-    cfg = RunConfig()
+    cfg = RunConfig(model=DeepSeekArgs())
     m = cfg.model
     m.arch, m.d_model, m.n_layer, m.n_head = "deepseek", 32, 2, 4
     m.q_lora_rank, m.kv_lora_rank, m.qk_nope_head_dim, m.qk_rope_head_dim, m.v_head_dim = 24, 16, 8, 4, 6
@@ -73,7 +74,7 @@ def test_absorbed_latent_cache_equals_naive_attention(rope_scaling):
 
 
 def test_latent_cache_is_smaller_and_greedy_text_identical():
-    from genlab.tasks.lm import generate
+    from genlab.families.lm.task import generate
 
     model = build()
     lat, full = model.new_cache(8, "latent"), model.new_cache(8, "full")
@@ -86,7 +87,7 @@ def test_latent_cache_is_smaller_and_greedy_text_identical():
 
 
 def test_softmax_scale_and_yarn_mscale():
-    from genlab.models.deepseek.mla import softmax_scale
+    from genlab.families.deepseek.mla import softmax_scale
 
     cfg = ds_cfg(qk_nope_head_dim=128, qk_rope_head_dim=64).model
     assert abs(softmax_scale(cfg) - 192 ** -0.5) < 1e-12

@@ -1,13 +1,12 @@
 """DeepSeekMoE: routing invariants against a brute-force router, grouped dispatch against the
 per-expert loop, balance bias and losses, load counting."""
 
-import itertools
 
 import pytest
 import torch
 from torch.utils.checkpoint import checkpoint
 
-from genlab.models.deepseek.moe import MoE, balance_loss, route
+from genlab.families.deepseek.moe import MoE, balance_loss, route
 
 
 def brute_route(scores, bias, k, n_group, topk_group, scaling):
@@ -92,7 +91,7 @@ def test_fused_gather_and_combine_equal_the_separate_path_and_keep_no_pair_sized
     """CPU dispatch gathers and combines inside one function; the separate path (CUDA / FP8) gathers,
     runs the sorted experts and scatters back. Same outputs and gradients; and what the fused path
     keeps for backward has no (N, d) = (k T, d) tensor (no gathered input, no per-pair output)."""
-    from genlab.models.deepseek.moe import _ScatterRows, dispatch_experts, grouped_experts
+    from genlab.families.deepseek.moe import _ScatterRows, dispatch_experts, grouped_experts
 
     g = torch.Generator().manual_seed(1)
     T, d, E, Fw, k = 24, 16, 4, 6, 3

@@ -55,7 +55,7 @@ def test_aux_loss_adds_lambda_over_depth_times_mtp_losses():
 
 
 def test_speculative_decoding_equals_greedy():
-    from genlab.models.deepseek.mtp import greedy, speculative_greedy
+    from genlab.families.deepseek.mtp import greedy, speculative_greedy
 
     model = build(mtp_depth=1, seed=3)
     for prompt in ([1, 2, 3], [7]):
@@ -68,7 +68,7 @@ def test_speculative_decoding_equals_greedy():
 
 def test_speculative_decoding_accepts_when_mtp_copies_the_main_model():
     """A draft that is always right: MTP module 1 on a 'repeat forever' model. Acceptance must be 1."""
-    from genlab.models.deepseek.mtp import speculative_greedy
+    from genlab.families.deepseek.mtp import speculative_greedy
 
     model = build(mtp_depth=1, seed=4)
     with torch.no_grad():  # all-zero logits from both heads: both always pick token 0

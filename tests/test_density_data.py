@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from genlab.cli import main
-from genlab.data.binary import image_shape, load_binary, load_digits_binary, load_eval_rows
+from genlab.families.density.data import image_shape, load_binary, load_digits_binary, load_eval_rows
 from genlab.errors import GenlabError
 
 

@@ -8,8 +8,8 @@ import pytest
 import torch
 from scipy.stats import chi2
 
-from genlab.config import ModelConfig
-from genlab.models.density import (FVSBN, MADE, NADE, AutoregressiveModel, BinaryTransformer,
+from genlab.families.density.args import DensityArgs
+from genlab.families.density.model import (FVSBN, MADE, NADE, AutoregressiveModel, BinaryTransformer,
                                    IndependentBernoulli, MixtureOfBernoullis)
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # conftest.py: tiny shapes, 1 thread
@@ -29,7 +29,7 @@ def randomized(model, seed=0):
 
 
 def tiny_transformer(n, order=None):
-    cfg = ModelConfig(arch="transformer", d_model=16, n_layer=2, n_head=2)
+    cfg = DensityArgs(arch="transformer", d_model=16, n_layer=2, n_head=2)
     return BinaryTransformer(cfg, n, order=order)
 
 

@@ -11,7 +11,8 @@ from genlab.cli import main
 from genlab.config import TrainConfig, resolve
 from genlab.train import checkpoint
 from genlab.train.optim import build_optimizer, lr_factor
-from genlab.train.trainer import BEST_DIR, train
+from genlab.train.rundir import BEST_DIR
+from genlab.train.trainer import train
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # conftest.py: tiny shapes, 1 thread
 
@@ -93,7 +94,7 @@ def test_early_stopping_keeps_best_and_eval_uses_it(npz16, tmp_path):
     best_row = min(rows, key=lambda r: r["val_loss"])
     (ck,) = checkpoint.list_checkpoints(run.path / BEST_DIR)
     assert ck.name == f"step_{best_row['step']:08d}"
-    from genlab.commands import load_run
+    from genlab.train.rundir import load_run
 
     r, _, task, model = load_run(str(run.path))
     assert r.checkpoint_used == ck
@@ -112,7 +113,7 @@ def test_resume_is_exact_with_masks(npz16, tmp_path):
 
 
 def test_epochs_cover_every_example_once(npz16):
-    from genlab.tasks.density import DensityTask
+    from genlab.families.density.task import DensityTask
 
     task = DensityTask(_cfg(npz16, "train.batch_rows=64"))
     task.prepare(None)

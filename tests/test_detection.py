@@ -8,14 +8,15 @@ import pytest
 import torch
 
 from genlab.cli import main
-from genlab.config import ModelConfig, resolve
-from genlab.data.features import AMBIGUOUS, concat, load_feature_dir, load_feature_file
-from genlab.data.synth_actions import SynthSpec, generate
-from genlab.detect import StreamingDetector, detect_offline, stream_detect
+from genlab.config import resolve
+from genlab.families.detection.args import DetectionArgs
+from genlab.families.detection.features import AMBIGUOUS, concat, load_feature_dir, load_feature_file
+from genlab.families.detection.synth import SynthSpec, generate
+from genlab.families.detection.stream import StreamingDetector, detect_offline, stream_detect
 from genlab.errors import GenlabError
-from genlab.models.oadtr import build_detector
-from genlab.tasks.detection import IGNORE, DetectionTask, make_batch
-from genlab.tasks.detection_metrics import ap_and_cap, frame_map
+from genlab.families.detection.oadtr import build_detector
+from genlab.families.detection.task import IGNORE, DetectionTask, make_batch
+from genlab.families.detection.metrics import ap_and_cap, frame_map
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # conftest.py: tiny shapes, 1 thread
 
@@ -143,7 +144,7 @@ def test_loss_ignores_ambiguous_targets_and_weights_the_future():
     torch.manual_seed(0)
     model = build_detector(cfg.model, 4, 3, 5).eval()
     x = torch.randn(6, 5, 4)
-    from genlab.tasks.detection import DetectionBatch
+    from genlab.families.detection.task import DetectionBatch
 
     cur = torch.tensor([0, 1, 2, 1, 0, 2])
     fut = torch.tensor([[1, IGNORE, 2]] * 6)
@@ -164,7 +165,7 @@ def test_loss_ignores_ambiguous_targets_and_weights_the_future():
 def test_streaming_equals_offline(arch):
     torch.manual_seed(0)
     T = 7
-    model = build_detector(ModelConfig(arch=arch, d_model=16, n_layer=2, n_head=2, dec_layers=2, dec_heads=2,
+    model = build_detector(DetectionArgs(arch=arch, d_model=16, n_layer=2, n_head=2, dec_layers=2, dec_heads=2,
                                        future_steps=3), 5, 4, T).eval()
     x = np.random.default_rng(1).standard_normal((40, 5)).astype(np.float32)
     # reference: each frame's window built by hand (zeros before the start) through model.forward
@@ -225,7 +226,7 @@ def test_detection_run_eval_detect_info(capsys, detection_run):
     assert main(["detect", str(out), "--features", str(feats), "--json", "--out", str(npy), "--smooth", "3"]) == 0
     lines = capsys.readouterr().out.splitlines()
     assert len(lines) == 60 and json.loads(lines[0])["frame"] == 0
-    from genlab.commands import load_run
+    from genlab.train.rundir import load_run
 
     _, _, _, model = load_run(str(out))
     np.testing.assert_allclose(np.load(npy), detect_offline(model, np.load(feats), smooth=3), atol=2e-6, rtol=0)

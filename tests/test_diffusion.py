@@ -1,17 +1,14 @@
 """Latent diffusion: schedulers against their formulas, guidance, the VAE's KL, UNet shapes, a tiny run."""
 
-import json
 import math
 
-import numpy as np
 import pytest
 import torch
 
-from genlab.cli import main
-from genlab.diffusion.schedulers import DDIMScheduler, DDPMScheduler, guided, make_betas
-from genlab.models.diffusion.text_encoder import TextEncoder, encode_prompts
-from genlab.models.diffusion.unet import UNet
-from genlab.models.diffusion.vae import KLAutoencoder, kl_to_standard_normal
+from genlab.families.diffusion.schedulers import DDIMScheduler, DDPMScheduler, guided, make_betas
+from genlab.families.diffusion.text_encoder import TextEncoder, encode_prompts
+from genlab.families.diffusion.unet import UNet
+from genlab.families.diffusion.vae import KLAutoencoder, kl_to_standard_normal
 
 SCHEDULES = ("linear", "scaled_linear", "squaredcos_cap_v2")
 
@@ -161,7 +158,7 @@ def test_unet_shapes_and_text_dependence(size, mult):
 
 def test_model_guidance_matches_separate_conditional_and_unconditional_passes():
     """LatentDiffusion.sample's doubled batch equals running ε(z, c) and ε(z, "") apart; scale 1 is ε(z, c)."""
-    from genlab.models.diffusion.ldm import LatentDiffusion
+    from genlab.families.diffusion.ldm import LatentDiffusion
 
     torch.manual_seed(0)
     m = LatentDiffusion(1, 8, 2, 8, 2, 8, (1, 2), 1, 8, 1, 2).eval()

@@ -9,7 +9,7 @@ import torch
 
 from genlab.cli import main
 from genlab.config import resolve
-from genlab.data.images import load_digits_set, load_images, split
+from genlab.families.diffusion.data import load_digits_set, load_images, split
 from genlab.errors import GenlabError
 from genlab.tasks import diffusion_eval as E
 from genlab.train import checkpoint
@@ -153,7 +153,7 @@ def test_sample_writes_png_grid_and_checks_arguments(capsys, tiny_run, tmp_path)
 
 
 def test_eval_json_reports_accuracy_per_prompt_and_fid(capsys, tiny_run, monkeypatch):
-    import genlab.tasks.diffusion as D
+    import genlab.families.diffusion.task as D
 
     monkeypatch.setattr(D, "EVAL_PER_PROMPT", 2)
     monkeypatch.setattr(D, "EVAL_STEPS", 2)

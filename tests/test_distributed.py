@@ -164,8 +164,8 @@ def test_fsdp2_early_stopping_saves_the_best_whole_model(tiny_corpus, tmp_path):
     """FSDP2 + train.early_stop_patience: the best weights go to RUN/best/ as one whole-model
     checkpoint (gathered from the shards by every rank, written by rank 0); `genlab eval`'s loader
     picks them, and they reproduce the best val_loss that metrics.jsonl recorded."""
-    from genlab.commands import load_run
-    from genlab.train.trainer import BEST_DIR
+    from genlab.train.rundir import load_run
+    from genlab.train.rundir import BEST_DIR
 
     out = tmp_path / "run"
     _nproc(2, "--out", str(out), *[f"--set={o}" for o in _overrides(tiny_corpus, ["train.parallel=fsdp",

@@ -132,10 +132,10 @@ def test_fp8_linear_three_gemms_against_reference():
 
 
 def test_conversion_keeps_head_embedding_router_in_high_precision():
-    from genlab.config import PRESETS, RunConfig, apply_dict, apply_overrides
-    from genlab.models import build_lm
+    from genlab.config import RunConfig, apply_overrides, preset
+    from genlab.families.lm.model import build_lm
 
-    cfg = apply_overrides(apply_dict(RunConfig(), PRESETS["deepseek-tiny"][1], "p"), ["model.n_layer=2"]).validate()
+    cfg = apply_overrides(preset("deepseek-tiny"), ["model.n_layer=2"]).validate()
     model = build_lm(cfg.model, 300, 64)
     keys = list(model.state_dict())
     done = convert_to_fp8(model)
@@ -177,7 +177,7 @@ def test_precision_choice_is_validated():
 def test_routed_experts_run_fp8_gemms_against_an_emulated_reference():
     """convert_to_fp8 switches DeepSeekMoE's routed experts to FP8: forward and all gradients equal a
     per-expert reference built from quantize -> dequantize -> fp32 matmul, and differ from fp32."""
-    from genlab.models.deepseek.moe import MoE, fp8_grouped_experts, grouped_experts
+    from genlab.families.deepseek.moe import MoE, fp8_grouped_experts, grouped_experts
 
     g = torch.Generator().manual_seed(0)
     E, d, Fw = 4, 160, 48

@@ -9,7 +9,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from genlab.cli import main
-from genlab.config import RunConfig, all_keys, apply_dict, apply_overrides
+from genlab import config as C
+from genlab.config import RunConfig, apply_overrides, apply_settings
 from genlab.data.packing import TokenDataset
 from genlab.data.text import load_corpus
 from genlab.data.tokenizer import load_tokenizer
@@ -21,8 +22,12 @@ toml_scalars = st.one_of(st.integers(-10**12, 10**12), st.floats(allow_nan=True)
                          st.text(max_size=20), st.lists(st.integers(), max_size=3))
 
 
+ALL_KEYS = sorted({"task", "preset"} | {i.key for f in C.families() for keys in C.section_keys(f).values()
+                                         for i in keys.values()})
+
+
 @FUZZ
-@given(st.lists(st.tuples(st.sampled_from(all_keys() + ["model.nope", "x", "train.", ".lr", "data.path.x"]),
+@given(st.lists(st.tuples(st.sampled_from(ALL_KEYS + ["model.nope", "x", "train.", ".lr", "data.path.x"]),
                           st.text(string.printable, max_size=12)), max_size=6))
 def test_overrides_never_crash(pairs):
     try:
@@ -37,7 +42,7 @@ def test_overrides_never_crash(pairs):
                        max_size=4))
 def test_config_tables_never_crash(table):
     try:
-        apply_dict(RunConfig(), table, "fuzz.toml").validate()
+        apply_settings(RunConfig(), table, "fuzz.toml").validate()
     except GenlabError as e:
         assert str(e)
 

@@ -11,9 +11,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from genlab.data.binary import load_binary
-from genlab.data.features import load_feature_file
-from genlab.data.images import load_image_folder
+from genlab.families.density.data import load_binary
+from genlab.families.detection.features import load_feature_file
+from genlab.families.diffusion.data import load_image_folder
 from genlab.errors import GenlabError
 
 FUZZ = settings(max_examples=int(os.environ.get("GENLAB_FUZZ_EXAMPLES", "120")), deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])

@@ -1,10 +1,10 @@
 import pytest
 import torch
 
-from genlab.config import ModelConfig
+from genlab.families.lm.args import LMArgs
 from genlab.data.packing import TokenDataset
-from genlab.models import build_lm, count_params
-from genlab.tasks.lm import LMTask, generate
+from genlab.families.lm.model import build_lm, count_params
+from genlab.families.lm.task import LMTask, generate
 from genlab.train.optim import build_optimizer
 from genlab.config import TrainConfig
 
@@ -22,7 +22,7 @@ def _data(vocab=64, L=32, seed=0):
 @pytest.mark.parametrize("arch", ["transformer", "lstm", "gru"])
 def test_each_model_lowers_the_loss(arch):
     torch.manual_seed(0)
-    cfg = ModelConfig(arch=arch, d_model=48, n_layer=2, n_head=4, n_kv_head=2)
+    cfg = LMArgs(arch=arch, d_model=48, n_layer=2, n_head=4, n_kv_head=2)
     model = build_lm(cfg, 64, 32)
     opt = build_optimizer(model, TrainConfig(lr=1e-2, weight_decay=0.0))
     data = _data()
@@ -41,7 +41,7 @@ def test_each_model_lowers_the_loss(arch):
 @pytest.mark.parametrize("arch", ["transformer", "lstm", "gru"])
 def test_greedy_identical_with_and_without_cache(arch):
     torch.manual_seed(1)
-    cfg = ModelConfig(arch=arch, d_model=32, n_layer=2, n_head=4, n_kv_head=2)
+    cfg = LMArgs(arch=arch, d_model=32, n_layer=2, n_head=4, n_kv_head=2)
     model = build_lm(cfg, 50, 16)  # rope table shorter than the generation: must extend
     prompt = [3, 7, 1, 4]
     a = list(generate(model, prompt, 30, temperature=0, use_cache=True))
@@ -51,7 +51,7 @@ def test_greedy_identical_with_and_without_cache(arch):
 
 def test_sampling_is_seeded():
     torch.manual_seed(1)
-    model = build_lm(ModelConfig(d_model=32, n_layer=1, n_head=4), 50, 16)
+    model = build_lm(LMArgs(d_model=32, n_layer=1, n_head=4), 50, 16)
     a = list(generate(model, [1, 2], 20, temperature=1.0, top_k=10, top_p=0.9, seed=5))
     b = list(generate(model, [1, 2], 20, temperature=1.0, top_k=10, top_p=0.9, seed=5))
     c = list(generate(model, [1, 2], 20, temperature=1.0, top_k=10, top_p=0.9, seed=6))
@@ -61,7 +61,7 @@ def test_sampling_is_seeded():
 def test_rnn_state_resets_per_document():
     """An RNN over a packed stream equals running each document alone."""
     torch.manual_seed(0)
-    model = build_lm(ModelConfig(arch="lstm", d_model=16, n_layer=2), 30, 16).eval()
+    model = build_lm(LMArgs(arch="lstm", d_model=16, n_layer=2), 30, 16).eval()
     docs = [[1, 2, 3, 4, 5], [6, 7], [8, 9, 10, 11]]
     x = torch.tensor(sum(docs, []))
     cu = torch.tensor([0, 5, 7, 11], dtype=torch.int32)
@@ -73,7 +73,7 @@ def test_rnn_state_resets_per_document():
 
 
 def test_tied_embeddings_share_storage():
-    model = build_lm(ModelConfig(d_model=32, n_layer=1, n_head=4, tie_embeddings=True), 50, 16)
+    model = build_lm(LMArgs(d_model=32, n_layer=1, n_head=4, tie_embeddings=True), 50, 16)
     assert model.head.weight is model.embed.weight
     n = count_params(model)
     assert n["total"] == sum(p.numel() for p in model.parameters())

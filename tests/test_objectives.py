@@ -9,13 +9,14 @@ import sys
 import pytest
 import torch
 
-from genlab.config import ModelConfig, resolve
-from genlab.data.objectives import apply_objective
+from genlab.config import resolve
+from genlab.families.lm.args import LMArgs
+from genlab.families.lm.objectives import apply_objective
 from genlab.data.packing import IGNORE, Batch
 from genlab.errors import GenlabError
-from genlab.models.transformer import Transformer
+from genlab.families.lm.transformer import Transformer
 from genlab.ops.loss import head_cross_entropy, weighted_cross_entropy
-from genlab.tasks.lm import LMTask, infill, parse_infill
+from genlab.families.lm.task import LMTask, infill, parse_infill
 from genlab.train.trainer import train
 from conftest import tiny_overrides
 
@@ -105,7 +106,7 @@ def test_any_order_masks_k_uniform_tokens_with_weights_n_over_k():
 
 def _tiny_bidirectional(vocab=7, seed=0):
     torch.manual_seed(seed)
-    cfg = ModelConfig(d_model=16, n_layer=2, n_head=2, ffn_hidden=32, attn_backend="naive")
+    cfg = LMArgs(d_model=16, n_layer=2, n_head=2, ffn_hidden=32, attn_backend="naive")
     return Transformer(cfg, vocab, 16, causal=False).eval()
 
 

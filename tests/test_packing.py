@@ -4,10 +4,10 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from genlab.config import ModelConfig
+from genlab.families.lm.args import LMArgs
 from genlab.data.packing import IGNORE, TokenDataset, best_fit_decreasing, make_batch, pack_rows, chunk_spans
-from genlab.models.transformer import Transformer
-from genlab.tasks.lm import LMTask
+from genlab.families.lm.transformer import Transformer
+from genlab.families.lm.task import LMTask
 
 
 @settings(max_examples=100, deadline=None)
@@ -80,7 +80,7 @@ def test_packed_fraction_high_on_skewed_lengths():
 
 def _model(vocab=50):
     torch.manual_seed(0)
-    cfg = ModelConfig(d_model=32, n_layer=2, n_head=4, n_kv_head=2, attn_backend="sdpa")
+    cfg = LMArgs(d_model=32, n_layer=2, n_head=4, n_kv_head=2, attn_backend="sdpa")
     return Transformer(cfg, vocab, 64).eval()
 
 
@@ -104,7 +104,7 @@ def test_document_isolation_in_packed_row():
 @pytest.mark.parametrize("backend", ["naive", "sdpa"])
 def test_packed_loss_equals_per_document_loss(backend):
     torch.manual_seed(0)
-    cfg = ModelConfig(d_model=32, n_layer=2, n_head=4, n_kv_head=2, attn_backend=backend)
+    cfg = LMArgs(d_model=32, n_layer=2, n_head=4, n_kv_head=2, attn_backend=backend)
     model = Transformer(cfg, 100, 64)
     docs = _docs(seed=5, n=12, maxlen=40)
     ds = TokenDataset(docs, 64, batch_rows=100, shuffle=False)

@@ -5,18 +5,18 @@ import json
 from pathlib import Path
 
 import pytest
-import torch
 
 from conftest import tiny_overrides
-from genlab.config import ModelConfig, resolve
-from genlab.scaling.flops import (LayerShapes, attention_shapes, deepseek_M, flops_from_layers, flops_per_token,
+from genlab.config import resolve
+from genlab.families.lm.args import LMArgs
+from genlab.train.flops import (LayerShapes, attention_shapes, deepseek_M, flops_from_layers, flops_per_token,
                                   mla_shapes, moe_shapes, swiglu_shapes)
 
 
 @pytest.mark.parametrize("n_layer,d,l_seq", [(2, 96, 64), (8, 384, 4096), (12, 768, 4096), (30, 3072, 2048)])
 def test_dense_M_equals_the_formula_exactly(n_layer, d, l_seq):
     # MHA and a SwiGLU exactly 8/3 d wide: the case DeepSeek LLM's Eq. 2 describes
-    cfg = ModelConfig(d_model=d, n_layer=n_layer, n_head=d // 32, ffn_hidden=8 * d // 3)
+    cfg = LMArgs(d_model=d, n_layer=n_layer, n_head=d // 32, ffn_hidden=8 * d // 3)
     fl = flops_per_token(cfg, vocab_size=1000, seq_len=l_seq)
     assert fl["M"] == deepseek_M(n_layer, d, l_seq) == 72 * n_layer * d * d + 12 * n_layer * d * l_seq
     assert fl["6N1"] == 72 * n_layer * d * d
@@ -40,21 +40,21 @@ def _block_matmul_params(model) -> int:
 
 
 def test_gqa_counts_match_the_built_model():
-    from genlab.models import build_lm
+    from genlab.families.lm.model import build_lm
 
-    cfg = ModelConfig(d_model=96, n_layer=3, n_head=6, n_kv_head=2, ffn_hidden=200)
+    cfg = LMArgs(d_model=96, n_layer=3, n_head=6, n_kv_head=2, ffn_hidden=200)
     model = build_lm(cfg, 300, 64)
     fl = flops_per_token(cfg, 300, 64)
     assert fl["N1"] == _block_matmul_params(model)
     assert fl["N2"] == fl["N1"] + 300 * 96
     # attention widths stay n_head * head_dim: 2 * (QK + PV) * l_seq per layer, times 3 for training
     assert fl["M"] == 3 * (2 * fl["N1"] + 3 * 2 * (96 + 96) * 64)
-    mha = flops_per_token(ModelConfig(d_model=96, n_layer=3, n_head=6, ffn_hidden=200), 300, 64)
+    mha = flops_per_token(LMArgs(d_model=96, n_layer=3, n_head=6, ffn_hidden=200), 300, 64)
     assert mha["N1"] - fl["N1"] == 3 * 2 * 96 * (6 - 2) * 16  # K and V projections shrink 3x
 
 
 def test_deepseek_arch_counts_activated_experts_only():
-    from genlab.models import build_lm
+    from genlab.families.lm.model import build_lm
 
     cfg = resolve("deepseek-tiny", None, [])
     m = cfg.model
@@ -98,7 +98,7 @@ def test_trainer_reports_mfu_from_M(tiny_corpus, tmp_path):
 
 
 def test_measured_peak_is_a_plausible_rate():
-    from genlab.scaling.flops import measured_peak_flops
+    from genlab.train.flops import measured_peak_flops
 
     peak = measured_peak_flops("cpu")
     assert 1e8 < peak < 1e14

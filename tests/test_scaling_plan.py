@@ -6,10 +6,11 @@ import math
 import pytest
 
 from genlab.cli import main
-from genlab.config import ModelConfig, TrainConfig
+from genlab.config import TrainConfig
+from genlab.families.lm.args import LMArgs
 from genlab.errors import GenlabError
 from genlab.scaling import laws
-from genlab.scaling.flops import deepseek_M, flops_per_token
+from genlab.train.flops import deepseek_M, flops_per_token
 from genlab.scaling.plan import find_shape, plan, resolve_budget
 from genlab.train.optim import lr_factor
 
@@ -41,7 +42,7 @@ def test_chinchilla_frontiers_by_hand():
 
 
 def _published(n_layer, d, n_head, n_kv, ffn):
-    cfg = ModelConfig(d_model=d, n_layer=n_layer, n_head=n_head, n_kv_head=n_kv, ffn_hidden=ffn)
+    cfg = LMArgs(d_model=d, n_layer=n_layer, n_head=n_head, n_kv_head=n_kv, ffn_hidden=ffn)
     return flops_per_token(cfg, 102400, 4096)["M"]
 
 
@@ -97,11 +98,11 @@ def test_plan_output_is_consistent():
 
 
 def test_find_shape_hits_targets_and_honours_gqa():
-    base = ModelConfig(n_head=8, n_kv_head=2)
+    base = LMArgs(n_head=8, n_kv_head=2)
     cfg, fl = find_shape(4.228e10, "M", base, 102400, 4096)
     assert abs(fl["M"] / 4.228e10 - 1) < 0.01
     assert cfg.n_head // (cfg.n_kv_head or cfg.n_head) == 4 and cfg.d_model % cfg.n_head == 0
-    cfg, fl = find_shape(6 * 7.2e10, "6N2", ModelConfig(), 32000, 2048)
+    cfg, fl = find_shape(6 * 7.2e10, "6N2", LMArgs(), 32000, 2048)
     assert abs(fl["6N2"] / (6 * 7.2e10) - 1) < 0.01
 
 

@@ -7,7 +7,6 @@ import shutil
 from pathlib import Path
 
 import pytest
-import torch
 
 from genlab.config import resolve
 from genlab.errors import GenlabError

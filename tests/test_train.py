@@ -8,7 +8,6 @@ import time
 from pathlib import Path
 
 import pytest
-import torch
 
 from genlab.config import resolve
 from genlab.train import checkpoint
@@ -74,11 +73,11 @@ def test_multistep_schedule():
 
 
 def test_weight_decay_only_on_matrices():
-    from genlab.models import build_lm
-    from genlab.config import ModelConfig
+    from genlab.families.lm.model import build_lm
+    from genlab.families.lm.args import LMArgs
     from genlab.train.optim import build_optimizer
 
-    model = build_lm(ModelConfig(d_model=32, n_layer=1, n_head=4), 40, 8)
+    model = build_lm(LMArgs(d_model=32, n_layer=1, n_head=4), 40, 8)
     opt = build_optimizer(model, TrainConfig())
     decay, no_decay = opt.param_groups
     assert decay["weight_decay"] == 0.1 and all(p.dim() == 2 for p in decay["params"])

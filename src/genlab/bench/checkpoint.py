@@ -25,13 +25,13 @@ POLICIES = ["none", "full", "every:2", "selective"]
 
 
 def _setup(policy: str, rows: int, length: int, preset: str):
-    from genlab.config import PRESETS, RunConfig, apply_dict
+    from genlab.config import preset as preset_config
     from genlab.data.packing import Batch
-    from genlab.models import build_lm
-    from genlab.tasks.lm import LMTask
+    from genlab.families.lm.model import build_lm
+    from genlab.families.lm.task import LMTask
     from genlab.train.activation_checkpoint import apply_activation_checkpointing
 
-    cfg = apply_dict(RunConfig(), PRESETS[preset][1], preset).validate()
+    cfg = preset_config(preset).validate()
     torch.manual_seed(0)
     vocab = cfg.data.vocab_size
     model = build_lm(cfg.model, vocab, length).train()

@@ -62,7 +62,7 @@ PAPER_TOLERANCE = 0.01
 
 def train_and_score(name: str, preset: str, overrides: list[str], out: Path) -> dict:
     """Train one model through the shared trainer; score its best weights on the test split."""
-    from genlab.commands import load_run
+    from genlab.train.rundir import load_run
     from genlab.config import resolve
     from genlab.train.trainer import prepare_training
 

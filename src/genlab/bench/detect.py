@@ -1,12 +1,12 @@
 """`genlab bench detect`: OadTR vs the GRU baseline on the synthetic streaming benchmark.
 
 Both presets (`oadtr-synth`, `gru-synth`) train through the real Trainer on the synthetic
-benchmark's train split (genlab.data.synth_actions, fixed seed), each for its preset's number
+benchmark's train split (genlab.families.detection.synth, fixed seed), each for its preset's number
 of steps (or `--steps N` for both), from the same training seeds; a seed fixes the model's
 initialisation and the order of the training frames. After training, every frame of the test
-split (12 videos, about 6,000 frames) is scored offline (genlab.detect.detect_offline, all
+split (12 videos, about 6,000 frames) is scored offline (genlab.families.detection.stream.detect_offline, all
 windows batched) and rated with frame-level mAP and mcAP (background and ambiguous frames
-excluded; genlab.tasks.detection_metrics).
+excluded; genlab.families.detection.metrics).
 
 Streaming latency: the trained model's StreamingDetector gets the first frames of a test video one
 at a time (after a warm-up); each push (embed one frame, ring-buffer write, one window forward,
@@ -28,9 +28,9 @@ import torch
 
 from genlab.bench.common import bench_thread_scope, machine_info, print_table
 from genlab.config import resolve
-from genlab.detect import StreamingDetector, detect_offline
-from genlab.models import count_params
-from genlab.tasks.detection_metrics import frame_map
+from genlab.families.detection.stream import StreamingDetector, detect_offline
+from genlab.families.lm.model import count_params
+from genlab.families.detection.metrics import frame_map
 from genlab.train.trainer import prepare_training
 
 PRESETS = ("oadtr-synth", "gru-synth")

@@ -27,7 +27,7 @@ QUICK_OVERRIDES = ["data.image_size=8", "model.downsample=2", "model.vae_channel
 
 
 def run(steps: int | None = None, quick: bool = False) -> dict:
-    import genlab.tasks.diffusion as D
+    import genlab.families.diffusion.task as D
     from genlab.train.trainer import prepare_training
 
     overrides = list(QUICK_OVERRIDES) if quick else []

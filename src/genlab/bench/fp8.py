@@ -15,8 +15,8 @@ import torch
 import torch.nn.functional as F
 
 from genlab.bench.common import machine_info, print_table
-from genlab.config import PRESETS, RunConfig, apply_dict, apply_overrides
-from genlab.models import build_lm
+from genlab.config import apply_overrides, preset
+from genlab.families.lm.model import build_lm
 from genlab.ops.fp8 import FP8Linear, convert_to_fp8, quantization_error
 
 VOCAB = 64
@@ -28,7 +28,7 @@ TINY = ["model.n_layer=2", "model.d_model=64", "model.n_head=2", "model.q_lora_r
 
 def tiny_moe(overrides=TINY, seed: int = 0):
     """The deepseek-tiny preset (MLA + MoE), shrunk by `overrides`."""
-    cfg = apply_overrides(apply_dict(RunConfig(), PRESETS["deepseek-tiny"][1], "deepseek-tiny"), list(overrides))
+    cfg = apply_overrides(preset("deepseek-tiny"), list(overrides))
     torch.manual_seed(seed)
     return build_lm(cfg.validate().model, VOCAB, 128)
 

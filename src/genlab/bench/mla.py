@@ -8,10 +8,11 @@ import torch
 
 from genlab.bench.common import interleaved_times, machine_info, median, print_table
 from genlab.config import RunConfig
+from genlab.families.deepseek.args import DeepSeekArgs
 
 
 def mla_config(quick: bool) -> RunConfig:
-    cfg = RunConfig()
+    cfg = RunConfig(model=DeepSeekArgs())
     m = cfg.model
     m.arch, m.d_model, m.n_layer, m.n_head, m.ffn_hidden = "deepseek", 256, 4, 8, 512
     m.q_lora_rank, m.kv_lora_rank, m.qk_nope_head_dim, m.qk_rope_head_dim, m.v_head_dim = 128, 64, 32, 16, 32
@@ -37,7 +38,7 @@ def run(steps=None, quick=False) -> dict:
     # one thread: on this shared 2-core machine (load ~15) two OpenMP threads spend most of each small
     # kernel waiting at a barrier for a descheduled partner; both sides of every comparison use the same
     torch.set_num_threads(1)
-    from genlab.models import build_lm
+    from genlab.families.lm.model import build_lm
 
     cfg = mla_config(quick)
     steps = steps or (3 if quick else 20)

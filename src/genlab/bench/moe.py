@@ -14,11 +14,12 @@ import torch.nn.functional as F
 
 from genlab.bench.common import interleaved_times, machine_info, median, print_table
 from genlab.config import RunConfig
+from genlab.families.deepseek.args import DeepSeekArgs
 
 
 def moe_config(quick: bool) -> RunConfig:
     """The issue's shape: 64 fine-grained experts (top-6, width 64), d_model 256, 6 layers."""
-    cfg = RunConfig()
+    cfg = RunConfig(model=DeepSeekArgs())
     m = cfg.model
     m.arch, m.d_model, m.n_layer, m.n_head, m.ffn_hidden = "deepseek", 256, 6, 4, 512
     m.q_lora_rank, m.kv_lora_rank, m.qk_nope_head_dim, m.qk_rope_head_dim, m.v_head_dim = 128, 64, 32, 16, 32
@@ -48,7 +49,7 @@ def step_time(quick: bool, steps: int) -> dict:
     import transformers
 
     from genlab.interop.hf import deepseek_hf_config
-    from genlab.models import build_lm
+    from genlab.families.lm.model import build_lm
 
     cfg = moe_config(quick)
     V, B, L = 512, (2 if quick else 4), (64 if quick else 256)

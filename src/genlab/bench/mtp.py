@@ -31,7 +31,7 @@ def run(steps=None, quick=False) -> dict:
     # one thread: on this shared 2-core machine (load ~15) two OpenMP threads spend most of each small
     # kernel waiting at a barrier for a descheduled partner; both sides of every comparison use the same
     torch.set_num_threads(1)
-    from genlab.models.deepseek.mtp import greedy, speculative_greedy
+    from genlab.families.deepseek.mtp import greedy, speculative_greedy
 
     steps = steps or (10 if quick else 300)
     res = {"machine": machine_info(), "note": "CPU shared with other jobs", "steps": steps}

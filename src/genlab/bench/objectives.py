@@ -25,9 +25,9 @@ QUICK = dict(steps=4, extra=["data.tokenizer=byte", "data.packing_length=64", "m
 
 
 def train_one(objective: str, p: dict, base: str) -> dict:
-    from genlab.commands import load_run
+    from genlab.train.rundir import load_run
     from genlab.config import resolve
-    from genlab.tasks.lm import infill, parse_infill
+    from genlab.generate import infill, parse_infill
     from genlab.train.trainer import prepare_training
 
     cfg = resolve(PRESETS[objective], None, [f"train.steps={p['steps']}", *p["extra"]])

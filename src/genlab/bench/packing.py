@@ -28,10 +28,11 @@ import numpy as np
 import torch
 
 from genlab.bench.common import bench_thread_scope, machine_info, print_table
-from genlab.config import ModelConfig, TrainConfig
+from genlab.config import TrainConfig
+from genlab.families.lm.args import LMArgs
 from genlab.data.packing import TokenDataset, best_fit_decreasing, chunk_spans, pack_rows
-from genlab.models import build_lm, count_params
-from genlab.tasks.lm import LMTask
+from genlab.families.lm.model import build_lm, count_params
+from genlab.families.lm.task import LMTask
 from genlab.train.optim import build_optimizer
 
 DEFAULTS = dict(vocab=2048, L=512, rows=8, d_model=256, n_layer=4, n_head=4, n_docs=6000, steps=16,
@@ -149,7 +150,7 @@ def _run(p: dict, quick: bool) -> dict:
         data[mode] = ds
 
     # the same model twice
-    mcfg = ModelConfig(d_model=p["d_model"], n_layer=p["n_layer"], n_head=p["n_head"])
+    mcfg = LMArgs(d_model=p["d_model"], n_layer=p["n_layer"], n_head=p["n_head"])
     tcfg = TrainConfig(lr=1e-3, weight_decay=0.1)
     model = build_lm(mcfg, p["vocab"], p["L"])
     models = {"packed": model, "padded": copy.deepcopy(model)}

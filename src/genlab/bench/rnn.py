@@ -30,9 +30,10 @@ from pathlib import Path
 import torch
 
 from genlab.bench.common import bench_threads, machine_info, print_table
-from genlab.config import ModelConfig, RunConfig, TrainConfig
-from genlab.models import build_lm, count_params
-from genlab.tasks.lm import LMTask
+from genlab.config import RunConfig, TrainConfig
+from genlab.families.lm.args import LMArgs
+from genlab.families.lm.model import build_lm, count_params
+from genlab.families.lm.task import LMTask
 from genlab.train.optim import build_optimizer, lr_factor, set_lr
 
 DEFAULTS = dict(L=256, rows=8, d_model=256, n_layer=4, n_head=4, rnn_layers=2, seconds=60.0, slices=5,
@@ -113,14 +114,14 @@ def _run(p: dict, max_steps: int | None, quick: bool, out_dir, plot: bool) -> di
                        weight_decay=0.1)
 
     # models at matched parameter counts
-    mcfgs = {"transformer": ModelConfig(arch="transformer", d_model=p["d_model"], n_layer=p["n_layer"],
+    mcfgs = {"transformer": LMArgs(arch="transformer", d_model=p["d_model"], n_layer=p["n_layer"],
                                         n_head=p["n_head"])}
     torch.manual_seed(p["seed"])
     models = {"transformer": build_lm(mcfgs["transformer"], vocab, p["L"])}
     target = count_params(models["transformer"])["total"]
     for arch in ("lstm", "gru"):
         w = match_width(arch, target, p["rnn_layers"], vocab, multiple=p["width_multiple"])
-        mcfgs[arch] = ModelConfig(arch=arch, d_model=w, n_layer=p["rnn_layers"])
+        mcfgs[arch] = LMArgs(arch=arch, d_model=w, n_layer=p["rnn_layers"])
         torch.manual_seed(p["seed"])
         models[arch] = build_lm(mcfgs[arch], vocab, p["L"])
     params = {a: count_params(m)["total"] for a, m in models.items()}

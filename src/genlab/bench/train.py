@@ -28,7 +28,7 @@ per-round ratios (HF step / genlab step in the same round) and the ratio of CPU 
 The packed-rows row is an extra, timed afterwards on its own (fewer steps), so that the genlab/HF
 pairs stay close together in time.
 
-FLOPs: `genlab.scaling.flops.flops_per_token(...)["train_flops_per_token"]` = 3x the forward
+FLOPs: `genlab.train.flops.flops_per_token(...)["train_flops_per_token"]` = 3x the forward
 matmul FLOPs, attention counted over the full context (4 d L per layer per token). The causal
 figure counts attention over the keys each query really sees ((L + 1) / 2 on average).
 Peak: a matmul microbenchmark over the model's own GEMMs at M = rows * L tokens: for each
@@ -47,11 +47,11 @@ import time
 import torch
 
 from genlab.bench.common import interleaved_times, machine_info, median, print_table, timeit_steps
-from genlab.config import ModelConfig
+from genlab.families.lm.args import LMArgs
 from genlab.data.packing import IGNORE, Batch, TokenDataset
-from genlab.models.transformer import Transformer, ffn_width
-from genlab.scaling.flops import flops_per_token
-from genlab.tasks.lm import LMTask
+from genlab.families.lm.transformer import Transformer, ffn_width
+from genlab.train.flops import flops_per_token
+from genlab.families.lm.task import LMTask
 
 FULL = dict(d_model=512, n_layer=8, n_head=8, ffn_hidden=1376, vocab=8192, rows=8, seq_len=512,
             warmup=3, steps=7, packed_warmup=2, packed_steps=3, tokenizer="bpe", corpus_docs=None)
@@ -65,8 +65,8 @@ OPTIM = dict(lr=1e-3, betas=(0.9, 0.95), eps=1e-8, weight_decay=0.1, fused=True)
 
 
 # ------------------------------------------------------------------------------ models
-def model_config(p: dict) -> ModelConfig:
-    return ModelConfig(d_model=p["d_model"], n_layer=p["n_layer"], n_head=p["n_head"],
+def model_config(p: dict) -> LMArgs:
+    return LMArgs(d_model=p["d_model"], n_layer=p["n_layer"], n_head=p["n_head"],
                        ffn_hidden=p["ffn_hidden"], attn_backend="sdpa")
 
 
@@ -147,7 +147,7 @@ def packed_batch(p: dict) -> Batch:
 
 
 # ------------------------------------------------------------------------------ FLOPs and peak
-def train_flops(cfg: ModelConfig, vocab: int, seq_lens: list[int]) -> tuple[float, float]:
+def train_flops(cfg: LMArgs, vocab: int, seq_lens: list[int]) -> tuple[float, float]:
     """(full-context, causal) training FLOPs of one batch of sequences of these lengths.
     Full-context: flops_per_token at each sequence's own length (attention over all L keys);
     causal: attention over the (n + 1) / 2 keys a query sees on average."""
@@ -162,7 +162,7 @@ def train_flops(cfg: ModelConfig, vocab: int, seq_lens: list[int]) -> tuple[floa
     return full, causal
 
 
-def gemm_shapes(cfg: ModelConfig, vocab: int, M: int) -> list[tuple[str, int, int, int, str, int]]:
+def gemm_shapes(cfg: LMArgs, vocab: int, M: int) -> list[tuple[str, int, int, int, str, int]]:
     """(name, m, k, n, kind, count per step) of every matmul in one training step."""
     d, H = cfg.d_model, cfg.n_head
     hd = d // H
@@ -196,7 +196,7 @@ def _time_gemm(m: int, k: int, n: int, kind: str, reps: int) -> float:
     return best
 
 
-def measure_peak(cfg: ModelConfig, vocab: int, M: int, reps: int = 5, prior: dict | None = None) -> dict:
+def measure_peak(cfg: LMArgs, vocab: int, M: int, reps: int = 5, prior: dict | None = None) -> dict:
     """Best GFLOP/s of each of the model's GEMM shapes (merged with an earlier measurement)."""
     rows = []
     for i, (name, m, k, n, kind, count) in enumerate(gemm_shapes(cfg, vocab, M)):
@@ -332,7 +332,7 @@ def _run(p: dict, quick: bool) -> dict:
         "optimizer": {"name": "torch.optim.AdamW", **{k: v for k, v in OPTIM.items()}, "no_decay": "vectors"},
         "flops_per_token": {"train": ftok["train_flops_per_token"],
                             "train_causal": flops["genlab"][1] / (R * L),
-                            "note": "train = genlab.scaling.flops (attention over the full context); "
+                            "note": "train = genlab.train.flops (attention over the full context); "
                                     "train_causal counts the (L+1)/2 keys a causal query sees"},
         "peak": peak,
         "equivalence": {"max_abs_logit_diff": logit_diff, "max_abs_logit": logit_scale, "tolerance": LOGIT_TOL,

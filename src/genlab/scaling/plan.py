@@ -11,11 +11,11 @@ import copy
 import dataclasses
 import math
 
-from genlab.config import ModelConfig
+from genlab.families.lm.args import LMArgs
 from genlab.errors import GenlabError
 from genlab.scaling import laws
-from genlab.models.transformer import ffn_width
-from genlab.scaling.flops import LayerShapes, attention_shapes, flops_from_layers, flops_per_token, swiglu_shapes
+from genlab.families.lm.transformer import ffn_width
+from genlab.train.flops import LayerShapes, attention_shapes, flops_from_layers, flops_per_token, swiglu_shapes
 
 DEFAULT_SEQ_LEN = 4096  # DeepSeek LLM's context
 DEFAULT_VOCAB = 102400  # DeepSeek LLM's vocabulary
@@ -60,19 +60,19 @@ def _n_head(d: int) -> int:
     return d // (128 if d % 128 == 0 and d >= 2048 else 64 if d % 64 == 0 and d >= 128 else 32)
 
 
-def _group(base: ModelConfig) -> int:
+def _group(base: LMArgs) -> int:
     """Query heads per KV head of the base config (1 = multi-head attention)."""
     return base.n_head // base.n_kv_head if base.n_kv_head else 1
 
 
-def _shape_cfg(base: ModelConfig, n_layer: int, d: int) -> ModelConfig:
+def _shape_cfg(base: LMArgs, n_layer: int, d: int) -> LMArgs:
     n_head, group = _n_head(d), _group(base)
     return dataclasses.replace(base, arch="transformer", n_layer=n_layer, d_model=d, n_head=n_head,
                                n_kv_head=n_head // group if group > 1 else 0, ffn_hidden=0)
 
 
-def find_shape(target: float, measure: str, base: ModelConfig, vocab: int, seq_len: int,
-               aspect: float = ASPECT) -> tuple[ModelConfig, dict]:
+def find_shape(target: float, measure: str, base: LMArgs, vocab: int, seq_len: int,
+               aspect: float = ASPECT) -> tuple[LMArgs, dict]:
     """The genlab Transformer shape whose `measure` ("M" or "6N2") per token is nearest the target.
 
     d_model runs over WIDTHS, n_layer over 1..256; the shape with the lowest
@@ -113,7 +113,7 @@ def find_shape(target: float, measure: str, base: ModelConfig, vocab: int, seq_l
 
 
 def plan(C: float | None = None, D: float | None = None, size: float | None = None, law: str = "deepseek",
-         seq_len: int = DEFAULT_SEQ_LEN, vocab: int = DEFAULT_VOCAB, base: ModelConfig | None = None,
+         seq_len: int = DEFAULT_SEQ_LEN, vocab: int = DEFAULT_VOCAB, base: LMArgs | None = None,
          micro_batch: int = 16, preset: str = "", compare: bool = True, aspect: float = ASPECT) -> dict:
     """Everything `genlab plan` prints, as a JSON-able dict."""
     if seq_len < 2 or vocab < 2 or micro_batch < 1 or not aspect > 0:
@@ -121,7 +121,7 @@ def plan(C: float | None = None, D: float | None = None, size: float | None = No
                           f"({micro_batch}) >= 1 and --aspect ({aspect}) > 0")
     L = laws.get_law(law)
     C, D, size = resolve_budget(L, C, D, size)
-    base = copy.deepcopy(base) if base is not None else ModelConfig()
+    base = copy.deepcopy(base) if base is not None else LMArgs()
     cfg, fl = find_shape(size, L.size_measure, base, vocab, seq_len, aspect)
     shape_size = _measure(fl, L.size_measure)
     shape_tokens = C / shape_size  # the budget is the constraint: the shape's tokens keep C fixed

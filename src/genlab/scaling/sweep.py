@@ -167,12 +167,11 @@ def _eval_rows(spec: dict):
     """The fixed validation batches every point is scored on (the same tokens for every point)."""
     from genlab.data.packing import TokenDataset
     from genlab.data.text import load_corpus, split_documents
-    from genlab.tasks import make_task
-
+    
     key = json.dumps(spec["overrides"])
     if key not in _EVAL_CACHE:
         cfg = resolve(None, None, spec["overrides"])
-        task = make_task(cfg)
+        task = cfg.family.make_task(cfg)
         task.prepare(None, fresh=True)
         _, val_docs = split_documents(load_corpus(cfg.data.path), cfg.data.val_fraction)
         if not val_docs:

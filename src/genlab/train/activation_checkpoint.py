@@ -36,23 +36,11 @@ import torch
 import torch.nn as nn
 from torch.utils.checkpoint import checkpoint
 
+from genlab.config.run import parse_policy  # noqa: F401 - the policy names live with the config key
 from genlab.errors import GenlabError
 from genlab.ops.recompute import SelectiveScope
 
 POLICIES = ("none", "full", "every:K", "selective")
-
-def parse_policy(text: str) -> tuple[str, int]:
-    """'none' | 'full' | 'every:K' | 'selective' -> (kind, K). Raises GenlabError on anything else."""
-    text = str(text).strip()
-    if text in ("none", "full", "selective"):
-        return text, 1
-    if text.startswith("every:"):
-        k = text.split(":", 1)[1]
-        if k.isdigit() and int(k) >= 1:
-            return "every", int(k)
-    raise GenlabError(f"activation checkpointing policy {text!r} is not allowed; "
-                      f"use none, full, every:K (K a whole number >= 1) or selective")
-
 
 def _wrap(block: nn.Module, selective: bool = False) -> None:
     plain = block.forward  # the bound class forward

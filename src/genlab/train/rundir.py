@@ -18,6 +18,7 @@ from pathlib import Path
 
 from genlab.config import RunConfig, from_toml_file, to_toml
 from genlab.errors import GenlabError
+from genlab.train import checkpoint
 
 CONFIG = "config.toml"
 METRICS = "metrics.jsonl"
@@ -33,6 +34,7 @@ def _atomic_write(path: Path, text: str) -> None:
 class RunDir:
     def __init__(self, path: Path):
         self.path = Path(path)
+        self.checkpoint_used: Path | None = None  # set by load_run
 
     @classmethod
     def plan(cls, cfg: RunConfig, out: str | Path | None) -> "RunDir":
@@ -104,3 +106,24 @@ class RunDir:
         """On resume: keep only records up to the checkpoint's step."""
         kept = [r for r in self.metrics() if r.get("step", 0) <= step]
         _atomic_write(self.path / METRICS, "".join(json.dumps(r) + "\n" for r in kept))
+
+
+BEST_DIR = "best"  # RUN/best/checkpoints/step_N: the weights with the lowest val_loss (early stopping)
+
+
+def load_run(path: str | Path, device: str = "cpu"):
+    """(run dir, config, task, model) for sample / eval / export / serving: the model holds the weights
+    of the best checkpoint (early stopping, RUN/best/) or else the newest intact one, in eval mode on
+    `device`; run.checkpoint_used names the checkpoint."""
+    run = RunDir.open(path)
+    cfg = run.config()
+    task = cfg.family.make_task(cfg)
+    task.load_for_inference(run.path)
+    model = task.build_model()
+    ckpt = checkpoint.latest_valid(run.path / BEST_DIR) or checkpoint.latest_valid(run.path)
+    run.checkpoint_used = ckpt
+    if ckpt is None:
+        raise GenlabError(f"{run.path}: no complete checkpoint (has the run saved one yet?)")
+    checkpoint.load(ckpt, model, with_state=False)
+    model.to(device).eval()
+    return run, cfg, task, model

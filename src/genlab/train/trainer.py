@@ -3,7 +3,6 @@ initial_state, next_batch, loss (summed loss, count) and evaluate."""
 
 from __future__ import annotations
 
-import math
 import random
 import signal
 import threading
@@ -13,17 +12,16 @@ from pathlib import Path
 
 import torch
 
-from genlab.config import RunConfig
+from genlab.config import RunConfig, apply_overrides, to_toml
 from genlab.errors import GenlabError
-from genlab.tasks import make_task
 from genlab.train import checkpoint, distributed
 from genlab.train.activation_checkpoint import apply_activation_checkpointing
 from genlab.train.optim import build_optimizer, lr_factor, set_lr
 from genlab.train.guards import SpikeGuard
 from genlab.train.progress import TrainProgress
-from genlab.train.rundir import RunDir
+from genlab.train.flops import measured_peak_flops
+from genlab.train.rundir import BEST_DIR, RunDir
 
-BEST_DIR = "best"  # RUN/best/checkpoints/step_N: the weights with the lowest val_loss (early stopping)
 
 
 class StopOnSignal:
@@ -83,7 +81,7 @@ class Trainer:
         if not distributed.is_main():  # rank 0 alone writes the run dir and talks
             self.run, self.show_progress, self.log = distributed.QuietRunDir(run), False, (lambda *a, **k: None)
         seed_everything(t.seed)
-        self.task = make_task(cfg)
+        self.task = cfg.family.make_task(cfg)
         self.task.prepare(run.path, fresh=not resume)
         self.model = self.task.build_model().to(self.device)
         if t.precision == "fp8":  # block-scaled E4M3 Linears, fp32 masters (genlab.ops.fp8)
@@ -100,14 +98,13 @@ class Trainer:
                                 nan_patience=t.nan_patience)
         self.best = {"val_loss": float("inf"), "step": 0, "evals_since": 0}  # early stopping
         self.stopped_early = False
+        self.model_metrics: dict = {}
         if resume:
             self._restore()
         self.amp = (torch.autocast("cuda", dtype=torch.bfloat16) if self.device.type == "cuda"
                     else nullcontext())
-        # MFU = M (DeepSeek's model FLOPs per token) * tokens/s / peak FLOP/s; see scaling/flops.py
-        from genlab.scaling.flops import measured_peak_flops, run_M
-
-        self.flops_M = getattr(self.task, "model_flops_per_token", lambda: run_M(cfg))()
+        # MFU = M (DeepSeek's model FLOPs per token) * tokens/s / peak FLOP/s; see train/flops.py
+        self.flops_M = self.task.model_flops_per_token()
         self.peak_flops = (t.peak_flops or measured_peak_flops(self.device.type)) if self.flops_M else 0.0
 
     # ------------------------------------------------------------------ state
@@ -162,7 +159,8 @@ class Trainer:
         batches, n_total, n_real, capacity = [], 0, 0, 0
         for i in range(t.grad_accum):  # grad_accum micro-batches over all ranks; this rank keeps its own
             batch, self.data_state = self.task.next_batch(self.data_state)
-            n_total, n_real, capacity = n_total + batch.n_targets, n_real + batch.n_real, capacity + batch.capacity
+            real, slots = self.task.batch_units(batch)
+            n_total, n_real, capacity = n_total + batch.n_targets, n_real + real, capacity + slots
             if distributed.mine(i):
                 batches.append(batch.to(self.device))
         factor = lr_factor(self.step, t)  # this step's lr / the peak lr
@@ -182,13 +180,11 @@ class Trainer:
         if spike is None:
             self.opt.step()
         self.opt.zero_grad(set_to_none=True)
-        hook = getattr(self.model, "on_optimizer_step", None)  # once per step, after every micro-batch
-        # model.on_optimizer_step(lr_factor=...) returns metrics, e.g. MoE loads and MaxVio -> metrics.jsonl
+        # once per step, after every micro-batch: metrics such as MoE loads and MaxVio -> metrics.jsonl
         # (skipped=True: the update was discarded, so e.g. the MoE balance bias stays as it is too)
-        self.model_metrics = hook(lr_factor=factor, skipped=spike is not None) if hook is not None else {}
+        self.model_metrics = self.task.on_optimizer_step(self.model, factor, skipped=spike is not None)
         self.step += 1
-        if hasattr(self.task, "after_step"):  # optional task hook, e.g. an EMA of the weights (diffusion)
-            self.task.after_step(self.model, self.step)
+        self.task.after_step(self.model, self.step)  # e.g. an EMA of the weights (diffusion)
         self.tokens_seen += n_real
         return {"loss": loss_total / max(1, n_total), "lr": lr, "grad_norm": gnorm, "n_real": n_real,
                 "capacity": capacity, "skipped": spike}
@@ -251,7 +247,7 @@ class Trainer:
             record = {"step": self.step, "loss": m["loss"], "lr": m["lr"], "tokens": self.tokens_seen,
                       "tokens_per_s": tps, "real_fraction": self._interval[0] / max(1, self._interval[1]),
                       "grad_norm": m["grad_norm"]}  # real_fraction: over every batch since the last record
-            record.update(getattr(self, "model_metrics", {}))
+            record.update(self.model_metrics)
             if self.flops_M:
                 record["mfu"] = self.flops_M * tps / self.peak_flops
             self._interval = [0, 0, now]
@@ -278,8 +274,6 @@ def prepare_training(cfg: RunConfig | None, out: str | Path | None, resume: bool
     """Check everything, then create (or reopen, with resume) the run dir. Returns (run, trainer).
 
     On resume the run's own config.toml is used, with `overrides` applied (e.g. more steps)."""
-    from genlab.config import apply_overrides, to_toml
-
     if resume:
         run = RunDir.open_for_resume(out)
         cfg = apply_overrides(run.config(), overrides or []).validate()

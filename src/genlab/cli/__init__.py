@@ -1,0 +1,214 @@
+"""Command line: parse arguments, call the library, print. Bad input ends in one line on stderr
+and exit status 2; Ctrl-C in exit status 130."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import pkgutil
+import sys
+
+import genlab.bench
+from genlab.cli import commands
+from genlab.errors import GenlabError
+from genlab.scaling.laws import LAWS
+from genlab.scaling.sweep import KINDS
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message):  # one line, no usage dump
+        raise GenlabError(f"{self.prog}: {message} (see `{self.prog} --help`)")
+
+
+def _positive_int(s: str) -> int:
+    try:
+        v = int(s)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{s!r} is not an integer") from None
+    if v < 1:
+        raise argparse.ArgumentTypeError(f"{s!r} must be >= 1")
+    return v
+
+
+def _nonneg_float(s: str) -> float:
+    try:
+        v = float(s)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{s!r} is not a number") from None
+    if not v >= 0 or v == float("inf"):
+        raise argparse.ArgumentTypeError(f"{s!r} must be a finite number >= 0")
+    return v
+
+
+def _positive_float(s: str) -> float:
+    try:
+        v = float(s)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{s!r} is not a number") from None
+    if not 0 < v < float("inf"):
+        raise argparse.ArgumentTypeError(f"{s!r} must be a finite number > 0")
+    return v
+
+
+def _nonneg_int(s: str) -> int:
+    try:
+        v = int(s)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{s!r} is not an integer") from None
+    if v < 0:
+        raise argparse.ArgumentTypeError(f"{s!r} must be >= 0")
+    return v
+
+
+def _float_list(s: str) -> list[float]:
+    """'1e12,3e12' -> [1e12, 3e12], every value a positive finite number."""
+    return [_positive_float(x.strip()) for x in s.split(",")]
+
+
+def _add_scaling_parsers(sub) -> None:
+    """genlab plan / sweep / fit (genlab.scaling; see docs/scaling.md)."""
+    pn = sub.add_parser("plan", help="compute-optimal model, data, batch, lr and schedule for a budget")
+    pn.add_argument("--compute", type=_positive_float, metavar="C", help="training FLOPs (C = M * D)")
+    pn.add_argument("--tokens", type=_positive_float, metavar="D", help="training tokens")
+    pn.add_argument("--model-flops", type=_positive_float, metavar="M",
+                    help="FLOPs per token in the law's accounting (deepseek: M; chinchilla, epoch: 6N)")
+    pn.add_argument("--law", choices=tuple(LAWS), default="deepseek", help="model/data allocation law")
+    pn.add_argument("--preset", help="take sequence length, vocabulary and GQA grouping from a preset")
+    pn.add_argument("--seq-len", type=_positive_int, help="tokens per sequence (default 4096 or the preset's)")
+    pn.add_argument("--vocab", type=_positive_int, help="vocabulary size (default 102400 or the preset's)")
+    pn.add_argument("--micro-batch", type=_positive_int, default=16, help="at most this many sequences per micro-batch")
+    pn.add_argument("--aspect", type=_positive_float, default=64.0, help="preferred d_model / n_layer of the shape")
+    pn.add_argument("--json", action="store_true")
+
+    sw = sub.add_parser("sweep", help="lr x batch grids and IsoFLOP profiles, one run dir per point; resumable")
+    sw.add_argument("--out", required=True, help="sweep directory (rerun the same command to continue)")
+    sw.add_argument("--budgets", type=_float_list, help="compute budgets in FLOPs, e.g. 5e11,1.5e12,4.5e12")
+    sw.add_argument("--kind", choices=KINDS, help="which grids (default both)")
+    sw.add_argument("--lr-factors", type=_float_list, help="multiples of eta_opt(C) (default 0.5,1,2)")
+    sw.add_argument("--batch-factors", type=_float_list, help="multiples of B_opt(C) (default 0.5,1,2)")
+    sw.add_argument("--size-factors", type=_float_list, help="IsoFLOP sizes, multiples of M_opt(C) (default 1,2,4,8,16)")
+    sw.add_argument("--lr-batch-size", type=_positive_float, help="the lr x batch model, x M_opt(C) (default 4)")
+    sw.add_argument("--lr-center", type=_positive_float, help="IsoFLOP lr and lr grid centre, x eta_opt(C) (default 0.25)")
+    sw.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                    help="config for every point, e.g. --set data.path=corpus.txt (repeatable)")
+    sw.add_argument("--dry-run", action="store_true", help="print the grid and its compute; run nothing")
+    sw.add_argument("--estimate", action="store_true",
+                    help="with --dry-run: time a few steps of every distinct shape here and print the expected duration")
+
+    ft = sub.add_parser("fit", help="fit lr/batch, IsoFLOP and Chinchilla laws to a sweep's results.csv")
+    ft.add_argument("results", help="SWEEP/results.csv")
+    ft.add_argument("--out", help="folder for fit.json and the plots (default: next to RESULTS, in fit/)")
+    ft.add_argument("--bootstrap", type=_nonneg_int, default=1000, help="resamples for the intervals (0 = none)")
+    ft.add_argument("--seed", type=int, default=0)
+    ft.add_argument("--json", action="store_true")
+
+
+def _bench_names() -> list[str]:
+    """Every module in genlab/bench/ with a run() is a benchmark (common.py holds helpers)."""
+    return sorted(m.name for m in pkgutil.iter_modules(genlab.bench.__path__) if m.name != "common")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = _Parser(prog="genlab", description="Train, evaluate and sample generative models.")
+    sub = p.add_subparsers(dest="cmd", required=True, parser_class=_Parser)
+
+    t = sub.add_parser("train", help="train a model; writes a run directory")
+    t.add_argument("--preset", help="start from a preset (see `genlab presets`)")
+    t.add_argument("--config", help="TOML config file applied after the preset")
+    t.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override one config key, e.g. --set train.lr=3e-4 (repeatable)")
+    t.add_argument("--steps", type=_positive_int, help="shortcut for --set train.steps=N")
+    t.add_argument("--out", help="run directory (default runs/PRESET-TIMESTAMP)")
+    t.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
+    t.add_argument("--no-progress", action="store_true", help="no live progress bar")
+    t.add_argument("--nproc", type=_positive_int, default=1,
+                   help="data-parallel processes: launches torchrun --nproc-per-node N (train.parallel = ddp | fsdp)")
+
+    s = sub.add_parser("sample", help="sample from a trained run (text, image grids, binary vectors)")
+    s.add_argument("run")
+    s.add_argument("--prompt", default="")
+    s.add_argument("--max-new-tokens", type=_positive_int, default=200)
+    s.add_argument("--temperature", type=_nonneg_float, default=0.8, help="0 = greedy")
+    s.add_argument("--top-k", type=int, default=0, help="keep the K most likely tokens (0 = all)")
+    s.add_argument("--top-p", type=_nonneg_float, default=1.0, help="nucleus sampling mass (1 = off)")
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--no-cache", action="store_true", help="recompute the whole sequence every step")
+    s.add_argument("--speculative", action="store_true",
+                   help="deepseek with MTP: greedy decoding drafted by the MTP module (same text; reports acceptance)")
+    s.add_argument("--infill", metavar="TEXT",
+                   help="lm, masked / any-order runs: fill the <mask> spans of TEXT (<mask:N> = N tokens)")
+    s.add_argument("--span", type=_positive_int, default=8, help="--infill: tokens a bare <mask> stands for")
+    s.add_argument("--order", choices=("left-to-right", "random", "confident"), default="left-to-right",
+                   help="--infill: which hole is filled next")
+    s.add_argument("-n", "--num", type=_positive_int, default=64, help="density, diffusion: how many samples")
+    s.add_argument("--out", help="density, diffusion: output file (density: a .png grid for image-shaped data, "
+                   "or .npy; default RUN/samples.png or RUN/samples.npy)")
+    s.add_argument("--steps", type=_positive_int, default=50, help="diffusion: sampler steps")
+    s.add_argument("--sampler", choices=("ddim", "ddpm"), default="ddim", help="diffusion: sampler")
+    s.add_argument("--guidance", type=_nonneg_float, default=3.0,
+                   help="diffusion: classifier-free guidance scale (1 = plain conditional, 0 = unconditional)")
+    s.add_argument("--eta", type=_nonneg_float, default=0.0, help="diffusion, ddim: noise (0 = deterministic)")
+
+    e = sub.add_parser("eval", help="evaluate a run: LM loss, perplexity, bits/byte; density test NLL; "
+                       "diffusion and detection metrics")
+    e.add_argument("run")
+    e.add_argument("--data", help="evaluate on this corpus instead of the run's validation split")
+    e.add_argument("--json", action="store_true")
+
+    i = sub.add_parser("info", help="config, parameter count and FLOPs per token of a run or preset")
+    i.add_argument("run", help="a run directory or a preset name")
+
+    ex = sub.add_parser("export", help="write a run as a Hugging Face directory (deepseek runs)")
+    ex.add_argument("run")
+    ex.add_argument("out", help="output directory (must not exist or be empty)")
+    ex.add_argument("--format", choices=["hf"], default="hf", help="hf: config.json + model.safetensors")
+    im = sub.add_parser("import", help="make a genlab run dir from a Hugging Face directory")
+    im.add_argument("hf_dir", help="deepseek_v3 or dense Llama-style: config.json + *.safetensors")
+    im.add_argument("out", help="the new run directory")
+
+    pl = sub.add_parser("plot", help="write loss and learning-rate curves of a run as PNG")
+    pl.add_argument("run")
+
+    pr = sub.add_parser("presets", help="list the presets")
+    pr.add_argument("--keys", action="store_true", help="also list every config key")
+
+    sub.add_parser("demo", help="train the default model on the embedded corpus, evaluate, sample")
+
+    dt = sub.add_parser("detect", help="stream a feature file through an action detection run, frame by frame")
+    dt.add_argument("run")
+    dt.add_argument("--features", required=True, help="(frames, feat_dim) float .npy of one video")
+    dt.add_argument("--smooth", type=_positive_int, default=1,
+                    help="per-class max of the scores over the last K frames (1 = off)")
+    dt.add_argument("--json", action="store_true", help="one JSON object per frame (JSON lines)")
+    dt.add_argument("--out", help="also write the (frames, classes) scores to this .npy or .csv file")
+
+    _add_scaling_parsers(sub)
+
+    b = sub.add_parser("bench", help="benchmarks (see docs/benchmarks.md)")
+    b.add_argument("which", choices=_bench_names(), help="which benchmark")
+    b.add_argument("--steps", type=_positive_int, default=None, help="timed steps per configuration")
+    b.add_argument("--json", dest="json_out", help="also write the results to this JSON file")
+    b.add_argument("--quick", action="store_true", help="small shapes, for a smoke test")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    try:
+        args = build_parser().parse_args(argv)
+        return getattr(commands, f"cmd_{args.cmd}")(args) or 0
+    except GenlabError as e:
+        msg = str(e).splitlines()[0] if str(e) else "error"
+        print(f"genlab: error: {msg}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        if os.environ.get("RANK", "0") == "0":  # under torchrun: once, from rank 0
+            print("genlab: interrupted", file=sys.stderr)
+        return 130
+    except BrokenPipeError:  # e.g. `genlab sample RUN | head`: the reader left; not an error of ours
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())
+

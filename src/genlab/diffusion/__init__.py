@@ -1,1 +1,0 @@
-"""Diffusion numerics shared by the diffusion task and its benchmark: schedules, samplers, guidance."""

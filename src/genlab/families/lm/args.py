@@ -1,0 +1,84 @@
+"""Config sections of the language-model family: dense Transformer and LSTM/GRU baselines.
+
+DecoderArgs holds what every decoder-only Transformer here shares (the deepseek family extends it)."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Literal
+
+from genlab.config import DataConfig, ModelArgs, TrainConfig, opt
+from genlab.errors import GenlabError
+from genlab.train.flops import LayerShapes, attention_shapes, swiglu_shapes
+
+
+@dataclass
+class LMData(DataConfig):
+    path: str = opt("", "corpus: '' = embedded (pydoc topics + stdlib sources); a .txt file, a directory of "
+                        "text files, or .jsonl")
+    tokenizer: Literal["bpe", "byte"] = opt("bpe", "byte-level BPE trained on the corpus, or plain bytes (256)")
+    vocab_size: int = opt(2048, "BPE vocabulary size (the byte tokenizer always has 256)", 260, 1 << 20)
+    packing_length: int = opt(256, "tokens per packed row", 2, 1 << 20)
+    pack_buffer: int = opt(1000, "documents packed together by best-fit-decreasing", 1)
+
+
+@dataclass
+class LMTrain(TrainConfig):
+    objective: Literal["causal", "masked", "any-order"] = opt(
+        "causal", "next token | BERT's masked tokens | random orderings; the last two train a bidirectional "
+                  "Transformer for `genlab sample --infill`")
+    mask_prob: float = opt(0.15, "objective masked: share of each sequence's tokens chosen for prediction", 0.01, 1.0)
+
+
+@dataclass
+class DecoderArgs(ModelArgs):
+    d_model: int = opt(256, "residual stream width", 1)
+    n_layer: int = opt(4, "blocks", 1)
+    n_head: int = opt(4, "attention heads", 1)
+    ffn_hidden: int = opt(0, "SwiGLU width; 0 = about 8/3 d_model rounded up to a multiple of 32", 0)
+    rope_theta: float = opt(10000.0, "RoPE base", 1.0)
+    norm_eps: float = opt(1e-5, "RMSNorm epsilon", 0.0, 1.0)
+    tie_embeddings: bool = opt(False, "share the input embedding and the output head")
+    attn_backend: Literal["auto", "naive", "sdpa", "flash", "triton"] = opt(
+        "auto", "attention kernel: naive (reference), sdpa (per-document fused), flash (genlab's tiled online "
+                "softmax), triton (GPU kernel); auto picks")
+    init_std: float = opt(0.02, "std of the normal initialisation", 0.0, 10.0)
+
+    def ffn_width(self) -> int:
+        return self.ffn_hidden or 32 * math.ceil(8 * self.d_model / 3 / 32)
+
+
+@dataclass
+class LMArgs(DecoderArgs):
+    arch: Literal["transformer", "lstm", "gru"] = opt("transformer", "dense Transformer or an RNN baseline")
+    n_kv_head: int = opt(0, "key/value heads: 0 = n_head (multi-head); fewer = grouped-query attention", 0)
+
+    def check(self, cfg) -> None:
+        if cfg.train.objective != "causal" and self.arch != "transformer":
+            raise GenlabError(f"train.objective = {cfg.train.objective!r} needs model.arch = 'transformer' (a "
+                              f"bidirectional model); this run has {self.arch!r}; or use train.objective=causal")
+        if self.arch != "transformer":
+            return
+        check_heads(self.d_model, self.n_head)
+        kv = self.n_kv_head or self.n_head
+        if self.n_head % kv:
+            raise GenlabError(f"model.n_head ({self.n_head}) must be a multiple of model.n_kv_head ({kv})")
+
+    def layer_shapes(self) -> list[LayerShapes]:
+        """Per-layer matmul shapes for FLOPs accounting (genlab.train.flops)."""
+        d = self.d_model
+        if self.arch == "transformer":
+            layer = attention_shapes(d, self.n_head, self.n_kv_head or self.n_head, d // self.n_head)
+            layer = layer + swiglu_shapes(d, self.ffn_width())
+        else:
+            gates = 4 if self.arch == "lstm" else 3
+            layer = LayerShapes(gates * (d * d + d * d))  # input-to-hidden and hidden-to-hidden per gate
+        return [layer] * self.n_layer
+
+
+def check_heads(d_model: int, n_head: int) -> None:
+    if d_model % n_head:
+        raise GenlabError(f"model.d_model ({d_model}) must be divisible by model.n_head ({n_head})")
+    if (d_model // n_head) % 2:
+        raise GenlabError(f"head dim d_model/n_head = {d_model // n_head} must be even for RoPE")

@@ -1,0 +1,263 @@
+"""Language modelling task: corpus -> tokenizer -> packed rows -> model -> loss (next token,
+masked token or any order), evaluation in nats, perplexity and bits per byte, and `genlab sample`
+(decoding itself is genlab.generate's)."""
+
+from __future__ import annotations
+
+import math
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from genlab.config import RunConfig
+from genlab.data.packing import IGNORE, Batch, TokenDataset
+from genlab.data.text import load_corpus, split_documents
+from genlab.data.tokenizer import build_tokenizer, load_tokenizer
+from genlab.errors import GenlabError
+from genlab.families.lm.model import count_params
+from genlab.families.lm.objectives import apply_objective, model_vocab
+from genlab.generate import SamplingSettings, generate, infill, parse_infill, speculative_greedy, stream_text
+from genlab.ops.loss import head_loss
+from genlab.train.flops import flops_per_token
+from genlab.train.task import Task
+
+TOKENIZER_FILE = "tokenizer.json"
+
+@dataclass(frozen=True)
+class LMSampleOptions:
+    """`genlab sample` for language models (the CLI's flags of the same names)."""
+
+    prompt: str = ""
+    max_new_tokens: int = 200
+    temperature: float = 0.8
+    top_k: int = 0
+    top_p: float = 1.0
+    seed: int = 0
+    no_cache: bool = False  # recompute the whole sequence every step (the reference)
+    speculative: bool = False  # deepseek with MTP: drafted greedy decoding
+    infill: str | None = None  # masked / any-order runs: text with <mask> spans
+    span: int = 8  # tokens a bare <mask> stands for
+    order: str = "left-to-right"  # infill: which hole is filled next
+
+    def settings(self) -> SamplingSettings:
+        return SamplingSettings(self.max_new_tokens, self.temperature, self.top_k, self.top_p, self.seed)
+
+
+class LMTask(Task):
+    """Language modelling for every LM family (lm, deepseek): the family builds the model."""
+
+    def __init__(self, cfg: RunConfig):
+        super().__init__(cfg)
+        self.tokenizer = None
+        self.train_data: TokenDataset | None = None
+        self.val_data: TokenDataset | None = None
+
+    # ------------------------------------------------------------------ data
+    def encode_docs(self, docs: list[str]) -> list[list[int]]:
+        tok = self.tokenizer
+        ids = tok.encode_batch(docs)
+        if tok.bos_id is not None:
+            ids = [[tok.bos_id] + x for x in ids]
+        return ids
+
+    def prepare(self, run_dir: Path | None, fresh: bool = True) -> None:
+        """Read and split the corpus; train the tokenizer (fresh run) or load it from the run dir."""
+        d = self.cfg.data
+        docs = load_corpus(d.path)
+        train_docs, val_docs = split_documents(docs, d.val_fraction)
+        tok_path = Path(run_dir) / TOKENIZER_FILE if run_dir else None
+        if not fresh and tok_path is not None:
+            self.tokenizer = load_tokenizer(tok_path)
+        else:
+            self.tokenizer = build_tokenizer(d.tokenizer, train_docs, d.vocab_size)
+        t = self.cfg.train
+        self.train_data = TokenDataset(self.encode_docs(train_docs), d.packing_length, t.batch_rows,
+                                       seed=t.seed, buffer=d.pack_buffer)
+        self.val_data = None
+        if val_docs:
+            self.val_data = TokenDataset(self.encode_docs(val_docs), d.packing_length, t.batch_rows,
+                                         mode="packed", buffer=d.pack_buffer, shuffle=False)
+
+    def save_artifacts(self, run_dir: Path) -> None:
+        self.tokenizer.save(Path(run_dir) / TOKENIZER_FILE)
+
+    def load_for_inference(self, run_dir: Path) -> None:
+        self.tokenizer = load_tokenizer(Path(run_dir) / TOKENIZER_FILE)
+
+    def eval_dataset(self, path: str) -> TokenDataset:
+        docs = load_corpus(path)
+        return TokenDataset(self.encode_docs(docs), self.cfg.data.packing_length, self.cfg.train.batch_rows,
+                            mode="packed", buffer=self.cfg.data.pack_buffer, shuffle=False)
+
+    # ------------------------------------------------------------------ model and loss
+    @property
+    def objective(self) -> str:
+        return self.cfg.train.objective
+
+    @property
+    def mask_id(self) -> int | None:
+        """The <mask> token of a masked / any-order run: one past the tokenizer's ids."""
+        return None if self.objective == "causal" else self.tokenizer.vocab_size
+
+    def build_model(self) -> torch.nn.Module:
+        return self.cfg.family.build_model(self.cfg.model, model_vocab(self.tokenizer.vocab_size, self.objective),
+                                           self.cfg.data.packing_length, causal=self.objective == "causal")
+
+    def initial_state(self):
+        return (0, 0)
+
+    def with_objective(self, batch: Batch, seed: int) -> Batch:
+        if self.objective == "causal":
+            return batch
+        g = torch.Generator().manual_seed(seed)
+        return apply_objective(batch, self.objective, self.mask_id, self.tokenizer.vocab_size, g,
+                               self.cfg.train.mask_prob, self.tokenizer.bos_id)
+
+    def next_batch(self, state) -> tuple[Batch, tuple[int, int]]:
+        batch, new_state = self.train_data.batch_at(state)
+        if self.objective != "causal":  # the corruption depends only on (seed, position in the stream): resumable
+            epoch, cursor = state
+            batch = self.with_objective(batch, (self.cfg.train.seed * 1_000_003 + epoch) * 1_000_003 + cursor)
+        return batch, new_state
+
+    def on_optimizer_step(self, model, lr_factor: float, skipped: bool) -> dict:
+        return model.on_optimizer_step(lr_factor=lr_factor, skipped=skipped)
+
+    def batch_units(self, batch: Batch) -> tuple[int, int]:
+        return batch.n_real, batch.capacity  # real tokens, token slots
+
+    def model_flops_per_token(self) -> float | None:
+        """M of the model (no vocabulary term), for MFU."""
+        return float(flops_per_token(self.cfg.model, 0, self.cfg.data.packing_length)["M"])
+
+    def loss(self, model, batch: Batch) -> tuple[torch.Tensor, int]:
+        """Summed cross-entropy (nats) where targets are defined, and the count it is a sum over
+        (predicted tokens; for any-order, the sequences' tokens, see data/objectives.py)."""
+        h = model(batch.input_ids, batch.position_ids, batch.cu_seqlens, batch.max_seqlen)
+        loss_sum = head_loss(model.head, h, batch.targets, batch.weights)
+        extra = model.aux_loss(batch, h)  # MoE balance, MTP (training); None for models without extras
+        if extra is not None:  # a mean-scale term: weighted by this batch's share of the step's targets
+            loss_sum = loss_sum + extra * batch.n_targets
+        return loss_sum, batch.n_targets
+
+    @torch.no_grad()
+    def evaluate(self, model, data: TokenDataset | None = None, max_batches: int | None = None,
+                 device="cpu") -> dict[str, float]:
+        data = data if data is not None else self.val_data
+        if data is None:
+            return {}
+        was_training = model.training
+        model.eval()
+        tbytes = torch.tensor(self.tokenizer.token_bytes(), dtype=torch.float64)
+        nll, n, nbytes = 0.0, 0, 0.0
+        for i, batch in enumerate(data.iter_epoch()):
+            if max_batches is not None and i >= max_batches:
+                break
+            orig = batch.input_ids
+            batch = self.with_objective(batch, 7919 * (i + 1)).to(device)  # fixed corruption per batch
+            loss_sum, count = self.loss(model, batch)
+            nll += float(loss_sum)
+            n += count
+            if batch.weights is not None:  # any-order: the loss estimates every (non-start) token's NLL
+                counted = orig[orig != self.tokenizer.bos_id] if self.tokenizer.bos_id is not None else orig
+            else:
+                tg = batch.targets.cpu()
+                counted = tg[tg != IGNORE]
+            nbytes += float(tbytes[counted].sum())
+        model.train(was_training)
+        if n == 0:
+            return {}
+        loss = nll / n
+        return {"val_loss": loss, "val_ppl": math.exp(min(loss, 700)),
+                "val_bpb": nll / math.log(2) / max(nbytes, 1.0), "val_tokens": n}
+
+    # ------------------------------------------------------------------ CLI entry points
+    def eval_report(self, run, model, data_path: str | None) -> dict:
+        if data_path:
+            data = self.eval_dataset(data_path)
+        else:
+            self.prepare(run.path, fresh=False)
+            data = self.val_data
+            if data is None:
+                raise GenlabError(f"{run.path}: the corpus has no validation documents; pass --data PATH")
+        return {"data": data_path or "validation split", **self.evaluate(model, data)}
+
+    def info_lines(self, run_dir: Path | None) -> list[str]:
+        """Vocabulary, parameters and FLOPs per token; the model is built on the meta device."""
+        d = self.cfg.data
+        if run_dir is not None:
+            vocab = load_tokenizer(Path(run_dir) / TOKENIZER_FILE).vocab_size
+        else:
+            vocab = 256 if d.tokenizer == "byte" else d.vocab_size
+        vocab = model_vocab(vocab, self.objective)  # masked / any-order runs add a <mask> token
+        with torch.device("meta"):
+            model = self.cfg.family.build_model(self.cfg.model, vocab, d.packing_length,
+                                                causal=self.objective == "causal")
+        lines = [f"vocab size            {vocab:,}"]
+        n = count_params(model)
+        lines += model.info_lines() or [f"parameters            {n['total']:,} (non-embedding {n['non_embedding']:,})"]
+        fl = flops_per_token(self.cfg.model, vocab, d.packing_length)  # MoE: activated experts only
+        return lines + [
+            f"FLOPs/token forward   {fl['fwd_flops_per_token']:,.0f}",
+            f"FLOPs/token training  {fl['train_flops_per_token']:,.0f}  (M, non-embedding: {fl['M']:,.0f})",
+            f"6N1 / 6N2             {fl['6N1']:,.0f} / {fl['6N2']:,.0f}  (6N1/M {fl['6N1'] / fl['M']:.2f}, "
+            f"6N2/M {fl['6N2'] / fl['M']:.2f}; see docs/scaling.md)"]
+
+    sample_options = LMSampleOptions
+
+    def sample(self, run, model, o: LMSampleOptions) -> None:
+        s = o.settings()
+        if o.infill is not None or self.objective != "causal":
+            return self._infill(model, o, s)
+        ids = self.prompt_ids(o.prompt)  # checks the prompt before anything is printed
+        if o.speculative:  # deepseek MTP self-speculative greedy decoding
+            if not len(getattr(model, "mtp", ())):
+                raise GenlabError("--speculative needs a deepseek run with model.mtp_depth >= 1")
+            out, st = speculative_greedy(model, ids, s.max_new_tokens, stop_id=self.tokenizer.bos_id)
+            print(o.prompt + self.tokenizer.decode(out), flush=True)
+            print(f"speculative greedy: acceptance {st['acceptance']:.2f} ({st['accepted']}/{st['drafted']} drafts), "
+                  f"{st['tokens_per_s']:.1f} tokens/s, {st['main_forwards']} main-model forwards", file=sys.stderr)
+            return
+        print(o.prompt, end="", flush=True)
+        self.stream(model, ids, s, use_cache=not o.no_cache)
+
+    def stream(self, model, ids: list[int], s: SamplingSettings, use_cache: bool = True, out=None) -> str:
+        """Print the continuation of `ids` as it is produced (then a newline); return its text."""
+        out = out or sys.stdout
+        pieces = []
+        for piece in stream_text(self.tokenizer, generate(model, ids, s, use_cache=use_cache)):
+            out.write(piece)
+            out.flush()
+            pieces.append(piece)
+        out.write("\n")
+        out.flush()
+        return "".join(pieces)
+
+    def _infill(self, model, o: LMSampleOptions, s: SamplingSettings) -> None:
+        """`--infill TEXT`: fill its <mask> spans. A masked / any-order run without --infill continues
+        --prompt by filling `--max-new-tokens` masks after it, left to right."""
+        if self.objective == "causal":
+            raise GenlabError("--infill needs a run trained with train.objective = masked or any-order (this run is "
+                              "causal: it only continues text); train one with --set train.objective=any-order")
+        if o.speculative:
+            raise GenlabError("--speculative is for causal deepseek runs with MTP, not infilling")
+        text = o.infill if o.infill is not None else o.prompt + f"<mask:{s.max_new_tokens}>"
+        ids, n_spans = parse_infill(text, self.tokenizer, self.mask_id, o.span)
+        if self.tokenizer.bos_id is not None:
+            ids = [self.tokenizer.bos_id] + ids
+        n_holes = ids.count(self.mask_id)
+        out = infill(model, ids, self.mask_id, s, o.order)
+        print(self.tokenizer.decode(out), flush=True)
+        print(f"filled {n_holes} tokens in {n_spans} span(s), order {o.order}, objective {self.objective}",
+              file=sys.stderr)
+
+    # ------------------------------------------------------------------ sampling
+    def prompt_ids(self, prompt: str) -> list[int]:
+        ids = self.tokenizer.encode(prompt)
+        if self.tokenizer.bos_id is not None:
+            ids = [self.tokenizer.bos_id] + ids
+        if not ids:
+            raise GenlabError("the prompt is empty and this tokenizer has no start token; give --prompt TEXT")
+        return ids
