@@ -29,8 +29,9 @@ def tiny_corpus(tmp_path):
 
 
 def tiny_overrides(path, steps=6, extra=()):
+    gqa = [] if "model.arch=deepseek" in extra else ["model.n_kv_head=2"]  # a dense-Transformer key
     return [f"data.path={path}", "data.tokenizer=byte", "data.packing_length=64", "model.d_model=32",
-            "model.n_layer=2", "model.n_head=4", "model.n_kv_head=2", f"train.steps={steps}", "train.batch_rows=4",
+            "model.n_layer=2", "model.n_head=4", *gqa, f"train.steps={steps}", "train.batch_rows=4",
             "train.log_every=1", "train.eval_every=3", "train.eval_batches=2", "train.ckpt_every=3",
             "train.warmup_steps=2", "train.lr=3e-3", *extra]
 

@@ -45,7 +45,8 @@ def test_skewed_corpus_deterministic_and_skewed():
 
 def test_match_width_formula_and_tolerance():
     from genlab.families.lm.args import LMArgs
-    from genlab.families.lm.model import build_lm, count_params
+    from genlab.families import build_lm
+    from genlab.families.lm.model import count_params
 
     target = 3_344_384
     for arch in ("lstm", "gru"):

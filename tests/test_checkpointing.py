@@ -10,7 +10,7 @@ import torch.nn as nn
 
 from genlab.config import RunConfig, apply_overrides, preset as preset_config
 from genlab.errors import GenlabError
-from genlab.families.lm.model import build_lm
+from genlab.families import build_lm
 from genlab.ops import recompute
 from genlab.train.activation_checkpoint import apply_activation_checkpointing, parse_policy
 

@@ -71,7 +71,7 @@ def test_genlab_export_loads_in_transformers_with_same_logits(tmp_path, tiny_cor
     from genlab.train.trainer import train
 
     sets = tiny_overrides(tiny_corpus, steps=3, extra=[
-        "model.arch=deepseek", "model.n_kv_head=0", "model.q_lora_rank=16", "model.kv_lora_rank=16",
+        "model.arch=deepseek", "model.q_lora_rank=16", "model.kv_lora_rank=16",
         "model.qk_nope_head_dim=8", "model.qk_rope_head_dim=4", "model.v_head_dim=8", "model.ffn_hidden=64",
         "model.n_routed_experts=4", "model.num_experts_per_tok=2", "model.n_group=2", "model.topk_group=1",
         "model.moe_intermediate_size=16", "model.mtp_depth=1", "model.balance_gamma=0.0123",

@@ -8,7 +8,7 @@ import torch
 
 from genlab.config import RunConfig
 from genlab.families.deepseek.args import DeepSeekArgs
-from genlab.families.lm.model import build_lm
+from genlab.families import build_lm
 from genlab.ops.rope import apply_rope_interleaved, rope_table
 
 
@@ -74,15 +74,15 @@ def test_absorbed_latent_cache_equals_naive_attention(rope_scaling):
 
 
 def test_latent_cache_is_smaller_and_greedy_text_identical():
-    from genlab.families.lm.task import generate
+    from genlab.generate import SamplingSettings, generate
 
     model = build()
     lat, full = model.new_cache(8, "latent"), model.new_cache(8, "full")
     m = model.cfg
     assert lat.bytes_per_token() == 2 * (m.kv_lora_rank + m.qk_rope_head_dim) * 4
     assert full.bytes_per_token() == 2 * m.n_head * (m.qk_nope_head_dim + m.qk_rope_head_dim + m.v_head_dim) * 4
-    a = list(generate(model, [1, 2, 3], 12, temperature=0, use_cache=True))
-    b = list(generate(model, [1, 2, 3], 12, temperature=0, use_cache=False))
+    a = list(generate(model, [1, 2, 3], SamplingSettings(12, temperature=0), use_cache=True))
+    b = list(generate(model, [1, 2, 3], SamplingSettings(12, temperature=0), use_cache=False))
     assert a == b
 
 

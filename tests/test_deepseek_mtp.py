@@ -55,11 +55,11 @@ def test_aux_loss_adds_lambda_over_depth_times_mtp_losses():
 
 
 def test_speculative_decoding_equals_greedy():
-    from genlab.families.deepseek.mtp import greedy, speculative_greedy
+    from genlab.generate import SamplingSettings, generate, speculative_greedy
 
     model = build(mtp_depth=1, seed=3)
     for prompt in ([1, 2, 3], [7]):
-        ref, _ = greedy(model, prompt, 16)
+        ref = list(generate(model, prompt, SamplingSettings(16, temperature=0)))
         got, stats = speculative_greedy(model, prompt, 16)
         assert got == ref
         assert stats["drafted"] > 0 and 0 <= stats["acceptance"] <= 1
@@ -68,7 +68,7 @@ def test_speculative_decoding_equals_greedy():
 
 def test_speculative_decoding_accepts_when_mtp_copies_the_main_model():
     """A draft that is always right: MTP module 1 on a 'repeat forever' model. Acceptance must be 1."""
-    from genlab.families.deepseek.mtp import speculative_greedy
+    from genlab.generate import speculative_greedy
 
     model = build(mtp_depth=1, seed=4)
     with torch.no_grad():  # all-zero logits from both heads: both always pick token 0
@@ -85,7 +85,7 @@ def test_trainer_trains_deepseek_updates_bias_and_resumes(tiny_corpus, tmp_path)
     from genlab.train.trainer import train
 
     sets = tiny_overrides(tiny_corpus, steps=3, extra=[
-        "model.arch=deepseek", "model.n_kv_head=0", "model.q_lora_rank=16", "model.kv_lora_rank=16",
+        "model.arch=deepseek", "model.q_lora_rank=16", "model.kv_lora_rank=16",
         "model.qk_nope_head_dim=8", "model.qk_rope_head_dim=4", "model.v_head_dim=8", "model.ffn_hidden=64",
         "model.n_routed_experts=4", "model.num_experts_per_tok=2", "model.moe_intermediate_size=16",
         "model.mtp_depth=1", "model.balance_gamma=0.01", "train.grad_accum=2", "train.eval_every=3"])

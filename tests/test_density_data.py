@@ -120,4 +120,4 @@ def test_cli_bad_density_data_one_line_no_run_dir(tmp_path, capsys):
     assert not out.exists()
     code = main(["train", "--preset", "made-digits", "--set", "model.arch=lstm", "--out", str(out)])
     err = capsys.readouterr().err
-    assert code == 2 and "not a density model" in err and not out.exists()
+    assert code == 2 and "is not allowed for task 'density'" in err and not out.exists()

@@ -11,7 +11,7 @@ from genlab.cli import main
 from genlab.config import resolve
 from genlab.families.diffusion.data import load_digits_set, load_images, split
 from genlab.errors import GenlabError
-from genlab.tasks import diffusion_eval as E
+from genlab.families.diffusion import metrics as E
 from genlab.train import checkpoint
 from genlab.train.trainer import train
 
@@ -102,7 +102,7 @@ def test_cli_bad_diffusion_input_leaves_no_run_dir(capsys, tmp_path):
     out = tmp_path / "run"
     base = ["train", "--no-progress", "--out", str(out)] + [f"--set={s}" for s in TINY]
     _one_line_error(capsys, base + [f"--set=data.path={tmp_path / 'empty'}"], "no images found", ".png")
-    _one_line_error(capsys, base + ["--set=model.arch=transformer"], "needs model.arch = 'unet'")
+    _one_line_error(capsys, base + ["--set=model.arch=transformer"], "is not allowed for task 'diffusion'; choose one of: unet")
     _one_line_error(capsys, base + ["--set=data.image_size=10"], "data.image_size", "multiple")
     _one_line_error(capsys, base + ["--set=train.vae_steps=4"], "train.vae_steps")
     _one_line_error(capsys, base + ["--set=model.channel_mult=1,x"], "model.channel_mult")

@@ -3,8 +3,10 @@ import torch
 
 from genlab.families.lm.args import LMArgs
 from genlab.data.packing import TokenDataset
-from genlab.families.lm.model import build_lm, count_params
-from genlab.families.lm.task import LMTask, generate
+from genlab.families import build_lm
+from genlab.families.lm.model import count_params
+from genlab.families.lm.task import LMTask
+from genlab.generate import SamplingSettings, generate
 from genlab.train.optim import build_optimizer
 from genlab.config import TrainConfig
 
@@ -44,17 +46,17 @@ def test_greedy_identical_with_and_without_cache(arch):
     cfg = LMArgs(arch=arch, d_model=32, n_layer=2, n_head=4, n_kv_head=2)
     model = build_lm(cfg, 50, 16)  # rope table shorter than the generation: must extend
     prompt = [3, 7, 1, 4]
-    a = list(generate(model, prompt, 30, temperature=0, use_cache=True))
-    b = list(generate(model, prompt, 30, temperature=0, use_cache=False))
+    a = list(generate(model, prompt, SamplingSettings(30, temperature=0), use_cache=True))
+    b = list(generate(model, prompt, SamplingSettings(30, temperature=0), use_cache=False))
     assert a == b and len(a) == 30
 
 
 def test_sampling_is_seeded():
     torch.manual_seed(1)
     model = build_lm(LMArgs(d_model=32, n_layer=1, n_head=4), 50, 16)
-    a = list(generate(model, [1, 2], 20, temperature=1.0, top_k=10, top_p=0.9, seed=5))
-    b = list(generate(model, [1, 2], 20, temperature=1.0, top_k=10, top_p=0.9, seed=5))
-    c = list(generate(model, [1, 2], 20, temperature=1.0, top_k=10, top_p=0.9, seed=6))
+    a = list(generate(model, [1, 2], SamplingSettings(20, temperature=1.0, top_k=10, top_p=0.9, seed=5)))
+    b = list(generate(model, [1, 2], SamplingSettings(20, temperature=1.0, top_k=10, top_p=0.9, seed=5)))
+    c = list(generate(model, [1, 2], SamplingSettings(20, temperature=1.0, top_k=10, top_p=0.9, seed=6)))
     assert a == b and a != c
 
 

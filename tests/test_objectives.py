@@ -16,7 +16,8 @@ from genlab.data.packing import IGNORE, Batch
 from genlab.errors import GenlabError
 from genlab.families.lm.transformer import Transformer
 from genlab.ops.loss import head_cross_entropy, weighted_cross_entropy
-from genlab.families.lm.task import LMTask, infill, parse_infill
+from genlab.families.lm.task import LMTask
+from genlab.generate import SamplingSettings, infill, parse_infill
 from genlab.train.trainer import train
 from conftest import tiny_overrides
 
@@ -221,7 +222,7 @@ def test_parse_infill_spans_and_errors():
 def test_infill_fills_every_hole_and_keeps_the_rest(order):
     model, mask_id = _tiny_bidirectional(vocab=7), 6
     ids = [1, 6, 6, 2, 6, 3]
-    out = infill(model, ids, mask_id, order=order, temperature=1.0, seed=4)
+    out = infill(model, ids, mask_id, SamplingSettings(temperature=1.0, seed=4), order=order)
     assert len(out) == len(ids) and mask_id not in out
     assert [o for o, i in zip(out, ids) if i != mask_id] == [1, 2, 3]
 
@@ -230,7 +231,7 @@ def test_infill_fills_every_hole_and_keeps_the_rest(order):
 def test_infill_greedy_left_to_right_matches_a_step_by_step_reference():
     model, mask_id = _tiny_bidirectional(vocab=7, seed=2), 6
     ids = [1, 6, 6, 2, 6]
-    out = infill(model, ids, mask_id, temperature=0)
+    out = infill(model, ids, mask_id, SamplingSettings(temperature=0))
     x = torch.tensor(ids)
     for i in (1, 2, 4):
         logits = model.head(model(x, torch.arange(5), torch.tensor([0, 5], dtype=torch.int32), 5))[i]
@@ -254,7 +255,7 @@ def test_infill_samples_the_model_conditionals_chi_square():
     N = 1200
     counts = torch.zeros(3, 3, dtype=torch.float64)
     for s in range(N):
-        out = infill(model, ids, mask_id, temperature=1.0, seed=s)
+        out = infill(model, ids, mask_id, SamplingSettings(temperature=1.0, seed=s))
         counts[out[1], out[2]] += 1
     expected = N * p
     chi2 = float(((counts - expected) ** 2 / expected).sum())
@@ -294,7 +295,7 @@ def test_cli_infill_and_its_errors(tiny_corpus, tmp_path):
     assert "Traceback" not in r.stderr
     r = _cli("train", "--no-progress", "--out", tmp_path / "bad", *sets, "--set", "train.objective=any-order",
              "--set", "model.arch=lstm")
-    assert r.returncode != 0 and "needs task = 'lm' with model.arch = 'transformer'" in r.stderr
+    assert r.returncode != 0 and "needs model.arch = 'transformer'" in r.stderr
     assert not (tmp_path / "bad").exists()
     r = _cli("train", "--no-progress", "--out", tmp_path / "bad", *sets, "--set", "train.objective=left-to-right")
     assert r.returncode != 0 and "causal, masked, any-order" in r.stderr

@@ -40,7 +40,7 @@ def _block_matmul_params(model) -> int:
 
 
 def test_gqa_counts_match_the_built_model():
-    from genlab.families.lm.model import build_lm
+    from genlab.families import build_lm
 
     cfg = LMArgs(d_model=96, n_layer=3, n_head=6, n_kv_head=2, ffn_hidden=200)
     model = build_lm(cfg, 300, 64)
@@ -54,7 +54,7 @@ def test_gqa_counts_match_the_built_model():
 
 
 def test_deepseek_arch_counts_activated_experts_only():
-    from genlab.families.lm.model import build_lm
+    from genlab.families import build_lm
 
     cfg = resolve("deepseek-tiny", None, [])
     m = cfg.model

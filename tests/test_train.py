@@ -73,7 +73,7 @@ def test_multistep_schedule():
 
 
 def test_weight_decay_only_on_matrices():
-    from genlab.families.lm.model import build_lm
+    from genlab.families import build_lm
     from genlab.families.lm.args import LMArgs
     from genlab.train.optim import build_optimizer
 

@@ -27,7 +27,7 @@ POLICIES = ["none", "full", "every:2", "selective"]
 def _setup(policy: str, rows: int, length: int, preset: str):
     from genlab.config import preset as preset_config
     from genlab.data.packing import Batch
-    from genlab.families.lm.model import build_lm
+    from genlab.families import build_lm
     from genlab.families.lm.task import LMTask
     from genlab.train.activation_checkpoint import apply_activation_checkpointing
 

@@ -16,7 +16,7 @@ import torch.nn.functional as F
 
 from genlab.bench.common import machine_info, print_table
 from genlab.config import apply_overrides, preset
-from genlab.families.lm.model import build_lm
+from genlab.families import build_lm
 from genlab.ops.fp8 import FP8Linear, convert_to_fp8, quantization_error
 
 VOCAB = 64

@@ -38,7 +38,7 @@ def run(steps=None, quick=False) -> dict:
     # one thread: on this shared 2-core machine (load ~15) two OpenMP threads spend most of each small
     # kernel waiting at a barrier for a descheduled partner; both sides of every comparison use the same
     torch.set_num_threads(1)
-    from genlab.families.lm.model import build_lm
+    from genlab.families import build_lm
 
     cfg = mla_config(quick)
     steps = steps or (3 if quick else 20)

@@ -49,7 +49,7 @@ def step_time(quick: bool, steps: int) -> dict:
     import transformers
 
     from genlab.interop.hf import deepseek_hf_config
-    from genlab.families.lm.model import build_lm
+    from genlab.families import build_lm
 
     cfg = moe_config(quick)
     V, B, L = 512, (2 if quick else 4), (64 if quick else 256)

@@ -5,6 +5,7 @@ acceptance rate and speed-up over plain cached greedy decoding (same output, che
 from __future__ import annotations
 
 import tempfile
+import time
 
 from genlab.bench.common import machine_info, print_table
 
@@ -25,13 +26,22 @@ def _train(depth: int, steps: int, d: str):
     return trainer, last
 
 
+def _greedy(model, prompt: list[int], n: int) -> tuple[list[int], dict]:
+    """Plain cached greedy decoding (the reference), with its tokens/s."""
+    from genlab.generate import SamplingSettings, generate
+
+    t0 = time.perf_counter()
+    out = list(generate(model, prompt, SamplingSettings(n, temperature=0)))
+    return out, {"tokens_per_s": len(out) / max(time.perf_counter() - t0, 1e-9)}
+
+
 def run(steps=None, quick=False) -> dict:
     import torch
 
     # one thread: on this shared 2-core machine (load ~15) two OpenMP threads spend most of each small
     # kernel waiting at a barrier for a descheduled partner; both sides of every comparison use the same
     torch.set_num_threads(1)
-    from genlab.families.deepseek.mtp import greedy, speculative_greedy
+    from genlab.generate import speculative_greedy
 
     steps = steps or (10 if quick else 300)
     res = {"machine": machine_info(), "note": "CPU shared with other jobs", "steps": steps}
@@ -44,7 +54,7 @@ def run(steps=None, quick=False) -> dict:
     for prompt in ("The ", "def ", "import "):
         ids = task.prompt_ids(prompt)
         n = 16 if quick else 96
-        ref, g = greedy(model, ids, n)
+        ref, g = _greedy(model, ids, n)
         out, s = speculative_greedy(model, ids, n)
         spec_rows.append({"prompt": prompt, "identical": out == ref, "acceptance": s["acceptance"],
                           "greedy_tokens_per_s": g["tokens_per_s"], "spec_tokens_per_s": s["tokens_per_s"],

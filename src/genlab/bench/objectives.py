@@ -27,7 +27,7 @@ QUICK = dict(steps=4, extra=["data.tokenizer=byte", "data.packing_length=64", "m
 def train_one(objective: str, p: dict, base: str) -> dict:
     from genlab.train.rundir import load_run
     from genlab.config import resolve
-    from genlab.generate import infill, parse_infill
+    from genlab.generate import SamplingSettings, infill, parse_infill
     from genlab.train.trainer import prepare_training
 
     cfg = resolve(PRESETS[objective], None, [f"train.steps={p['steps']}", *p["extra"]])
@@ -42,7 +42,7 @@ def train_one(objective: str, p: dict, base: str) -> dict:
         ids, _ = parse_infill(SNIPPET, task.tokenizer, task.mask_id, 8)
         if task.tokenizer.bos_id is not None:
             ids = [task.tokenizer.bos_id] + ids
-        res["infill"] = task.tokenizer.decode(infill(model, ids, task.mask_id, temperature=0))
+        res["infill"] = task.tokenizer.decode(infill(model, ids, task.mask_id, SamplingSettings(temperature=0)))
     return res
 
 

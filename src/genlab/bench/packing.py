@@ -31,7 +31,8 @@ from genlab.bench.common import bench_thread_scope, machine_info, print_table
 from genlab.config import TrainConfig
 from genlab.families.lm.args import LMArgs
 from genlab.data.packing import TokenDataset, best_fit_decreasing, chunk_spans, pack_rows
-from genlab.families.lm.model import build_lm, count_params
+from genlab.families import build_lm
+from genlab.families.lm.model import count_params
 from genlab.families.lm.task import LMTask
 from genlab.train.optim import build_optimizer
 

@@ -32,7 +32,8 @@ import torch
 from genlab.bench.common import bench_threads, machine_info, print_table
 from genlab.config import RunConfig, TrainConfig
 from genlab.families.lm.args import LMArgs
-from genlab.families.lm.model import build_lm, count_params
+from genlab.families import build_lm
+from genlab.families.lm.model import count_params
 from genlab.families.lm.task import LMTask
 from genlab.train.optim import build_optimizer, lr_factor, set_lr
 

@@ -50,6 +50,13 @@ def _positive_float(s: str) -> float:
     return v
 
 
+def _unit_float(s: str) -> float:
+    v = _nonneg_float(s)
+    if v > 1:
+        raise argparse.ArgumentTypeError(f"{s!r} must be between 0 and 1")
+    return v
+
+
 def _nonneg_int(s: str) -> int:
     try:
         v = int(s)
@@ -129,8 +136,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--prompt", default="")
     s.add_argument("--max-new-tokens", type=_positive_int, default=200)
     s.add_argument("--temperature", type=_nonneg_float, default=0.8, help="0 = greedy")
-    s.add_argument("--top-k", type=int, default=0, help="keep the K most likely tokens (0 = all)")
-    s.add_argument("--top-p", type=_nonneg_float, default=1.0, help="nucleus sampling mass (1 = off)")
+    s.add_argument("--top-k", type=_nonneg_int, default=0, help="keep the K most likely tokens (0 = all)")
+    s.add_argument("--top-p", type=_unit_float, default=1.0, help="nucleus sampling mass (1 = off)")
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--no-cache", action="store_true", help="recompute the whole sequence every step")
     s.add_argument("--speculative", action="store_true",

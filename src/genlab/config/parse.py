@@ -9,6 +9,7 @@ for one arch keeps working when the user switches `model.arch`: its other-family
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import tomllib
 from pathlib import Path
 from typing import Any
@@ -44,9 +45,14 @@ def _check_shape(origin: str, settings: dict[str, Any]) -> None:
             raise GenlabError(f"{origin}: unknown key {key!r}; allowed: task, preset, {', '.join(SECTIONS)}")
 
 
-def _owner(section: str, name: str) -> str:
+def _hint(keys: dict[str, dict[str, Any]], section: str, name: str) -> str:
+    """Which family has the key, or the closest keys of this section."""
     owners = [f.name for f in families() if name in section_keys(f)[section]]
-    return f"; it belongs to the {' / '.join(owners)} famil{'y' if len(owners) == 1 else 'ies'}" if owners else ""
+    if owners:
+        return f"; it belongs to the {' / '.join(owners)} famil{'y' if len(owners) == 1 else 'ies'}"
+    close = difflib.get_close_matches(name, keys[section], n=3)
+    return f"; did you mean {' or '.join(f'{section}.{c}' for c in close)}?" if close else \
+        f"; [{section}] has: {', '.join(keys[section])}"
 
 
 def build(layers: list[Layer]) -> RunConfig:
@@ -67,9 +73,9 @@ def build(layers: list[Layer]) -> RunConfig:
                 if info is None:
                     if lenient:
                         continue
-                    raise GenlabError(f"unknown config key {section}.{name!r} for a {family.name} run (task "
-                                      f"{task!r}, model.arch {arch or family.model().arch!r}){_owner(section, name)}; "
-                                      f"see `genlab presets --keys`")
+                    raise GenlabError(f"unknown config key '{section}.{name}' for a {family.name} run (task "
+                                      f"{task!r}, model.arch {arch or family.model().arch!r}){_hint(keys, section, name)}"
+                                      f"; see `genlab presets --keys`")
                 values[section][name] = coerce(info, raw)
     return RunConfig(task=task, preset=preset_name,
                      **{name: getattr(family, name)(**values[name]) for name in SECTIONS})

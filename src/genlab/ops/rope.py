@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import torch
 
 
@@ -87,8 +89,6 @@ def yarn_inv_freq(dim: int, theta: float, factor: float, original_len: int, beta
     """YaRN (arXiv:2309.00071) inverse frequencies (dim/2,): high-frequency dims (more than beta_fast
     rotations over the original context) are kept, low-frequency dims (fewer than beta_slow) are
     divided by `factor`, with a linear ramp between (correction range floored/ceiled)."""
-    import math
-
     def corr_dim(rot):
         return dim * math.log(original_len / (rot * 2 * math.pi)) / (2 * math.log(theta))
 
@@ -103,6 +103,4 @@ def yarn_inv_freq(dim: int, theta: float, factor: float, original_len: int, beta
 
 def yarn_mscale(factor: float, m: float = 1.0) -> float:
     """YaRN attention temperature correction 0.1 m ln(factor) + 1 (1 for factor <= 1)."""
-    import math
-
     return 1.0 if factor <= 1 else 0.1 * m * math.log(factor) + 1.0

@@ -22,13 +22,18 @@ import io
 import json
 import os
 import shutil
+import tempfile
 import time
 from pathlib import Path
 
 from genlab.config import RunConfig, resolve
+from genlab.data.packing import TokenDataset
+from genlab.data.text import load_corpus, split_documents
 from genlab.errors import GenlabError
 from genlab.scaling import laws
 from genlab.scaling.plan import find_shape
+from genlab.train import checkpoint
+from genlab.train.trainer import prepare_training
 
 # Defaults sized so that the whole sweep takes about 40 minutes on 2 cores (see docs/scaling.md).
 BUDGETS = (5e11, 1.5e12, 4.5e12)
@@ -165,8 +170,6 @@ _EVAL_CACHE: dict = {}
 
 def _eval_rows(spec: dict):
     """The fixed validation batches every point is scored on (the same tokens for every point)."""
-    from genlab.data.packing import TokenDataset
-    from genlab.data.text import load_corpus, split_documents
     
     key = json.dumps(spec["overrides"])
     if key not in _EVAL_CACHE:
@@ -184,8 +187,6 @@ def _eval_rows(spec: dict):
 
 def run_point(out: Path, spec: dict, p: dict, log=print) -> dict:
     """Train one point (or resume it) and score it; returns its CSV row."""
-    from genlab.train import checkpoint
-    from genlab.train.trainer import prepare_training
 
     pdir = out / "points" / p["point"]
     if (pdir / RESULT).is_file():
@@ -261,9 +262,7 @@ def describe(spec: dict) -> str:
 def estimate(spec: dict, probe_steps: int = 4, clock=time.perf_counter, log=print) -> dict:
     """Seconds the whole sweep would take here: a few timed steps and one scoring pass for every
     distinct (shape, batch) of the grid, scaled by each point's steps. Nothing is kept."""
-    import tempfile
 
-    from genlab.train.trainer import prepare_training
 
     _, eval_data = _eval_rows(spec)
     timed: dict[tuple, tuple[float, float]] = {}

@@ -14,6 +14,7 @@ import torch
 
 from genlab.config import RunConfig, apply_overrides, to_toml
 from genlab.errors import GenlabError
+from genlab.ops.fp8 import convert_to_fp8
 from genlab.train import checkpoint, distributed
 from genlab.train.activation_checkpoint import apply_activation_checkpointing
 from genlab.train.optim import build_optimizer, lr_factor, set_lr
@@ -85,8 +86,6 @@ class Trainer:
         self.task.prepare(run.path, fresh=not resume)
         self.model = self.task.build_model().to(self.device)
         if t.precision == "fp8":  # block-scaled E4M3 Linears, fp32 masters (genlab.ops.fp8)
-            from genlab.ops.fp8 import convert_to_fp8
-
             convert_to_fp8(self.model)
         apply_activation_checkpointing(self.model, t.activation_checkpointing)  # "none": no change
         self.fwd_model = distributed.wrap(self.model, t.parallel, self.device)  # DDP / FSDP2 / itself

@@ -15,6 +15,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from genlab.families.lm.transformer import SwiGLU, silu_mul
+from genlab.ops.fp8 import FP8LinearFn
 from genlab.ops.recompute import cheap
 
 
@@ -173,8 +174,6 @@ def fp8_grouped_experts(xs, w13, w2, counts: torch.Tensor, gates: torch.Tensor |
     """The routed experts with FP8 GEMMs (train.precision = fp8): each expert's two projections run
     through genlab.ops.fp8's FP8 Linear function (1x128 activation tiles, 128x128 weight blocks for
     Fprop, Dgrad and Wgrad; the activation saved in FP8), on the expert's contiguous token slice."""
-    from genlab.ops.fp8 import FP8LinearFn
-
     outs, start = [], 0
     for e, n in enumerate(counts.tolist()):
         if n:

@@ -20,10 +20,11 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
+from torch.utils.flop_counter import FlopCounterMode
 
 from genlab.config import RunConfig
 from genlab.families.detection.features import FrameData, load_feature_dir
-from genlab.families.detection.synth import SynthSpec, generate
+from genlab.families.detection.synth import SynthSpec, class_names, generate
 from genlab.errors import GenlabError
 from genlab.families.detection.stream import detect_offline
 from genlab.train.task import Task
@@ -191,10 +192,6 @@ class DetectionTask(Task):
 
     def info_lines(self, run_path: Path | None) -> list[str]:
         """For `genlab info`: classes, feature size, parameters, forward FLOPs per streamed frame."""
-        from torch.utils.flop_counter import FlopCounterMode
-
-        from genlab.families.detection.synth import class_names
-
         if run_path is not None:
             self.load_for_inference(run_path)
         elif not self.cfg.data.path:

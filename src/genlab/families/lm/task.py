@@ -132,7 +132,8 @@ class LMTask(Task):
         """M of the model (no vocabulary term), for MFU."""
         return float(flops_per_token(self.cfg.model, 0, self.cfg.data.packing_length)["M"])
 
-    def loss(self, model, batch: Batch) -> tuple[torch.Tensor, int]:
+    @staticmethod
+    def loss(model, batch: Batch) -> tuple[torch.Tensor, int]:
         """Summed cross-entropy (nats) where targets are defined, and the count it is a sum over
         (predicted tokens; for any-order, the sequences' tokens, see data/objectives.py)."""
         h = model(batch.input_ids, batch.position_ids, batch.cu_seqlens, batch.max_seqlen)
