@@ -57,7 +57,9 @@ def cmd_train(args) -> int:
     from genlab.train.trainer import prepare_training
 
     if getattr(args, "nproc", 1) > 1 and "WORLD_SIZE" not in os.environ:  # launch torchrun, then wait
-        return distributed.launch_from_args(args, cfg)
+        from genlab.train.launch import train_under_torchrun
+
+        return train_under_torchrun(args.nproc, args.out, args.resume, cfg, _torchrun_child_args(args))
     run, trainer = prepare_training(cfg, args.out, args.resume, not args.no_progress, overrides)
     main = distributed.is_main()
     if main:
@@ -74,6 +76,17 @@ def cmd_train(args) -> int:
     if main:
         _report(run, last)
     return 0
+
+
+def _torchrun_child_args(args) -> list[str]:
+    """`genlab train` arguments for each torchrun worker: this command's, less --nproc."""
+    child = [f"--set={o}" for o in args.overrides] + ["--out", str(args.out)]
+    for flag, value in (("--preset", args.preset), ("--config", args.config)):
+        if value:
+            child += [flag, value]
+    if args.steps:
+        child += ["--steps", str(args.steps)]
+    return child + ["--resume"] * bool(args.resume) + ["--no-progress"] * bool(args.no_progress)
 
 
 def _report(run, last: dict) -> None:

@@ -16,12 +16,12 @@ import torch
 from genlab.config import RunConfig
 from genlab.errors import GenlabError
 from genlab.tasks import make_task
-from genlab.train import checkpoint, distributed
+from genlab.train import checkpoint, distributed, parallel, sharded_checkpoint
 from genlab.train.activation_checkpoint import apply_activation_checkpointing
 from genlab.train.optim import build_optimizer, lr_factor, set_lr
 from genlab.train.guards import SpikeGuard
 from genlab.train.progress import TrainProgress
-from genlab.train.rundir import RunDir
+from genlab.train.rundir import QuietRunDir, RunDir
 
 BEST_DIR = "best"  # RUN/best/checkpoints/step_N: the weights with the lowest val_loss (early stopping)
 
@@ -81,7 +81,7 @@ class Trainer:
         distributed.setup(t.device)  # under torchrun (WORLD_SIZE > 1): join the group; train/distributed.py
         distributed.check_grad_accum(t.grad_accum)
         if not distributed.is_main():  # rank 0 alone writes the run dir and talks
-            self.run, self.show_progress, self.log = distributed.QuietRunDir(run), False, (lambda *a, **k: None)
+            self.run, self.show_progress, self.log = QuietRunDir(run), False, (lambda *a, **k: None)
         seed_everything(t.seed)
         self.task = make_task(cfg)
         self.task.prepare(run.path, fresh=not resume)
@@ -91,7 +91,7 @@ class Trainer:
 
             convert_to_fp8(self.model)
         apply_activation_checkpointing(self.model, t.activation_checkpointing)  # "none": no change
-        self.fwd_model = distributed.wrap(self.model, t.parallel, self.device)  # DDP / FSDP2 / itself
+        self.fwd_model = parallel.wrap(self.model, t.parallel, self.device)  # DDP / FSDP2 / itself
         self.opt = build_optimizer(self.model, t)
         self.step = 0
         self.data_state = self.task.initial_state()
@@ -124,10 +124,10 @@ class Trainer:
         ckpt = checkpoint.latest_valid(self.run.path)
         if ckpt is None:
             raise GenlabError(f"{self.run.path}: no complete checkpoint to resume from")
-        if (ckpt / distributed.DCP_DIR).is_dir():  # sharded (FSDP2) checkpoint: any number of processes
-            st = distributed.load_sharded(ckpt, self.model, self.opt)
-        elif distributed.is_sharded(self.model):  # whole-model checkpoint into FSDP2 shards
-            st = distributed.load_whole_into_sharded(ckpt, self.model, self.opt)
+        if (ckpt / sharded_checkpoint.DCP_DIR).is_dir():  # sharded (FSDP2) checkpoint: any number of processes
+            st = sharded_checkpoint.load_sharded(ckpt, self.model, self.opt)
+        elif parallel.is_sharded(self.model):  # whole-model checkpoint into FSDP2 shards
+            st = sharded_checkpoint.load_whole_into_sharded(ckpt, self.model, self.opt)
         else:
             st = checkpoint.load(ckpt, self.model)
             self.opt.load_state_dict(st["optimizer"])
@@ -147,10 +147,10 @@ class Trainer:
         self.log(f"resumed from {ckpt.name} (step {self.step})")
 
     def save_checkpoint(self) -> Path | None:
-        if distributed.is_sharded(self.model):  # FSDP2: every rank writes its shards
+        if parallel.is_sharded(self.model):  # FSDP2: every rank writes its shards
             st = self._state()
             del st["optimizer"]  # in dcp/, sharded
-            return distributed.save_sharded(self.run.path, self.step, self.model, self.opt, st,
+            return sharded_checkpoint.save_sharded(self.run.path, self.step, self.model, self.opt, st,
                                             self.cfg.train.keep_ckpts)
         if not distributed.is_main():
             return None
@@ -171,7 +171,7 @@ class Trainer:
         loss_total = 0.0
         scale = distributed.world_size() / max(1, n_total)  # global normalisation; DDP averages over ranks
         for j, batch in enumerate(batches):
-            with distributed.no_sync(self.fwd_model, last=j == len(batches) - 1):
+            with parallel.no_sync(self.fwd_model, last=j == len(batches) - 1):
                 with self.amp:
                     loss_sum, _ = self.task.loss(self.fwd_model, batch)
                 (loss_sum * scale).backward()
@@ -197,6 +197,20 @@ class Trainer:
         return self.task.evaluate(self.model, max_batches=self.cfg.train.eval_batches, device=self.device)
 
     def fit(self) -> dict:
+        """Train to the end. However it ends, RUN/.lock is released; an error or a Ctrl-C leaves
+        run.json saying "failed" or "interrupted" (the newest complete checkpoint resumes it)."""
+        try:
+            return self._fit()
+        except BaseException as e:
+            try:
+                self.run.set_status("interrupted" if isinstance(e, KeyboardInterrupt) else "failed", self.step)
+            except OSError:
+                pass  # e.g. the disk is full: the error being raised says more
+            raise
+        finally:
+            self.run.release()
+
+    def _fit(self) -> dict:
         t = self.cfg.train
         self.run.set_status("running", self.step)
         last: dict = {}
@@ -229,8 +243,8 @@ class Trainer:
         if val_loss < self.best["val_loss"]:
             self.best = {"val_loss": val_loss, "step": self.step, "evals_since": 0}
             state = {"step": self.step, "val_loss": val_loss}
-            if distributed.is_sharded(self.model):  # FSDP2: every rank gathers, rank 0 writes
-                distributed.save_whole_from_shards(self.run.path / BEST_DIR, self.step, self.model, state, keep=1)
+            if parallel.is_sharded(self.model):  # FSDP2: every rank gathers, rank 0 writes
+                sharded_checkpoint.save_whole_from_shards(self.run.path / BEST_DIR, self.step, self.model, state, keep=1)
             elif distributed.is_main():
                 checkpoint.save(self.run.path / BEST_DIR, self.step, self.model, state, keep=1)
         else:
@@ -281,15 +295,19 @@ def prepare_training(cfg: RunConfig | None, out: str | Path | None, resume: bool
     from genlab.config import apply_overrides, to_toml
 
     if resume:
-        run = RunDir.open_for_resume(out)
-        cfg = apply_overrides(run.config(), overrides or []).validate()
-        trainer = Trainer(cfg, run, resume=True, progress=progress, log=log)
-        if overrides and distributed.is_main():
-            (run.path / "config.toml").write_text(to_toml(cfg))
+        run = RunDir.open_for_resume(out)  # takes RUN/.lock (rank 0); fit() releases it
+        try:
+            cfg = apply_overrides(run.config(), overrides or []).validate()
+            trainer = Trainer(cfg, run, resume=True, progress=progress, log=log)
+            if overrides and distributed.is_main():
+                (run.path / "config.toml").write_text(to_toml(cfg))
+        except BaseException:
+            run.release()
+            raise
     else:
         run = RunDir.plan(cfg, out)
         trainer = Trainer(cfg, run, resume=False, progress=progress, log=log)  # all input checks
-        trainer.run.create(cfg, trainer.task)  # rank 0 only under torchrun
+        trainer.run.create(cfg, trainer.task)  # rank 0 only under torchrun; takes RUN/.lock
     return run, trainer
 
 
