@@ -231,6 +231,7 @@ class Trainer:
         if self.stopped_early:
             self.log(f"early stop at step {self.step}: no lower val_loss in {t.early_stop_patience} evaluations; "
                      f"best {self.best['val_loss']:.4f} at step {self.best['step']} (kept in {BEST_DIR}/)")
+        distributed.barrier()  # every rank ends together: none tears down while rank 0 still writes
         self.run.set_status("finished", self.step)
         return last
 
