@@ -97,7 +97,7 @@ def test_fsdp2_resume_1_to_2_sharded_checkpoints_2_to_1_and_consolidation(runs, 
     shards consolidate to the checkpoint's model.safetensors; a corrupted shard is detected."""
     from safetensors.torch import load_file
 
-    from genlab.train import distributed
+    from genlab.train import sharded_checkpoint
 
     corpus, single, _ = runs
     fsdp = tmp_path / "fsdp"
@@ -107,7 +107,7 @@ def test_fsdp2_resume_1_to_2_sharded_checkpoints_2_to_1_and_consolidation(runs, 
     _close(_losses(fsdp), _losses(single))
     ck15 = fsdp / checkpoint.CKPT_DIR / "step_00000015"
     assert sorted(p.name for p in (ck15 / "dcp").glob("*.distcp")) == ["__0_0.distcp", "__1_0.distcp"]
-    distributed.consolidate(ck15, tmp_path / "whole.safetensors")
+    sharded_checkpoint.consolidate(ck15, tmp_path / "whole.safetensors")
     whole, saved = load_file(str(tmp_path / "whole.safetensors")), load_file(str(ck15 / "model.safetensors"))
     assert whole.keys() == saved.keys() and all(torch.equal(whole[k], saved[k]) for k in whole)
 

@@ -132,7 +132,7 @@ def test_fp8_linear_three_gemms_against_reference():
 
 
 def test_conversion_keeps_head_embedding_router_in_high_precision():
-    from genlab.config import RunConfig, apply_overrides, preset
+    from genlab.config import apply_overrides, preset
     from genlab.families import build_lm
 
     cfg = apply_overrides(preset("deepseek-tiny"), ["model.n_layer=2"]).validate()

@@ -24,6 +24,7 @@ from genlab.scaling.fit import fit_all, format_fit, read_results
 from genlab.scaling.plan import DEFAULT_SEQ_LEN, DEFAULT_VOCAB, format_plan, plan
 from genlab.scaling.plots import write_plots
 from genlab.train import distributed
+from genlab.train.launch import train_under_torchrun
 from genlab.train.rundir import RunDir, load_run
 from genlab.train.trainer import prepare_training
 
@@ -46,7 +47,7 @@ def cmd_train(args) -> int:
     else:
         cfg = C.resolve(args.preset, args.config, overrides)
     if args.nproc > 1 and "WORLD_SIZE" not in os.environ:  # launch torchrun, then wait
-        return distributed.launch_from_args(args, cfg)
+        return train_under_torchrun(args.nproc, args.out, args.resume, cfg, _torchrun_child_args(args))
     run, trainer = prepare_training(cfg, args.out, args.resume, not args.no_progress, overrides)
     main = distributed.is_main()
     if main:
@@ -63,6 +64,17 @@ def cmd_train(args) -> int:
     if main:
         _report(run, last)
     return 0
+
+
+def _torchrun_child_args(args) -> list[str]:
+    """`genlab train` arguments for each torchrun worker: this command's, less --nproc."""
+    child = [f"--set={o}" for o in args.overrides] + ["--out", str(args.out)]
+    for flag, value in (("--preset", args.preset), ("--config", args.config)):
+        if value:
+            child += [flag, value]
+    if args.steps:
+        child += ["--steps", str(args.steps)]
+    return child + ["--resume"] * bool(args.resume) + ["--no-progress"] * bool(args.no_progress)
 
 
 def _report(run, last: dict) -> None:

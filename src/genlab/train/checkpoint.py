@@ -1,8 +1,8 @@
 """Checkpoints: weights as safetensors plus training state, written atomically, verified on load.
 
-Layout: RUN/checkpoints/step_00000100/{model.safetensors, state.pt, manifest.json}. A checkpoint
-is written into a `.tmp` folder, fsynced, then renamed: a folder without the `.tmp` suffix is
-complete. manifest.json holds each file's size and SHA-256; a checkpoint whose files do not match
+Layout: RUN/checkpoints/step_00000100/{model.safetensors, state.pt, manifest.json} (+ dcp/ for a
+sharded FSDP2 checkpoint, see sharded_checkpoint.py). Every checkpoint is written through `staging`:
+into a `.tmp` folder, fsynced, then renamed: a folder without the `.tmp` suffix is complete. manifest.json holds each file's size and SHA-256; a checkpoint whose files do not match
 it is never used.
 """
 
@@ -12,7 +12,9 @@ import hashlib
 import json
 import os
 import shutil
+import signal
 import sys
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -47,28 +49,62 @@ def _fault_point(step: int) -> None:
     """Crash-safety tests set GENLAB_FAULT_KILL_IN_CKPT=STEP: the process kills itself with SIGKILL
     after model.safetensors of that step is written and before state.pt and the manifest are."""
     if os.environ.get(FAULT_ENV, "") == str(step):
-        import signal
-
         os.kill(os.getpid(), signal.SIGKILL)
 
 
 def save(run_dir: Path, step: int, model: torch.nn.Module, state: dict, keep: int) -> Path:
-    root = Path(run_dir) / CKPT_DIR
-    root.mkdir(parents=True, exist_ok=True)
-    final = root / f"step_{step:08d}"
-    tmp = root / f"step_{step:08d}.tmp"
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    tmp.mkdir()
-    save_model(model, str(tmp / "model.safetensors"))
-    _fault_point(step)
-    torch.save(state, tmp / "state.pt")
-    return finish(tmp, final, step, FILES, run_dir, keep)
+    """A whole-model checkpoint: model.safetensors + state.pt, staged (see `staging`)."""
+    with staging(run_dir, step, keep) as tmp:
+        save_model(model, str(tmp / "model.safetensors"))
+        _fault_point(step)
+        write_state(state, tmp / "state.pt")
+    return path_of(run_dir, step)
 
 
-def finish(tmp: Path, final: Path, step: int, names, run_dir: Path, keep: int) -> Path:
-    """Manifest over `names` (paths inside tmp), fsync, rename tmp -> final, drop old checkpoints."""
-    root = final.parent
+def path_of(run_dir: Path, step: int) -> Path:
+    """Where checkpoint `step` of `run_dir` lives once complete."""
+    return Path(run_dir) / CKPT_DIR / f"step_{step:08d}"
+
+
+def write_state(state: dict, path: Path) -> None:
+    """torch.save through a Python file, so that a full disk raises OSError (ENOSPC), not a C++ error."""
+    with open(path, "wb") as f:
+        torch.save(state, f)
+
+
+@contextmanager
+def staging(run_dir: Path, step: int, keep: int, writer: bool = True):
+    """Stage checkpoint step_STEP of `run_dir`: yields the empty folder step_STEP.tmp to write into.
+
+    On success (writer only): manifest.json over every file written (size, SHA-256), fsync, rename to
+    step_STEP (the commit point), keep the newest `keep` checkpoints. On failure: the .tmp folder is
+    removed, earlier checkpoints are untouched, and a write error (ENOSPC, EIO) becomes a one-line
+    GenlabError. writer=False (ranks other than 0 of a sharded save): the path alone, nothing else.
+    """
+    final = path_of(run_dir, step)
+    root, tmp = final.parent, final.with_name(final.name + ".tmp")
+    if not writer:
+        yield tmp
+        return
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+        if tmp.exists():
+            shutil.rmtree(tmp)
+        tmp.mkdir()
+        yield tmp
+        _commit(tmp, final, step)
+    except BaseException as e:
+        shutil.rmtree(tmp, ignore_errors=True)
+        if isinstance(e, OSError):
+            raise GenlabError(_write_error(run_dir, step, e)) from None
+        raise
+    for old in list_checkpoints(run_dir)[:-keep]:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def _commit(tmp: Path, final: Path, step: int) -> None:
+    """Manifest over the files in tmp, fsync them, rename tmp -> final."""
+    names = _files(tmp)
     manifest = {"step": step, "files": {n: {"bytes": (tmp / n).stat().st_size, "sha256": _sha256(tmp / n)}
                                         for n in names}}
     (tmp / "manifest.json").write_text(json.dumps(manifest, indent=1))
@@ -77,10 +113,24 @@ def finish(tmp: Path, final: Path, step: int, names, run_dir: Path, keep: int) -
     if final.exists():
         shutil.rmtree(final)
     os.replace(tmp, final)
-    _fsync(root)
-    for old in list_checkpoints(run_dir)[:-keep]:
-        shutil.rmtree(old, ignore_errors=True)
-    return final
+    _fsync(final.parent)
+
+
+def _files(tmp: Path) -> list[str]:
+    """Every file under tmp (relative posix paths): FILES first, then the rest (e.g. dcp/ shards) sorted."""
+    found = sorted(p.relative_to(tmp).as_posix() for p in tmp.rglob("*") if p.is_file())
+    return [n for n in FILES if n in found] + [n for n in found if n not in FILES]
+
+
+def _write_error(run_dir: Path, step: int, e: OSError) -> str:
+    """The one-line message for a checkpoint that could not be written."""
+    run_dir = Path(run_dir)
+    run = run_dir.parent if run_dir.name == "best" else run_dir  # RUN/best/: the early-stopping best
+    last = list_checkpoints(run_dir)
+    kept = (f"the last complete checkpoint (step {int(last[-1].name[5:])}) is intact; free space and run "
+            f"`genlab train --out {run} --resume`") if last else "there is no earlier checkpoint"
+    return (f"checkpoint step {step} could not be written to {run_dir / CKPT_DIR}: "
+            f"{e.strerror or e}; {kept}")
 
 
 def list_checkpoints(run_dir: Path) -> list[Path]:

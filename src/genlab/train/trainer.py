@@ -15,13 +15,13 @@ import torch
 from genlab.config import RunConfig, apply_overrides, to_toml
 from genlab.errors import GenlabError
 from genlab.ops.fp8 import convert_to_fp8
-from genlab.train import checkpoint, distributed
+from genlab.train import checkpoint, distributed, parallel, sharded_checkpoint
 from genlab.train.activation_checkpoint import apply_activation_checkpointing
 from genlab.train.optim import build_optimizer, lr_factor, set_lr
 from genlab.train.guards import SpikeGuard
 from genlab.train.progress import TrainProgress
 from genlab.train.flops import measured_peak_flops
-from genlab.train.rundir import BEST_DIR, RunDir
+from genlab.train.rundir import BEST_DIR, QuietRunDir, RunDir
 
 
 
@@ -80,7 +80,7 @@ class Trainer:
         distributed.setup(t.device)  # under torchrun (WORLD_SIZE > 1): join the group; train/distributed.py
         distributed.check_grad_accum(t.grad_accum)
         if not distributed.is_main():  # rank 0 alone writes the run dir and talks
-            self.run, self.show_progress, self.log = distributed.QuietRunDir(run), False, (lambda *a, **k: None)
+            self.run, self.show_progress, self.log = QuietRunDir(run), False, (lambda *a, **k: None)
         seed_everything(t.seed)
         self.task = cfg.family.make_task(cfg)
         self.task.prepare(run.path, fresh=not resume)
@@ -88,7 +88,7 @@ class Trainer:
         if t.precision == "fp8":  # block-scaled E4M3 Linears, fp32 masters (genlab.ops.fp8)
             convert_to_fp8(self.model)
         apply_activation_checkpointing(self.model, t.activation_checkpointing)  # "none": no change
-        self.fwd_model = distributed.wrap(self.model, t.parallel, self.device)  # DDP / FSDP2 / itself
+        self.fwd_model = parallel.wrap(self.model, t.parallel, self.device)  # DDP / FSDP2 / itself
         self.opt = build_optimizer(self.model, t)
         self.step = 0
         self.data_state = self.task.initial_state()
@@ -120,10 +120,10 @@ class Trainer:
         ckpt = checkpoint.latest_valid(self.run.path)
         if ckpt is None:
             raise GenlabError(f"{self.run.path}: no complete checkpoint to resume from")
-        if (ckpt / distributed.DCP_DIR).is_dir():  # sharded (FSDP2) checkpoint: any number of processes
-            st = distributed.load_sharded(ckpt, self.model, self.opt)
-        elif distributed.is_sharded(self.model):  # whole-model checkpoint into FSDP2 shards
-            st = distributed.load_whole_into_sharded(ckpt, self.model, self.opt)
+        if (ckpt / sharded_checkpoint.DCP_DIR).is_dir():  # sharded (FSDP2) checkpoint: any number of processes
+            st = sharded_checkpoint.load_sharded(ckpt, self.model, self.opt)
+        elif parallel.is_sharded(self.model):  # whole-model checkpoint into FSDP2 shards
+            st = sharded_checkpoint.load_whole_into_sharded(ckpt, self.model, self.opt)
         else:
             st = checkpoint.load(ckpt, self.model)
             self.opt.load_state_dict(st["optimizer"])
@@ -143,10 +143,10 @@ class Trainer:
         self.log(f"resumed from {ckpt.name} (step {self.step})")
 
     def save_checkpoint(self) -> Path | None:
-        if distributed.is_sharded(self.model):  # FSDP2: every rank writes its shards
+        if parallel.is_sharded(self.model):  # FSDP2: every rank writes its shards
             st = self._state()
             del st["optimizer"]  # in dcp/, sharded
-            return distributed.save_sharded(self.run.path, self.step, self.model, self.opt, st,
+            return sharded_checkpoint.save_sharded(self.run.path, self.step, self.model, self.opt, st,
                                             self.cfg.train.keep_ckpts)
         if not distributed.is_main():
             return None
@@ -168,7 +168,7 @@ class Trainer:
         loss_total = 0.0
         scale = distributed.world_size() / max(1, n_total)  # global normalisation; DDP averages over ranks
         for j, batch in enumerate(batches):
-            with distributed.no_sync(self.fwd_model, last=j == len(batches) - 1):
+            with parallel.no_sync(self.fwd_model, last=j == len(batches) - 1):
                 with self.amp:
                     loss_sum, _ = self.task.loss(self.fwd_model, batch)
                 (loss_sum * scale).backward()
@@ -192,6 +192,20 @@ class Trainer:
         return self.task.evaluate(self.model, max_batches=self.cfg.train.eval_batches, device=self.device)
 
     def fit(self) -> dict:
+        """Train to the end. However it ends, RUN/.lock is released; an error or a Ctrl-C leaves
+        run.json saying "failed" or "interrupted" (the newest complete checkpoint resumes it)."""
+        try:
+            return self._fit()
+        except BaseException as e:
+            try:
+                self.run.set_status("interrupted" if isinstance(e, KeyboardInterrupt) else "failed", self.step)
+            except OSError:
+                pass  # e.g. the disk is full: the error being raised says more
+            raise
+        finally:
+            self.run.release()
+
+    def _fit(self) -> dict:
         t = self.cfg.train
         self.run.set_status("running", self.step)
         last: dict = {}
@@ -212,6 +226,7 @@ class Trainer:
         if self.stopped_early:
             self.log(f"early stop at step {self.step}: no lower val_loss in {t.early_stop_patience} evaluations; "
                      f"best {self.best['val_loss']:.4f} at step {self.best['step']} (kept in {BEST_DIR}/)")
+        distributed.barrier()  # every rank ends together: none tears down while rank 0 still writes
         self.run.set_status("finished", self.step)
         return last
 
@@ -224,8 +239,8 @@ class Trainer:
         if val_loss < self.best["val_loss"]:
             self.best = {"val_loss": val_loss, "step": self.step, "evals_since": 0}
             state = {"step": self.step, "val_loss": val_loss}
-            if distributed.is_sharded(self.model):  # FSDP2: every rank gathers, rank 0 writes
-                distributed.save_whole_from_shards(self.run.path / BEST_DIR, self.step, self.model, state, keep=1)
+            if parallel.is_sharded(self.model):  # FSDP2: every rank gathers, rank 0 writes
+                sharded_checkpoint.save_whole_from_shards(self.run.path / BEST_DIR, self.step, self.model, state, keep=1)
             elif distributed.is_main():
                 checkpoint.save(self.run.path / BEST_DIR, self.step, self.model, state, keep=1)
         else:
@@ -274,15 +289,19 @@ def prepare_training(cfg: RunConfig | None, out: str | Path | None, resume: bool
 
     On resume the run's own config.toml is used, with `overrides` applied (e.g. more steps)."""
     if resume:
-        run = RunDir.open_for_resume(out)
-        cfg = apply_overrides(run.config(), overrides or []).validate()
-        trainer = Trainer(cfg, run, resume=True, progress=progress, log=log)
-        if overrides and distributed.is_main():
-            (run.path / "config.toml").write_text(to_toml(cfg))
+        run = RunDir.open_for_resume(out)  # takes RUN/.lock (rank 0); fit() releases it
+        try:
+            cfg = apply_overrides(run.config(), overrides or []).validate()
+            trainer = Trainer(cfg, run, resume=True, progress=progress, log=log)
+            if overrides and distributed.is_main():
+                (run.path / "config.toml").write_text(to_toml(cfg))
+        except BaseException:
+            run.release()
+            raise
     else:
         run = RunDir.plan(cfg, out)
         trainer = Trainer(cfg, run, resume=False, progress=progress, log=log)  # all input checks
-        trainer.run.create(cfg, trainer.task)  # rank 0 only under torchrun
+        trainer.run.create(cfg, trainer.task)  # rank 0 only under torchrun; takes RUN/.lock
     return run, trainer
 
 
