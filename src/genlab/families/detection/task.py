@@ -20,7 +20,6 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
-from torch.utils.flop_counter import FlopCounterMode
 
 from genlab.config import RunConfig
 from genlab.families.detection.features import FrameData, load_feature_dir
@@ -192,6 +191,10 @@ class DetectionTask(Task):
 
     def info_lines(self, run_path: Path | None) -> list[str]:
         """For `genlab info`: classes, feature size, parameters, forward FLOPs per streamed frame."""
+        # imported here: torch's flop counter imports triton, which must not load before a caller
+        # chooses its mode (TRITON_INTERPRET), and costs 0.1 s that training never needs
+        from torch.utils.flop_counter import FlopCounterMode
+
         if run_path is not None:
             self.load_for_inference(run_path)
         elif not self.cfg.data.path:
