@@ -10,7 +10,6 @@ import torch
 import torch.nn.functional as F
 
 
-
 def report(pairs, reps):
     """Each (name, fn) in turn, twice over: one warm-up call, then the mean of `reps` calls."""
     for name, fn in pairs * 2:

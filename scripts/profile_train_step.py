@@ -10,10 +10,10 @@ import torch
 from torch.profiler import ProfilerActivity, profile
 
 from genlab.bench.train import FULL
-from genlab.families.lm.args import LMArgs
 from genlab.data.packing import Batch
-from genlab.families.lm.transformer import Transformer
+from genlab.families.lm.args import LMArgs
 from genlab.families.lm.task import LMTask
+from genlab.families.lm.transformer import Transformer
 
 torch.set_num_threads(2)
 p = FULL

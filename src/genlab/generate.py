@@ -12,8 +12,8 @@ from __future__ import annotations
 
 import re
 import time
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
-from typing import Iterable, Iterator
 
 import torch
 
@@ -67,8 +67,9 @@ def model_device(model) -> torch.device:
 
 
 @torch.no_grad()
-def generate(model, prompt: list[int], s: SamplingSettings, use_cache: bool = True,
-             stop_id: int | None = None) -> Iterator[int]:
+def generate(
+    model, prompt: list[int], s: SamplingSettings, use_cache: bool = True, stop_id: int | None = None
+) -> Iterator[int]:
     """Yield new token ids one at a time. With `use_cache` the prompt is encoded once and each step
     feeds one token; without it the whole sequence is re-run every step (the reference)."""
     model.eval()
@@ -94,8 +95,9 @@ def generate(model, prompt: list[int], s: SamplingSettings, use_cache: bool = Tr
 
 
 @torch.no_grad()
-def speculative_greedy(model, prompt: list[int], max_new_tokens: int,
-                       stop_id: int | None = None) -> tuple[list[int], dict]:
+def speculative_greedy(
+    model, prompt: list[int], max_new_tokens: int, stop_id: int | None = None
+) -> tuple[list[int], dict]:
     """Greedy continuation of `prompt`, each round drafted by `model.new_drafter` and verified by the
     main model in one forward of two tokens. Every emitted token is the main model's own argmax, so
     the output equals plain greedy decoding.
@@ -125,8 +127,9 @@ def speculative_greedy(model, prompt: list[int], max_new_tokens: int,
         n = cache.len
         draft = drafter.draft(pend_h, pend_tok)
         drafted += 1
-        hv = model(torch.tensor([nxt, draft], device=dev), torch.arange(n, n + 2, device=dev), _cu(2, dev), 2,
-                   cache)  # (2, d)
+        hv = model(
+            torch.tensor([nxt, draft], device=dev), torch.arange(n, n + 2, device=dev), _cu(2, dev), 2, cache
+        )  # (2, d)
         forwards += 1
         y = model.head(hv).argmax(-1).tolist()
         if y[0] == draft:
@@ -142,8 +145,13 @@ def speculative_greedy(model, prompt: list[int], max_new_tokens: int,
                 out.append(tok)
         nxt = new[-1]
     dt = time.perf_counter() - t0
-    return out, {"accepted": accepted, "drafted": drafted, "acceptance": accepted / max(1, drafted),
-                 "main_forwards": forwards + 1, "tokens_per_s": len(out) / max(dt, 1e-9)}
+    return out, {
+        "accepted": accepted,
+        "drafted": drafted,
+        "acceptance": accepted / max(1, drafted),
+        "main_forwards": forwards + 1,
+        "tokens_per_s": len(out) / max(dt, 1e-9),
+    }
 
 
 def stream_text(tokenizer, ids: Iterable[int]) -> Iterator[str]:
@@ -154,11 +162,11 @@ def stream_text(tokenizer, ids: Iterable[int]) -> Iterator[str]:
         got.append(nxt)
         stable = tokenizer.decode(got).rstrip("\ufffd")
         if len(stable) > len(shown):
-            yield stable[len(shown):]
+            yield stable[len(shown) :]
             shown = stable
     text = tokenizer.decode(got)
     if len(text) > len(shown):
-        yield text[len(shown):]
+        yield text[len(shown) :]
 
 
 # ---------------------------------------------------------------------------- infilling
@@ -167,13 +175,13 @@ _MASK_RE = re.compile(r"<mask(?::(\d+))?>")
 
 
 def parse_infill(text: str, tokenizer, mask_id: int, span: int) -> tuple[list[int], int]:
-    """"text with <mask> spans" -> token ids with `mask_id` in every span, and the number of spans.
+    """ "text with <mask> spans" -> token ids with `mask_id` in every span, and the number of spans.
     `<mask>` stands for `span` tokens, `<mask:N>` for N (1..4096)."""
     ids: list[int] = []
     pos, n_spans = 0, 0
     for m in _MASK_RE.finditer(text):
         if m.start() > pos:
-            ids += tokenizer.encode(text[pos:m.start()])
+            ids += tokenizer.encode(text[pos : m.start()])
         n = int(m.group(1)) if m.group(1) else span
         if not 1 <= n <= 4096:
             raise GenlabError(f"{m.group(0)}: a span holds 1 to 4096 tokens")
@@ -182,7 +190,7 @@ def parse_infill(text: str, tokenizer, mask_id: int, span: int) -> tuple[list[in
     if pos < len(text):
         ids += tokenizer.encode(text[pos:])
     if n_spans == 0:
-        raise GenlabError("--infill text has no <mask> span; write e.g. \"def <mask>(x):\" or <mask:N> for N tokens")
+        raise GenlabError('--infill text has no <mask> span; write e.g. "def <mask>(x):" or <mask:N> for N tokens')
     return ids, n_spans
 
 

@@ -16,7 +16,9 @@ def plot_run(run) -> list[Path]:
     rows = run.metrics()
     if not rows:
         raise GenlabError(f"{run.path}: metrics.jsonl has no records yet; nothing to plot")
-    kept = [r for r in rows if r.get("loss") is not None and not r.get("skipped")]  # a skipped loss spike would dwarf the curve
+    kept = [
+        r for r in rows if r.get("loss") is not None and not r.get("skipped")
+    ]  # a skipped loss spike would dwarf the curve
     step = [r["step"] for r in kept]
     loss = [r["loss"] for r in kept]
     val = [(r["step"], r["val_loss"]) for r in rows if "val_loss" in r]

@@ -100,8 +100,10 @@ def run_isolated(module: str, fn: str, mmap: bool = True, **kwargs) -> dict:
     `mmap`: every allocation above 64 KiB gets its own mapping, returned to the system when freed, so
     the resident set tracks live tensors (for memory figures); it also makes each large allocation
     pay fresh page faults, so timings are taken in a separate process without it."""
-    code = (f"import json, genlab.bench.{module} as m; "
-            f"print('RESULT ' + json.dumps(m.{fn}(**json.loads({json.dumps(json.dumps(kwargs))}))))")
+    code = (
+        f"import json, genlab.bench.{module} as m; "
+        f"print('RESULT ' + json.dumps(m.{fn}(**json.loads({json.dumps(json.dumps(kwargs))}))))"
+    )
     env = dict(os.environ, OMP_NUM_THREADS="1")
     if mmap:
         env["MALLOC_MMAP_THRESHOLD_"] = "65536"
@@ -112,8 +114,9 @@ def run_isolated(module: str, fn: str, mmap: bool = True, **kwargs) -> dict:
     return {"error": (proc.stderr.strip().splitlines() or ["no output"])[-1]}
 
 
-def memory_then_time(module: str, fn: str, time_keys: tuple[str, ...], mem_kwargs: dict, time_kwargs: dict,
-                     **kwargs) -> dict:
+def memory_then_time(
+    module: str, fn: str, time_keys: tuple[str, ...], mem_kwargs: dict, time_kwargs: dict, **kwargs
+) -> dict:
     """Memory figures from a run_isolated process with the mmap threshold, then the `time_keys` replaced
     by those of a second process with the default allocator (where timings are not distorted)."""
     res = run_isolated(module, fn, **mem_kwargs, **kwargs)
@@ -136,8 +139,16 @@ def run(steps: int | None = None, quick: bool = False, device: str | None = None
                 per[b] = {"skipped": f"scores alone {H * n * n * 4 / 2**30:.0f} GiB"}
                 continue
             if device == "cpu":
-                per[b] = memory_then_time("attention", "measure", ("fwd_s", "fwd_bwd_s"), {"repeats": 1},
-                                          {"repeats": steps or 2}, backend=b, n=n, device=device)
+                per[b] = memory_then_time(
+                    "attention",
+                    "measure",
+                    ("fwd_s", "fwd_bwd_s"),
+                    {"repeats": 1},
+                    {"repeats": steps or 2},
+                    backend=b,
+                    n=n,
+                    device=device,
+                )
             else:  # CUDA memory comes from the allocator's own counters: one process does both
                 per[b] = run_isolated("attention", "measure", backend=b, n=n, device=device, repeats=steps or 2)
             results.append(per[b])
@@ -147,10 +158,22 @@ def run(steps: int | None = None, quick: bool = False, device: str | None = None
             if "fwd_s" not in r:
                 rows.append([n, b, "-", "-", "-", "-", "-", r.get("skipped") or r.get("error")])
                 continue
-            rows.append([n, b, f"{r['fwd_s']:.3f}", f"{r['fwd_bwd_s']:.3f}",
-                         f"{r['fwd_bwd_s'] / base:.2f}x" if base else "-", f"{r['peak_fwd_mib']:.0f}",
-                         f"{r['peak_fwd_bwd_mib']:.0f}", f"{r['peak_fwd_bwd_mib'] / r['qkvo_mib']:.2f}x qkvo"])
-    print_table(f"attention, causal, H={H}, D={D}, {'bf16' if device == 'cuda' else 'fp32'}, {device} (1 thread; "
-                "time = best of the repeats, memory from a separate process)",
-                ["N", "backend", "fwd s", "fwd+bwd s", "vs sdpa", "peak fwd MiB", "peak fwd+bwd MiB", "note"], rows)
+            rows.append(
+                [
+                    n,
+                    b,
+                    f"{r['fwd_s']:.3f}",
+                    f"{r['fwd_bwd_s']:.3f}",
+                    f"{r['fwd_bwd_s'] / base:.2f}x" if base else "-",
+                    f"{r['peak_fwd_mib']:.0f}",
+                    f"{r['peak_fwd_bwd_mib']:.0f}",
+                    f"{r['peak_fwd_bwd_mib'] / r['qkvo_mib']:.2f}x qkvo",
+                ]
+            )
+    print_table(
+        f"attention, causal, H={H}, D={D}, {'bf16' if device == 'cuda' else 'fp32'}, {device} (1 thread; "
+        "time = best of the repeats, memory from a separate process)",
+        ["N", "backend", "fwd s", "fwd+bwd s", "vs sdpa", "peak fwd MiB", "peak fwd+bwd MiB", "note"],
+        rows,
+    )
     return {"machine": machine_info(), "device": device, "results": results}

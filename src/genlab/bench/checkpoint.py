@@ -39,10 +39,18 @@ def _setup(policy: str, rows: int, length: int, preset: str):
     g = torch.Generator().manual_seed(0)
     ids = torch.randint(0, vocab, (rows * length,), generator=g)
     targets = ids.roll(-1)
-    targets[length - 1::length] = -100  # nothing predicted across a row's end
+    targets[length - 1 :: length] = -100  # nothing predicted across a row's end
     T = rows * length
-    batch = Batch(ids, targets, torch.arange(length).repeat(rows),
-                  torch.arange(0, T + 1, length, dtype=torch.int32), length, T, T, rows)
+    batch = Batch(
+        ids,
+        targets,
+        torch.arange(length).repeat(rows),
+        torch.arange(0, T + 1, length, dtype=torch.int32),
+        length,
+        T,
+        T,
+        rows,
+    )
 
     def forward():
         loss, n = LMTask.loss(model, batch)
@@ -88,6 +96,7 @@ def block_saved_mib(policy: str, rows: int = 8, length: int = 256, preset: str =
                 return plain(*args, **kwargs)
         finally:
             inside[0] = False
+
     block.forward = forward
     try:
         forward_loss()  # the same batch and loss as the memory and time figures
@@ -113,8 +122,9 @@ def measure(policy: str, repeats: int = 3, rows: int = 8, length: int = 256, pre
     return {"policy": policy, "held_mib": held / 1024, "peak_mib": peak / 1024}
 
 
-def time_all(policies: list[str], rounds: int = 5, rows: int = 8, length: int = 256,
-             preset: str = "deepseek-tiny") -> dict:
+def time_all(
+    policies: list[str], rounds: int = 5, rows: int = 8, length: int = 256, preset: str = "deepseek-tiny"
+) -> dict:
     """Inside the timing subprocess: forward + backward per policy, interleaved; medians."""
     torch.set_num_threads(1)
     steps = [_setup(p, rows, length, preset)[1] for p in policies]
@@ -127,8 +137,9 @@ def run(steps: int | None = None, quick: bool = False) -> dict:
     if quick:
         kw.update(rows=2, length=128)
     res = {p: run_isolated("checkpoint", "measure", policy=p, repeats=1 if quick else 2, **kw) for p in POLICIES}
-    timed = run_isolated("checkpoint", "time_all", mmap=False, policies=POLICIES,
-                         rounds=steps or (2 if quick else 30), **kw)
+    timed = run_isolated(
+        "checkpoint", "time_all", mmap=False, policies=POLICIES, rounds=steps or (2 if quick else 30), **kw
+    )
     for p in POLICIES:
         if "error" in timed:
             res[p].setdefault("error", timed["error"])
@@ -145,13 +156,27 @@ def run(steps: int | None = None, quick: bool = False) -> dict:
         saved = 1 - r["held_mib"] / base["held_mib"] if base.get("held_mib") else float("nan")
         # paired: each round's step against the same round's `none` step, then the median
         extra = median([a / b for a, b in zip(r["step_times_s"], base["step_times_s"])]) - 1
-        rows.append([p, f"{r['held_mib']:.0f}", f"{saved:+.0%}", f"{r['peak_mib']:.0f}", f"{r['step_s']:.3f}",
-                     f"{extra:+.0%}", ""])
+        rows.append(
+            [
+                p,
+                f"{r['held_mib']:.0f}",
+                f"{saved:+.0%}",
+                f"{r['peak_mib']:.0f}",
+                f"{r['step_s']:.3f}",
+                f"{extra:+.0%}",
+                "",
+            ]
+        )
         r.update(saved=saved, extra_time=extra)
-    print_table(f"activation checkpointing on deepseek-tiny ({kw.get('rows', 8)} x {kw.get('length', 256)} tokens, "
-                "fp32, CPU, 1 thread; time: median of interleaved rounds; extra: median of per-round ratios)",
-                ["policy", "activations MiB", "saved", "peak MiB", "step s (fwd+bwd)", "extra time", "error"], rows)
+    print_table(
+        f"activation checkpointing on deepseek-tiny ({kw.get('rows', 8)} x {kw.get('length', 256)} tokens, "
+        "fp32, CPU, 1 thread; time: median of interleaved rounds; extra: median of per-round ratios)",
+        ["policy", "activations MiB", "saved", "peak MiB", "step s (fwd+bwd)", "extra time", "error"],
+        rows,
+    )
     if all(isinstance(v, float) for v in per_block.values()):
-        print(f"kept for backward by one MoE block (saved-tensor accounting): none {per_block['none']:.2f} MiB, "
-              f"selective {per_block['selective']:.2f} MiB ({1 - per_block['selective'] / per_block['none']:.0%} less)")
+        print(
+            f"kept for backward by one MoE block (saved-tensor accounting): none {per_block['none']:.2f} MiB, "
+            f"selective {per_block['selective']:.2f} MiB ({1 - per_block['selective'] / per_block['none']:.0%} less)"
+        )
     return {"machine": machine_info(), "results": res, "moe_block_saved_mib": per_block}

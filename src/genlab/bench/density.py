@@ -30,14 +30,19 @@ DIGITS_MODELS = [  # (name, preset, extra overrides)
     ("mixture K=30", "fvsbn-digits", ["model.arch=mixture", "model.n_components=30", "train.lr=0.03"]),
     ("fvsbn", "fvsbn-digits", []),
     ("nade", "nade-digits", []),
-    ("made 1x256, 1 mask", "made-digits", ["model.n_layer=1", "model.n_masks=1",
-                                           "model.direct_connections=false"]),
+    ("made 1x256, 1 mask", "made-digits", ["model.n_layer=1", "model.n_masks=1", "model.direct_connections=false"]),
     ("made", "made-digits", []),
     ("transformer", "transformer-digits", []),
 ]
 MIXTURE, WINNERS = "mixture K=10", ("nade", "made")
-QUICK_OVERRIDES = ["train.steps=4", "train.eval_every=2", "train.log_every=2", "model.d_model=16",
-                   "model.n_masks=2", "train.early_stop_patience=1"]
+QUICK_OVERRIDES = [
+    "train.steps=4",
+    "train.eval_every=2",
+    "train.log_every=2",
+    "model.d_model=16",
+    "model.n_masks=2",
+    "train.early_stop_patience=1",
+]
 
 # Test NLL (nats) on the UCI sets as tabulated in the MADE paper (Germain et al. 2015, Table 2; its NADE row
 # is Larochelle & Murray 2011). MADE is the better of the table's two MADE columns ("MADE", one mask, and
@@ -45,25 +50,36 @@ QUICK_OVERRIDES = ["train.steps=4", "train.eval_every=2", "train.log_every=2", "
 # benchmark listing of the NADE papers confirms NADE's Connect4 11.99 and OCR-letters 27.22; the PDF itself
 # could not be read from this machine. Check against arXiv 1502.03509 before publishing a comparison.
 PAPER_UCI = {
-    "adult": {"nade": 13.19, "made": 13.12}, "connect4": {"nade": 11.99, "made": 11.90},
-    "dna": {"nade": 84.81, "made": 79.66}, "mushrooms": {"nade": 9.81, "made": 9.68},
-    "nips": {"nade": 273.08, "made": 277.28}, "ocr_letters": {"nade": 27.22, "made": 28.34},
-    "rcv1": {"nade": 46.66, "made": 46.74}, "web": {"nade": 28.39, "made": 28.25},
+    "adult": {"nade": 13.19, "made": 13.12},
+    "connect4": {"nade": 11.99, "made": 11.90},
+    "dna": {"nade": 84.81, "made": 79.66},
+    "mushrooms": {"nade": 9.81, "made": 9.68},
+    "nips": {"nade": 273.08, "made": 277.28},
+    "ocr_letters": {"nade": 27.22, "made": 28.34},
+    "rcv1": {"nade": 46.66, "made": 46.74},
+    "web": {"nade": 28.39, "made": 28.25},
 }
 # Where the MADE authors published the command of a best run (github.com/mgermain/MADE, README), the
 # bench follows it on top of the made-uci preset (which is their DNA run: 1 x 500 ReLU, direct
 # connections, Adadelta rho 0.95 eps 1e-5, a new mask per update, batch 100, patience 30).
 UCI_OVERRIDES = {
-    "adult": {"made": ["model.n_masks=1", "model.hidden_activation=tanh", "train.optimizer=sgd", "train.lr=0.01",
-                       "train.schedule=constant"]},
+    "adult": {
+        "made": [
+            "model.n_masks=1",
+            "model.hidden_activation=tanh",
+            "train.optimizer=sgd",
+            "train.lr=0.01",
+            "train.schedule=constant",
+        ]
+    },
 }
 PAPER_TOLERANCE = 0.01
 
 
 def train_and_score(name: str, preset: str, overrides: list[str], out: Path) -> dict:
     """Train one model through the shared trainer; score its best weights on the test split."""
-    from genlab.train.rundir import load_run
     from genlab.config import resolve
+    from genlab.train.rundir import load_run
     from genlab.train.trainer import prepare_training
 
     cfg = resolve(preset, None, overrides)
@@ -83,11 +99,20 @@ def train_and_score(name: str, preset: str, overrides: list[str], out: Path) -> 
     wall = time.perf_counter() - t0
     r, _, task, model = load_run(str(run.path))
     rep = task.eval_report(r, model, None)
-    return {"model": name, "preset": preset, "overrides": overrides, "run": str(run.path),
-            "params": sum(p.numel() for p in model.parameters()), "steps": trainer.step,
-            "best_step": trainer.best["step"], "val_nll": trainer.best["val_loss"],
-            "test_nll": rep["test_nll_nats"], "test_bpd": rep["test_bits_per_dim"],
-            "train_s": wall, "examples_per_s": trainer.tokens_seen / max(step_time[0], 1e-9)}
+    return {
+        "model": name,
+        "preset": preset,
+        "overrides": overrides,
+        "run": str(run.path),
+        "params": sum(p.numel() for p in model.parameters()),
+        "steps": trainer.step,
+        "best_step": trainer.best["step"],
+        "val_nll": trainer.best["val_loss"],
+        "test_nll": rep["test_nll_nats"],
+        "test_bpd": rep["test_bits_per_dim"],
+        "train_s": wall,
+        "examples_per_s": trainer.tokens_seen / max(step_time[0], 1e-9),
+    }
 
 
 def run(steps: int | None = None, quick: bool = False, out_dir: str | Path | None = None) -> dict:
@@ -97,20 +122,41 @@ def run(steps: int | None = None, quick: bool = False, out_dir: str | Path | Non
     extra = (QUICK_OVERRIDES if quick else []) + ([f"train.steps={steps}"] if steps else [])
     threads = torch.get_num_threads()  # the presets' train.threads = 1 is process-wide; restored below
     try:
-        models = [train_and_score(name, preset, overrides + extra, base / f"{i}-{preset}")
-                  for i, (name, preset, overrides) in enumerate(DIGITS_MODELS)]
+        models = [
+            train_and_score(name, preset, overrides + extra, base / f"{i}-{preset}")
+            for i, (name, preset, overrides) in enumerate(DIGITS_MODELS)
+        ]
         uci = run_uci(base, extra)
     finally:
         torch.set_num_threads(threads)
     by_name = {m["model"]: m for m in models}
     margins = {f"{w}_minus_mixture_nats": by_name[MIXTURE]["test_nll"] - by_name[w]["test_nll"] for w in WINNERS}
-    print_table("density models on binarized digits (test split, best weights)",
-                ["model", "params", "steps", "test NLL (nats)", "bits/dim", "train s", "examples/s"],
-                [[m["model"], f"{m['params']:,}", m["steps"], f"{m['test_nll']:.3f}", f"{m['test_bpd']:.4f}",
-                  f"{m['train_s']:.1f}", f"{m['examples_per_s']:,.0f}"] for m in models])
-    result = {"benchmark": "density", "machine": machine_info(), "quick": quick, "runs_dir": str(base),
-              "dataset": "digits (scikit-learn, binarized >= 8), 1297 / 200 / 300", "models": models,
-              "margins": margins, "uci": uci}
+    print_table(
+        "density models on binarized digits (test split, best weights)",
+        ["model", "params", "steps", "test NLL (nats)", "bits/dim", "train s", "examples/s"],
+        [
+            [
+                m["model"],
+                f"{m['params']:,}",
+                m["steps"],
+                f"{m['test_nll']:.3f}",
+                f"{m['test_bpd']:.4f}",
+                f"{m['train_s']:.1f}",
+                f"{m['examples_per_s']:,.0f}",
+            ]
+            for m in models
+        ],
+    )
+    result = {
+        "benchmark": "density",
+        "machine": machine_info(),
+        "quick": quick,
+        "runs_dir": str(base),
+        "dataset": "digits (scikit-learn, binarized >= 8), 1297 / 200 / 300",
+        "models": models,
+        "margins": margins,
+        "uci": uci,
+    }
     return result
 
 
@@ -125,14 +171,27 @@ def run_uci(base: Path, extra: list[str]) -> list[dict]:
             continue
         for model in ("nade", "made"):
             over = UCI_OVERRIDES.get(name, {}).get(model, [])
-            r = train_and_score(f"{model} {name}", f"{model}-uci", [f"data.path={path}", *over, *extra],
-                                base / f"uci-{name}-{model}")
-            r.update(dataset=name, paper_nll=paper[model],
-                     reached=r["test_nll"] <= paper[model] * (1 + PAPER_TOLERANCE))
+            r = train_and_score(
+                f"{model} {name}", f"{model}-uci", [f"data.path={path}", *over, *extra], base / f"uci-{name}-{model}"
+            )
+            r.update(
+                dataset=name, paper_nll=paper[model], reached=r["test_nll"] <= paper[model] * (1 + PAPER_TOLERANCE)
+            )
             rows.append(r)
     if rows:
-        print_table("UCI binary benchmarks (MADE format) against the papers",
-                    ["run", "test NLL", "paper", "reached", "steps", "train s"],
-                    [[r["model"], f"{r['test_nll']:.2f}", f"{r['paper_nll']:.2f}", r["reached"], r["steps"],
-                      f"{r['train_s']:.0f}"] for r in rows])
+        print_table(
+            "UCI binary benchmarks (MADE format) against the papers",
+            ["run", "test NLL", "paper", "reached", "steps", "train s"],
+            [
+                [
+                    r["model"],
+                    f"{r['test_nll']:.2f}",
+                    f"{r['paper_nll']:.2f}",
+                    r["reached"],
+                    r["steps"],
+                    f"{r['train_s']:.0f}",
+                ]
+                for r in rows
+            ],
+        )
     return rows

@@ -28,16 +28,28 @@ import torch
 
 from genlab.bench.common import bench_thread_scope, machine_info, print_table
 from genlab.config import resolve
+from genlab.families.detection.metrics import frame_map
 from genlab.families.detection.stream import StreamingDetector, detect_offline
 from genlab.families.lm.model import count_params
-from genlab.families.detection.metrics import frame_map
 from genlab.train.trainer import prepare_training
 
 PRESETS = ("oadtr-synth", "gru-synth")
 DEFAULTS = dict(seeds=(0, 1), steps=None, latency_frames=300, latency_warmup=20, extra=())
-QUICK = dict(DEFAULTS, seeds=(0,), steps=3, latency_frames=10, latency_warmup=2,
-             extra=("model.d_model=16", "model.n_head=2", "model.dec_heads=2", "data.history=8",
-                    "train.batch_rows=8", "train.warmup_steps=1"))
+QUICK = dict(
+    DEFAULTS,
+    seeds=(0,),
+    steps=3,
+    latency_frames=10,
+    latency_warmup=2,
+    extra=(
+        "model.d_model=16",
+        "model.n_head=2",
+        "model.dec_heads=2",
+        "data.history=8",
+        "train.batch_rows=8",
+        "train.warmup_steps=1",
+    ),
+)
 
 
 def _latency(model, frames: np.ndarray, warmup: int) -> list[float]:
@@ -74,13 +86,21 @@ def train_and_score(preset: str, seed: int, p: dict) -> dict:
     m = frame_map(probs, test.labels, test.classes)
     frames = test.video(0)[0][: p["latency_warmup"] + p["latency_frames"]]
     lat = _latency(model, frames, p["latency_warmup"])
-    return {"seed": seed, "steps": cfg.train.steps, "mAP": m["mAP"], "mcAP": m["mcAP"], "test_frames": m["frames"],
-            "train_s": train_s, "final_train_loss": last.get("loss"), "params": count_params(model)["total"],
-            "spike_skipped_steps": trainer.guard.skipped,
-            "offline_frames_per_s": len(probs) / offline_s,
-            "latency_ms_median": 1e3 * statistics.median(lat),
-            "latency_ms_p90": 1e3 * float(np.percentile(lat, 90)),
-            "per_class_AP": {k: v["AP"] for k, v in m["per_class"].items()}}
+    return {
+        "seed": seed,
+        "steps": cfg.train.steps,
+        "mAP": m["mAP"],
+        "mcAP": m["mcAP"],
+        "test_frames": m["frames"],
+        "train_s": train_s,
+        "final_train_loss": last.get("loss"),
+        "params": count_params(model)["total"],
+        "spike_skipped_steps": trainer.guard.skipped,
+        "offline_frames_per_s": len(probs) / offline_s,
+        "latency_ms_median": 1e3 * statistics.median(lat),
+        "latency_ms_p90": 1e3 * float(np.percentile(lat, 90)),
+        "per_class_AP": {k: v["AP"] for k, v in m["per_class"].items()},
+    }
 
 
 def run(steps: int | None = None, quick: bool = False) -> dict:
@@ -95,19 +115,48 @@ def _run(p: dict) -> dict:
     models = {}
     for preset in PRESETS:
         runs = [train_and_score(preset, s, p) for s in p["seeds"]]
-        models[preset] = {"runs": runs, "params": runs[0]["params"],
-                          "mAP_mean": float(np.mean([r["mAP"] for r in runs])),
-                          "mcAP_mean": float(np.mean([r["mcAP"] for r in runs])),
-                          "latency_ms_median": float(np.median([r["latency_ms_median"] for r in runs])),
-                          "train_s_mean": float(np.mean([r["train_s"] for r in runs]))}
+        models[preset] = {
+            "runs": runs,
+            "params": runs[0]["params"],
+            "mAP_mean": float(np.mean([r["mAP"] for r in runs])),
+            "mcAP_mean": float(np.mean([r["mcAP"] for r in runs])),
+            "latency_ms_median": float(np.median([r["latency_ms_median"] for r in runs])),
+            "train_s_mean": float(np.mean([r["train_s"] for r in runs])),
+        }
     o, g = models["oadtr-synth"], models["gru-synth"]
-    res = {"benchmark": "detect", "machine": machine_info(), "config": p, "models": models,
-           "targets": {"oadtr_beats_gru_map": o["mAP_mean"] > g["mAP_mean"]}}
-    print_table(f"online action detection, synthetic benchmark (seeds {list(p['seeds'])})",
-                ["preset", "params", "steps", "mAP", "mcAP", "per-seed mAP", "train s", "stream ms/frame (p50)",
-                 "offline frames/s"],
-                [[name, f"{m['params']:,}", m["runs"][0]["steps"], f"{m['mAP_mean']:.4f}", f"{m['mcAP_mean']:.4f}",
-                  " ".join(f"{r['mAP']:.3f}" for r in m["runs"]), f"{m['train_s_mean']:.0f}",
-                  f"{m['latency_ms_median']:.2f}",
-                  f"{np.mean([r['offline_frames_per_s'] for r in m['runs']]):,.0f}"] for name, m in models.items()])
+    res = {
+        "benchmark": "detect",
+        "machine": machine_info(),
+        "config": p,
+        "models": models,
+        "targets": {"oadtr_beats_gru_map": o["mAP_mean"] > g["mAP_mean"]},
+    }
+    print_table(
+        f"online action detection, synthetic benchmark (seeds {list(p['seeds'])})",
+        [
+            "preset",
+            "params",
+            "steps",
+            "mAP",
+            "mcAP",
+            "per-seed mAP",
+            "train s",
+            "stream ms/frame (p50)",
+            "offline frames/s",
+        ],
+        [
+            [
+                name,
+                f"{m['params']:,}",
+                m["runs"][0]["steps"],
+                f"{m['mAP_mean']:.4f}",
+                f"{m['mcAP_mean']:.4f}",
+                " ".join(f"{r['mAP']:.3f}" for r in m["runs"]),
+                f"{m['train_s_mean']:.0f}",
+                f"{m['latency_ms_median']:.2f}",
+                f"{np.mean([r['offline_frames_per_s'] for r in m['runs']]):,.0f}",
+            ]
+            for name, m in models.items()
+        ],
+    )
     return res

@@ -20,10 +20,22 @@ import torch
 from genlab.bench.common import machine_info, print_table
 from genlab.config import apply_overrides, preset
 
-QUICK_OVERRIDES = ["data.image_size=8", "model.downsample=2", "model.vae_channels=8", "model.unet_channels=8",
-                   "model.d_model=8", "model.n_layer=1", "model.n_head=2", "model.latent_channels=2",
-                   "train.batch_rows=16", "train.steps=6", "train.vae_steps=3", "train.eval_every=3",
-                   "train.ckpt_every=3", "train.warmup_steps=1"]
+QUICK_OVERRIDES = [
+    "data.image_size=8",
+    "model.downsample=2",
+    "model.vae_channels=8",
+    "model.unet_channels=8",
+    "model.d_model=8",
+    "model.n_layer=1",
+    "model.n_head=2",
+    "model.latent_channels=2",
+    "train.batch_rows=16",
+    "train.steps=6",
+    "train.vae_steps=3",
+    "train.eval_every=3",
+    "train.ckpt_every=3",
+    "train.warmup_steps=1",
+]
 
 
 def run(steps: int | None = None, quick: bool = False) -> dict:
@@ -58,15 +70,26 @@ def run(steps: int | None = None, quick: bool = False) -> dict:
                 sample_s[f"ddim50_16_images_guidance{g:g}_s"] = round(time.perf_counter() - s0, 2)
     finally:
         D.EVAL_PER_PROMPT, D.EVAL_STEPS, D.CLASSIFIER_STEPS = saved
-    res = {"machine": machine_info(), "preset": "ldm-digits", "quick": quick, "train_steps": t.steps,
-           "vae_steps": t.vae_steps, "train_wall_s": round(train_s, 1),
-           "vae_phase_s": round(phase_t.get("vae", 0.0), 1), "denoiser_phase_s": round(phase_t.get("denoiser", 0.0), 1),
-           "params_vae": sum(p.numel() for p in model.vae.parameters()),
-           "params_denoiser": sum(p.numel() for p in model.denoiser.parameters()),
-           **{k: v for k, v in report.items() if k != "sample_acc_per_prompt"},
-           "sample_acc_per_prompt": report.get("sample_acc_per_prompt"), **sample_s,
-           "threads": torch.get_num_threads()}
-    rows = [[k, f"{v:.4g}" if isinstance(v, float) else v] for k, v in res.items()
-            if k not in ("machine", "sample_acc_per_prompt")]
+    res = {
+        "machine": machine_info(),
+        "preset": "ldm-digits",
+        "quick": quick,
+        "train_steps": t.steps,
+        "vae_steps": t.vae_steps,
+        "train_wall_s": round(train_s, 1),
+        "vae_phase_s": round(phase_t.get("vae", 0.0), 1),
+        "denoiser_phase_s": round(phase_t.get("denoiser", 0.0), 1),
+        "params_vae": sum(p.numel() for p in model.vae.parameters()),
+        "params_denoiser": sum(p.numel() for p in model.denoiser.parameters()),
+        **{k: v for k, v in report.items() if k != "sample_acc_per_prompt"},
+        "sample_acc_per_prompt": report.get("sample_acc_per_prompt"),
+        **sample_s,
+        "threads": torch.get_num_threads(),
+    }
+    rows = [
+        [k, f"{v:.4g}" if isinstance(v, float) else v]
+        for k, v in res.items()
+        if k not in ("machine", "sample_acc_per_prompt")
+    ]
     print_table("latent diffusion on digits", ["metric", "value"], rows)
     return res

@@ -20,10 +20,23 @@ from genlab.families import build_lm
 from genlab.ops.fp8 import FP8Linear, convert_to_fp8, quantization_error
 
 VOCAB = 64
-TINY = ["model.n_layer=2", "model.d_model=64", "model.n_head=2", "model.q_lora_rank=0", "model.kv_lora_rank=16",
-        "model.qk_nope_head_dim=16", "model.qk_rope_head_dim=8", "model.v_head_dim=16", "model.n_routed_experts=8",
-        "model.num_experts_per_tok=2", "model.n_group=1", "model.topk_group=1", "model.moe_intermediate_size=32",
-        "model.ffn_hidden=128", "model.mtp_depth=0"]
+TINY = [
+    "model.n_layer=2",
+    "model.d_model=64",
+    "model.n_head=2",
+    "model.q_lora_rank=0",
+    "model.kv_lora_rank=16",
+    "model.qk_nope_head_dim=16",
+    "model.qk_rope_head_dim=8",
+    "model.v_head_dim=16",
+    "model.n_routed_experts=8",
+    "model.num_experts_per_tok=2",
+    "model.n_group=1",
+    "model.topk_group=1",
+    "model.moe_intermediate_size=32",
+    "model.ffn_hidden=128",
+    "model.mtp_depth=0",
+]
 
 
 def tiny_moe(overrides=TINY, seed: int = 0):
@@ -53,8 +66,9 @@ def sample_batch(probs, n_docs: int, length: int, g: torch.Generator):
     return ids.reshape(-1), targets.reshape(-1), torch.arange(length).repeat(n_docs), cu
 
 
-def train_curve(model, precision: str, steps: int, n_docs: int = 4, length: int = 32, lr: float = 3e-3,
-                seed: int = 0) -> list[float]:
+def train_curve(
+    model, precision: str, steps: int, n_docs: int = 4, length: int = 32, lr: float = 3e-3, seed: int = 0
+) -> list[float]:
     """Train a copy of `model` for `steps` AdamW steps; the loss of every step (nats/token)."""
     model = copy.deepcopy(model).train()
     if precision == "fp8":
@@ -82,8 +96,11 @@ def layer_errors(model) -> list[list]:
     model = copy.deepcopy(model).eval()
     names = convert_to_fp8(model)
     acts: dict[str, torch.Tensor] = {}
-    hooks = [m.register_forward_pre_hook(lambda mod, inp, n=n: acts.setdefault(n, inp[0].detach()))
-             for n, m in model.named_modules() if isinstance(m, FP8Linear)]
+    hooks = [
+        m.register_forward_pre_hook(lambda mod, inp, n=n: acts.setdefault(n, inp[0].detach()))
+        for n, m in model.named_modules()
+        if isinstance(m, FP8Linear)
+    ]
     probs, _ = bigram_source()
     ids, _, pos, cu = sample_batch(probs, 4, 32, torch.Generator().manual_seed(1))
     with torch.no_grad():
@@ -99,8 +116,15 @@ def layer_errors(model) -> list[list]:
             continue
         w = quantization_error(modules[n].weight)
         a = quantization_error(acts[n]) if n in acts else {"tile_rel_rms": math.nan, "tile_max_rel": math.nan}
-        rows.append([n, f"{w['block_rel_rms']:.4f}", f"{w['block_max_rel']:.3f}", f"{a['tile_rel_rms']:.4f}",
-                     f"{a['tile_max_rel']:.3f}"])
+        rows.append(
+            [
+                n,
+                f"{w['block_rel_rms']:.4f}",
+                f"{w['block_max_rel']:.3f}",
+                f"{a['tile_rel_rms']:.4f}",
+                f"{a['tile_max_rel']:.3f}",
+            ]
+        )
     return rows
 
 
@@ -110,16 +134,37 @@ def run(steps: int | None = None, quick: bool = False) -> dict:
     model = tiny_moe()
     _, entropy = bigram_source()
     rows = layer_errors(model)
-    print_table("FP8 quantization error per layer (relative; weights 128x128 blocks, activations 1x128 tiles)",
-                ["layer", "weight rel RMS", "weight max rel", "act rel RMS", "act max rel"], rows)
+    print_table(
+        "FP8 quantization error per layer (relative; weights 128x128 blocks, activations 1x128 tiles)",
+        ["layer", "weight rel RMS", "weight max rel", "act rel RMS", "act max rel"],
+        rows,
+    )
     curves = {p: train_curve(model, p, steps) for p in ("fp32", "fp8")}
     k = max(1, steps // 10)
     tail = {p: sum(c[-k:]) / k for p, c in curves.items()}
     marks = sorted({0, steps // 4, steps // 2, 3 * steps // 4, steps - 1})
-    print_table(f"loss (nats/token; source entropy {entropy:.3f})", ["step", "fp32", "fp8", "rel diff"],
-                [[s + 1, f"{curves['fp32'][s]:.4f}", f"{curves['fp8'][s]:.4f}",
-                  f"{(curves['fp8'][s] - curves['fp32'][s]) / curves['fp32'][s]:+.2%}"] for s in marks])
+    print_table(
+        f"loss (nats/token; source entropy {entropy:.3f})",
+        ["step", "fp32", "fp8", "rel diff"],
+        [
+            [
+                s + 1,
+                f"{curves['fp32'][s]:.4f}",
+                f"{curves['fp8'][s]:.4f}",
+                f"{(curves['fp8'][s] - curves['fp32'][s]) / curves['fp32'][s]:+.2%}",
+            ]
+            for s in marks
+        ],
+    )
     gap = (tail["fp8"] - tail["fp32"]) / tail["fp32"]
     print(f"mean loss over the last {k} steps: fp32 {tail['fp32']:.4f}, fp8 {tail['fp8']:.4f} ({gap:+.2%})")
-    return {"machine": machine_info(), "steps": steps, "entropy": entropy, "tail_fp32": tail["fp32"],
-            "tail_fp8": tail["fp8"], "rel_gap": gap, "layers": rows, "curves": curves}
+    return {
+        "machine": machine_info(),
+        "steps": steps,
+        "entropy": entropy,
+        "tail_fp32": tail["fp32"],
+        "tail_fp8": tail["fp8"],
+        "rel_gap": gap,
+        "layers": rows,
+        "curves": curves,
+    }

@@ -27,7 +27,7 @@ def _filled_cache(model, ctx: int, mode: str, extra: int):
     cache = model.new_cache(ctx + extra, mode)
     ids = torch.randint(0, model.vocab_size, (ctx,))
     for s in range(0, ctx, 512):  # prefill in chunks: (chunk, ctx) scores at most
-        part = ids[s:s + 512]
+        part = ids[s : s + 512]
         model(part, torch.arange(s, s + len(part)), torch.tensor([0, len(part)], dtype=torch.int32), len(part), cache)
     return cache
 
@@ -45,27 +45,45 @@ def run(steps=None, quick=False) -> dict:
     torch.manual_seed(0)
     model = build_lm(cfg.model, 1024, 64).eval()
     res = {"machine": machine_info(), "note": "CPU shared with other jobs: decode steps interleaved", "rows": []}
-    for ctx in ((64, 256) if quick else (1024, 4096)):
+    for ctx in (64, 256) if quick else (1024, 4096):
         caches = {mode: _filled_cache(model, ctx, mode, steps + 4) for mode in ("latent", "full")}
         tok = torch.tensor([1])
         cu = torch.tensor([0, 1], dtype=torch.int32)
 
-        def step(cache):
+        def step(cache, tok=tok, cu=cu):
             def fn():
                 with torch.no_grad():
                     pos = torch.tensor([cache.len])
                     h = model(tok, pos, cu, 1, cache)
                     model.head(h).argmax()
+
             return fn
 
         times = interleaved_times([step(caches["latent"]), step(caches["full"])], 1, steps)
         for mode, t in zip(("latent", "full"), times):
             c = caches[mode]
-            res["rows"].append({"context": ctx, "cache": mode, "tokens_per_s": 1 / median(t),
-                                "cache_bytes_per_token_fp32": c.bytes_per_token(),
-                                "cache_MiB_at_context": c.bytes_per_token() * ctx / 2 ** 20})
-    print_table(f"MLA decode, d_model {cfg.model.d_model}, {cfg.model.n_layer} layers, {cfg.model.n_head} heads "
-                f"(median of {steps} steps)", ["context", "cache", "tokens/s", "bytes/token", "MiB at context"],
-                [[r["context"], r["cache"], f"{r['tokens_per_s']:.1f}", r["cache_bytes_per_token_fp32"],
-                  f"{r['cache_MiB_at_context']:.2f}"] for r in res["rows"]])
+            res["rows"].append(
+                {
+                    "context": ctx,
+                    "cache": mode,
+                    "tokens_per_s": 1 / median(t),
+                    "cache_bytes_per_token_fp32": c.bytes_per_token(),
+                    "cache_MiB_at_context": c.bytes_per_token() * ctx / 2**20,
+                }
+            )
+    print_table(
+        f"MLA decode, d_model {cfg.model.d_model}, {cfg.model.n_layer} layers, {cfg.model.n_head} heads "
+        f"(median of {steps} steps)",
+        ["context", "cache", "tokens/s", "bytes/token", "MiB at context"],
+        [
+            [
+                r["context"],
+                r["cache"],
+                f"{r['tokens_per_s']:.1f}",
+                r["cache_bytes_per_token_fp32"],
+                f"{r['cache_MiB_at_context']:.2f}",
+            ]
+            for r in res["rows"]
+        ],
+    )
     return res

@@ -48,8 +48,8 @@ def hf_state(model, cfg) -> dict:
 def step_time(quick: bool, steps: int) -> dict:
     import transformers
 
-    from genlab.interop.hf import deepseek_hf_config
     from genlab.families import build_lm
+    from genlab.interop.hf import deepseek_hf_config
 
     cfg = moe_config(quick)
     V, B, L = 512, (2 if quick else 4), (64 if quick else 256)
@@ -84,6 +84,7 @@ def step_time(quick: bool, steps: int) -> dict:
             logits = m(ids).logits
             F.cross_entropy(logits.reshape(-1, V), tgt.reshape(-1)).backward()
             m.zero_grad(set_to_none=True)
+
         return fn
 
     with torch.no_grad():  # same weights, same batch: same loss (checks the comparison is fair)
@@ -93,14 +94,27 @@ def step_time(quick: bool, steps: int) -> dict:
     assert impls == ["eager", "grouped_mm"], impls  # each model really runs its own implementation
     times = interleaved_times([ours_step, hf_step(hfs["default"]), hf_step(hfs["grouped_mm"])], 1, steps)
     t = [median(x) for x in times]
-    rows = [["genlab deepseek", f"{t[0]:.3f}", "1.00"], ["transformers (default experts)", f"{t[1]:.3f}",
-            f"{t[1] / t[0]:.2f}"], ["transformers (grouped_mm)", f"{t[2]:.3f}", f"{t[2] / t[0]:.2f}"]]
-    print_table(f"training step, {B}x{L} tokens, {cfg.model.n_routed_experts} experts top-"
-                f"{cfg.model.num_experts_per_tok}, {torch.get_num_threads()} thread(s) (median of {steps}, interleaved)",
-                ["implementation", "s/step", "genlab speed-up"], rows)
-    return {"tokens": B * L, "loss_genlab": float(a), "loss_hf": float(b), "s_per_step_genlab": t[0],
-            "s_per_step_hf_default": t[1], "s_per_step_hf_grouped_mm": t[2], "speedup_vs_default": t[1] / t[0],
-            "speedup_vs_grouped_mm": t[2] / t[0]}
+    rows = [
+        ["genlab deepseek", f"{t[0]:.3f}", "1.00"],
+        ["transformers (default experts)", f"{t[1]:.3f}", f"{t[1] / t[0]:.2f}"],
+        ["transformers (grouped_mm)", f"{t[2]:.3f}", f"{t[2] / t[0]:.2f}"],
+    ]
+    print_table(
+        f"training step, {B}x{L} tokens, {cfg.model.n_routed_experts} experts top-"
+        f"{cfg.model.num_experts_per_tok}, {torch.get_num_threads()} thread(s) (median of {steps}, interleaved)",
+        ["implementation", "s/step", "genlab speed-up"],
+        rows,
+    )
+    return {
+        "tokens": B * L,
+        "loss_genlab": float(a),
+        "loss_hf": float(b),
+        "s_per_step_genlab": t[0],
+        "s_per_step_hf_default": t[1],
+        "s_per_step_hf_grouped_mm": t[2],
+        "speedup_vs_default": t[1] / t[0],
+        "speedup_vs_grouped_mm": t[2] / t[0],
+    }
 
 
 # Balancing runs: 64 rows x 128 tokens per step (8,192 tokens, 16,384 routed slots, 1,024 per expert: sampling
@@ -114,29 +128,57 @@ BALANCE_QUICK = dict(rows=4, steps=20, gamma=0.01, gamma_schedule="lr")
 
 
 def balance_run(mode: str, steps: int, quick: bool) -> dict:
+    from genlab.config import resolve
     from genlab.train.trainer import prepare_training
 
-    from genlab.config import resolve
-
     b = BALANCE_QUICK if quick else BALANCE
-    sets = ["data.tokenizer=byte", "data.packing_length=128", "model.arch=deepseek", "model.d_model=64",
-            "model.n_layer=2", "model.n_head=4", "model.ffn_hidden=128", "model.q_lora_rank=0",
-            "model.kv_lora_rank=32", "model.qk_nope_head_dim=16", "model.qk_rope_head_dim=8", "model.v_head_dim=16",
-            "model.n_routed_experts=16", "model.num_experts_per_tok=2", "model.moe_intermediate_size=32",
-            "model.first_k_dense_replace=1", f"train.steps={steps}", f"train.batch_rows={b['rows']}", "train.lr=3e-3",
-            "train.warmup_steps=10", "train.log_every=1", f"train.eval_every={steps}", "train.eval_batches=8",
-            f"train.ckpt_every={steps}", "train.schedule=cosine"]
-    sets += {"none": ["model.balance=none"], "aux": ["model.balance=aux", "model.balance_alpha=1e-3"],
-             "aux_free": ["model.balance=aux_free", f"model.balance_gamma={b['gamma']}",
-                          f"model.balance_gamma_schedule={b['gamma_schedule']}"]}[mode]
+    sets = [
+        "data.tokenizer=byte",
+        "data.packing_length=128",
+        "model.arch=deepseek",
+        "model.d_model=64",
+        "model.n_layer=2",
+        "model.n_head=4",
+        "model.ffn_hidden=128",
+        "model.q_lora_rank=0",
+        "model.kv_lora_rank=32",
+        "model.qk_nope_head_dim=16",
+        "model.qk_rope_head_dim=8",
+        "model.v_head_dim=16",
+        "model.n_routed_experts=16",
+        "model.num_experts_per_tok=2",
+        "model.moe_intermediate_size=32",
+        "model.first_k_dense_replace=1",
+        f"train.steps={steps}",
+        f"train.batch_rows={b['rows']}",
+        "train.lr=3e-3",
+        "train.warmup_steps=10",
+        "train.log_every=1",
+        f"train.eval_every={steps}",
+        "train.eval_batches=8",
+        f"train.ckpt_every={steps}",
+        "train.schedule=cosine",
+    ]
+    sets += {
+        "none": ["model.balance=none"],
+        "aux": ["model.balance=aux", "model.balance_alpha=1e-3"],
+        "aux_free": [
+            "model.balance=aux_free",
+            f"model.balance_gamma={b['gamma']}",
+            f"model.balance_gamma_schedule={b['gamma_schedule']}",
+        ],
+    }[mode]
     with tempfile.TemporaryDirectory() as d:
         run, trainer = prepare_training(resolve(None, None, sets), f"{d}/run", progress=False, log=lambda *a: None)
         last = trainer.fit()
         recs = [r for r in run.metrics() if "maxvio" in r]
-    tail = recs[int(0.8 * len(recs)):]
+    tail = recs[int(0.8 * len(recs)) :]
     vio = [r["maxvio"] for r in recs]
-    return {"maxvio_last20": sum(r["maxvio"] for r in tail) / max(1, len(tail)), "val_loss": last.get("val_loss"),
-            "trajectory": [round(sum(vio[i:i + 20]) / len(vio[i:i + 20]), 3) for i in range(0, len(vio), 20)]}
+    return {
+        "maxvio_last20": sum(r["maxvio"] for r in tail) / max(1, len(tail)),
+        "val_loss": last.get("val_loss"),
+        "trajectory": [round(sum(vio[i : i + 20]) / len(vio[i : i + 20]), 3) for i in range(0, len(vio), 20)],
+    }
 
 
 def run(steps=None, quick=False) -> dict:
@@ -152,7 +194,7 @@ def run(steps=None, quick=False) -> dict:
     try:
         if "step" in parts:
             res["step_time"] = {}
-            for n in ((1,) if quick else (1, 2)):
+            for n in (1,) if quick else (1, 2):
                 torch.set_num_threads(n)
                 res["step_time"][f"threads_{n}"] = step_time(quick, steps or (2 if quick else 6))
         if "balance" in parts:
@@ -162,10 +204,12 @@ def run(steps=None, quick=False) -> dict:
             bsteps = b["steps"]
             res["balance"] = {mode: balance_run(mode, bsteps, quick) for mode in ("none", "aux", "aux_free")}
             res["balance_config"] = b
-            print_table(f"load balancing, {bsteps} steps x {b['rows']} rows x 128 tokens on the embedded corpus "
-                        f"(16 experts top-2; aux alpha 1e-3, aux-free gamma {b['gamma']}, schedule {b['gamma_schedule']})",
-                        ["mode", "MaxVio (last 20%)", "val loss"],
-                        [[m, f"{r['maxvio_last20']:.3f}", f"{r['val_loss']:.4f}"] for m, r in res["balance"].items()])
+            print_table(
+                f"load balancing, {bsteps} steps x {b['rows']} rows x 128 tokens on the embedded corpus "
+                f"(16 experts top-2; aux alpha 1e-3, aux-free gamma {b['gamma']}, schedule {b['gamma_schedule']})",
+                ["mode", "MaxVio (last 20%)", "val loss"],
+                [[m, f"{r['maxvio_last20']:.3f}", f"{r['val_loss']:.4f}"] for m, r in res["balance"].items()],
+            )
     finally:
         torch.set_num_threads(threads_before)
     return res

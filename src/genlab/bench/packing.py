@@ -29,18 +29,47 @@ import torch
 
 from genlab.bench.common import bench_thread_scope, machine_info, print_table
 from genlab.config import TrainConfig
-from genlab.families.lm.args import LMArgs
 from genlab.data.packing import TokenDataset, best_fit_decreasing, chunk_spans, pack_rows
 from genlab.families import build_lm
+from genlab.families.lm.args import LMArgs
 from genlab.families.lm.model import count_params
 from genlab.families.lm.task import LMTask
 from genlab.train.optim import build_optimizer
 
-DEFAULTS = dict(vocab=2048, L=512, rows=8, d_model=256, n_layer=4, n_head=4, n_docs=6000, steps=16,
-                warmup=2, median=128.0, sigma=1.0, min_len=4, cap_factor=4, buffer=1000,
-                bfd_docs=100_000, embedded_docs=None, seed=0)
-QUICK = dict(DEFAULTS, vocab=256, L=64, rows=2, d_model=32, n_layer=1, n_head=2, n_docs=300, steps=3,
-             warmup=1, median=16.0, bfd_docs=5_000, embedded_docs=12)
+DEFAULTS = dict(
+    vocab=2048,
+    L=512,
+    rows=8,
+    d_model=256,
+    n_layer=4,
+    n_head=4,
+    n_docs=6000,
+    steps=16,
+    warmup=2,
+    median=128.0,
+    sigma=1.0,
+    min_len=4,
+    cap_factor=4,
+    buffer=1000,
+    bfd_docs=100_000,
+    embedded_docs=None,
+    seed=0,
+)
+QUICK = dict(
+    DEFAULTS,
+    vocab=256,
+    L=64,
+    rows=2,
+    d_model=32,
+    n_layer=1,
+    n_head=2,
+    n_docs=300,
+    steps=3,
+    warmup=1,
+    median=16.0,
+    bfd_docs=5_000,
+    embedded_docs=12,
+)
 
 TARGET_RATIO = 1.8
 TARGET_PACKED_FRACTION = 0.99
@@ -62,8 +91,16 @@ def skewed_corpus(p: dict) -> list[np.ndarray]:
 
 def _length_stats(lengths: np.ndarray) -> dict:
     q = np.percentile(lengths, [10, 50, 90, 99])
-    return {"n_docs": int(len(lengths)), "n_tokens": int(lengths.sum()), "mean": round(float(lengths.mean()), 1),
-            "p10": int(q[0]), "p50": int(q[1]), "p90": int(q[2]), "p99": int(q[3]), "max": int(lengths.max())}
+    return {
+        "n_docs": int(len(lengths)),
+        "n_tokens": int(lengths.sum()),
+        "mean": round(float(lengths.mean()), 1),
+        "p10": int(q[0]),
+        "p50": int(q[1]),
+        "p90": int(q[2]),
+        "p99": int(q[3]),
+        "max": int(lengths.max()),
+    }
 
 
 def _epoch_fraction(ds: TokenDataset) -> tuple[float, int]:
@@ -83,9 +120,14 @@ def _train_step(model, opt, ds: TokenDataset, state, clip: float):
     opt.step()
     opt.zero_grad(set_to_none=True)
     t2 = time.perf_counter()
-    return state, {"data_s": t1 - t0, "compute_s": t2 - t1, "n_real": batch.n_real,
-                   "capacity": batch.capacity, "n_seq": len(batch.cu_seqlens) - 1,
-                   "loss": float(loss_sum.detach()) / max(1, n)}
+    return state, {
+        "data_s": t1 - t0,
+        "compute_s": t2 - t1,
+        "n_real": batch.n_real,
+        "capacity": batch.capacity,
+        "n_seq": len(batch.cu_seqlens) - 1,
+        "loss": float(loss_sum.detach()) / max(1, n),
+    }
 
 
 def _bfd_timing(p: dict) -> dict:
@@ -103,11 +145,18 @@ def _bfd_timing(p: dict) -> dict:
     t0 = time.perf_counter()
     rows = pack_rows(spans, p["L"], p["buffer"])
     t_buf = time.perf_counter() - t0
-    return {"n_docs": int(len(lengths)), "n_chunks": len(chunk_lens), "n_tokens": int(total),
-            "one_buffer_s": round(t_all, 4), "one_buffer_rows": len(bins),
-            "one_buffer_fill": round(total / (len(bins) * p["L"]), 5),
-            "buffered_s": round(t_buf, 4), "buffer": p["buffer"], "buffered_rows": len(rows),
-            "buffered_fill": round(total / (len(rows) * p["L"]), 5)}
+    return {
+        "n_docs": int(len(lengths)),
+        "n_chunks": len(chunk_lens),
+        "n_tokens": int(total),
+        "one_buffer_s": round(t_all, 4),
+        "one_buffer_rows": len(bins),
+        "one_buffer_fill": round(total / (len(bins) * p["L"]), 5),
+        "buffered_s": round(t_buf, 4),
+        "buffer": p["buffer"],
+        "buffered_rows": len(rows),
+        "buffered_fill": round(total / (len(rows) * p["L"]), 5),
+    }
 
 
 def _embedded_fractions(p: dict) -> dict:
@@ -116,7 +165,7 @@ def _embedded_fractions(p: dict) -> dict:
 
     docs = embedded_corpus()
     if p["embedded_docs"]:
-        docs = docs[:p["embedded_docs"]]
+        docs = docs[: p["embedded_docs"]]
     ids = [list(d.encode("utf-8")) for d in docs]
     lengths = np.array([len(x) for x in ids])
     out = {"tokenizer": "byte", "L": p["L"], "lengths": _length_stats(lengths)}
@@ -197,7 +246,8 @@ def _run(p: dict, quick: bool) -> dict:
     ratio = pk["real_tokens_per_s"] / max(1e-9, pd["real_tokens_per_s"])
     # the same ratio from median step times (less sensitive to a stall on the shared CPU)
     ratio_median = (pk["real_tokens"] / pk["steps"] / pk["step_s_median"]) / max(
-        1e-9, pd["real_tokens"] / pd["steps"] / pd["step_s_median"])
+        1e-9, pd["real_tokens"] / pd["steps"] / pd["step_s_median"]
+    )
 
     bfd = _bfd_timing(p)
     emb = _embedded_fractions(p)
@@ -206,21 +256,39 @@ def _run(p: dict, quick: bool) -> dict:
         "benchmark": "packing",
         "quick": quick,
         "machine": machine_info(),
-        "config": {"vocab": p["vocab"], "L": p["L"], "batch_rows": p["rows"], "d_model": p["d_model"],
-                   "n_layer": p["n_layer"], "n_head": p["n_head"], "steps": p["steps"], "warmup": p["warmup"],
-                   "pack_buffer": p["buffer"], "params": count_params(model)["total"],
-                   "attn_backend": "sdpa", "dtype": "float32", "threads": torch.get_num_threads()},
-        "corpus": {"kind": "synthetic",
-                   "distribution": (f"length = clip(round(exp(N(ln {p['median']:g}, {p['sigma']:g}^2))), "
-                                    f"{p['min_len']}, {p['cap_factor']}*L={p['cap_factor'] * p['L']}); "
-                                    f"tokens uniform in [1, {p['vocab']}), seed {p['seed']}"),
-                   **_length_stats(lengths)},
+        "config": {
+            "vocab": p["vocab"],
+            "L": p["L"],
+            "batch_rows": p["rows"],
+            "d_model": p["d_model"],
+            "n_layer": p["n_layer"],
+            "n_head": p["n_head"],
+            "steps": p["steps"],
+            "warmup": p["warmup"],
+            "pack_buffer": p["buffer"],
+            "params": count_params(model)["total"],
+            "attn_backend": "sdpa",
+            "dtype": "float32",
+            "threads": torch.get_num_threads(),
+        },
+        "corpus": {
+            "kind": "synthetic",
+            "distribution": (
+                f"length = clip(round(exp(N(ln {p['median']:g}, {p['sigma']:g}^2))), "
+                f"{p['min_len']}, {p['cap_factor']}*L={p['cap_factor'] * p['L']}); "
+                f"tokens uniform in [1, {p['vocab']}), seed {p['seed']}"
+            ),
+            **_length_stats(lengths),
+        },
         "modes": modes,
         "ratio_real_tokens_per_s": round(ratio, 3),
         "ratio_real_tokens_per_s_median_steps": round(ratio_median, 3),
-        "targets": {"ratio_min": TARGET_RATIO, "ratio_met": ratio >= TARGET_RATIO,
-                    "packed_real_fraction_min": TARGET_PACKED_FRACTION,
-                    "packed_real_fraction_met": pk["real_fraction"] >= TARGET_PACKED_FRACTION},
+        "targets": {
+            "ratio_min": TARGET_RATIO,
+            "ratio_met": ratio >= TARGET_RATIO,
+            "packed_real_fraction_min": TARGET_PACKED_FRACTION,
+            "packed_real_fraction_met": pk["real_fraction"] >= TARGET_PACKED_FRACTION,
+        },
         "best_fit_decreasing": bfd,
         "embedded_corpus": emb,
     }
@@ -233,27 +301,61 @@ def _report(r: dict) -> None:
     rows = []
     for mode in ("packed", "padded"):
         m = r["modes"][mode]
-        rows.append([mode, f"{m['real_tokens_per_s']:,.0f}", f"{m['slot_tokens_per_s']:,.0f}",
-                     f"{100 * m['real_fraction']:.2f}%", f"{m['step_s_median']:.3f}", f"{m['seqs_per_batch']:.1f}",
-                     f"{m['batch_fetch_ms']:.2f}", f"{m['epoch_pack_ms_per_batch']:.2f}"])
-    print_table(f"packed vs padded: Transformer d{c['d_model']} x{c['n_layer']}, {c['params']:,} params, "
-                 f"{c['batch_rows']} rows x L={c['L']}, {c['steps']} steps each (interleaved)",
-                 ["mode", "real tok/s", "slot tok/s", "real frac", "step s (med)", "seqs/batch",
-                  "fetch ms/batch", "pack ms/batch"], rows)
+        rows.append(
+            [
+                mode,
+                f"{m['real_tokens_per_s']:,.0f}",
+                f"{m['slot_tokens_per_s']:,.0f}",
+                f"{100 * m['real_fraction']:.2f}%",
+                f"{m['step_s_median']:.3f}",
+                f"{m['seqs_per_batch']:.1f}",
+                f"{m['batch_fetch_ms']:.2f}",
+                f"{m['epoch_pack_ms_per_batch']:.2f}",
+            ]
+        )
+    print_table(
+        f"packed vs padded: Transformer d{c['d_model']} x{c['n_layer']}, {c['params']:,} params, "
+        f"{c['batch_rows']} rows x L={c['L']}, {c['steps']} steps each (interleaved)",
+        [
+            "mode",
+            "real tok/s",
+            "slot tok/s",
+            "real frac",
+            "step s (med)",
+            "seqs/batch",
+            "fetch ms/batch",
+            "pack ms/batch",
+        ],
+        rows,
+    )
     t = r["targets"]
     b = r["best_fit_decreasing"]
     e = r["embedded_corpus"]
-    print_table("summary", ["metric", "value"], [
-        ["real tok/s packed / padded", f"{r['ratio_real_tokens_per_s']:.2f}x "
-                                       f"(target >= {t['ratio_min']}x: {'met' if t['ratio_met'] else 'NOT met'})"],
-        ["same, from median step times", f"{r['ratio_real_tokens_per_s_median_steps']:.2f}x"],
-        ["packed real-token fraction", f"{100 * r['modes']['packed']['real_fraction']:.2f}% (target >= "
-                                       f"{100 * t['packed_real_fraction_min']:.0f}%: "
-                                       f"{'met' if t['packed_real_fraction_met'] else 'NOT met'})"],
-        [f"best_fit_decreasing, {b['n_docs']:,} docs ({b['n_chunks']:,} chunks), one buffer",
-         f"{b['one_buffer_s']:.3f} s, fill {100 * b['one_buffer_fill']:.2f}%"],
-        [f"pack_rows, buffers of {b['buffer']}", f"{b['buffered_s']:.3f} s, fill {100 * b['buffered_fill']:.2f}%"],
-        [f"embedded corpus (byte, L={e['L']}) real fraction",
-         f"packed {100 * e['packed']['real_fraction']:.2f}%, padded {100 * e['padded']['real_fraction']:.2f}%"],
-        ["corpus", r["corpus"]["distribution"]],
-    ])
+    print_table(
+        "summary",
+        ["metric", "value"],
+        [
+            [
+                "real tok/s packed / padded",
+                f"{r['ratio_real_tokens_per_s']:.2f}x "
+                f"(target >= {t['ratio_min']}x: {'met' if t['ratio_met'] else 'NOT met'})",
+            ],
+            ["same, from median step times", f"{r['ratio_real_tokens_per_s_median_steps']:.2f}x"],
+            [
+                "packed real-token fraction",
+                f"{100 * r['modes']['packed']['real_fraction']:.2f}% (target >= "
+                f"{100 * t['packed_real_fraction_min']:.0f}%: "
+                f"{'met' if t['packed_real_fraction_met'] else 'NOT met'})",
+            ],
+            [
+                f"best_fit_decreasing, {b['n_docs']:,} docs ({b['n_chunks']:,} chunks), one buffer",
+                f"{b['one_buffer_s']:.3f} s, fill {100 * b['one_buffer_fill']:.2f}%",
+            ],
+            [f"pack_rows, buffers of {b['buffer']}", f"{b['buffered_s']:.3f} s, fill {100 * b['buffered_fill']:.2f}%"],
+            [
+                f"embedded corpus (byte, L={e['L']}) real fraction",
+                f"packed {100 * e['packed']['real_fraction']:.2f}%, padded {100 * e['padded']['real_fraction']:.2f}%",
+            ],
+            ["corpus", r["corpus"]["distribution"]],
+        ],
+    )

@@ -31,16 +31,41 @@ import torch
 
 from genlab.bench.common import bench_threads, machine_info, print_table
 from genlab.config import RunConfig, TrainConfig
-from genlab.families.lm.args import LMArgs
 from genlab.families import build_lm
+from genlab.families.lm.args import LMArgs
 from genlab.families.lm.model import count_params
 from genlab.families.lm.task import LMTask
 from genlab.train.optim import build_optimizer, lr_factor, set_lr
 
-DEFAULTS = dict(L=256, rows=8, d_model=256, n_layer=4, n_head=4, rnn_layers=2, seconds=60.0, slices=5,
-                eval_batches=6, width_multiple=8, lr=2e-3, warmup=10, seed=0)
-QUICK = dict(DEFAULTS, L=64, rows=2, d_model=32, n_layer=1, n_head=2, rnn_layers=1, seconds=0.6, slices=2,
-             eval_batches=1, warmup=2, width_multiple=1)
+DEFAULTS = dict(
+    L=256,
+    rows=8,
+    d_model=256,
+    n_layer=4,
+    n_head=4,
+    rnn_layers=2,
+    seconds=60.0,
+    slices=5,
+    eval_batches=6,
+    width_multiple=8,
+    lr=2e-3,
+    warmup=10,
+    seed=0,
+)
+QUICK = dict(
+    DEFAULTS,
+    L=64,
+    rows=2,
+    d_model=32,
+    n_layer=1,
+    n_head=2,
+    rnn_layers=1,
+    seconds=0.6,
+    slices=2,
+    eval_batches=1,
+    warmup=2,
+    width_multiple=1,
+)
 
 ARCHS = ("transformer", "lstm", "gru")
 PLOT_NAME = {False: "rnn_vs_transformer.png", True: "rnn_vs_transformer-quick.png"}  # quick never clobbers
@@ -54,8 +79,9 @@ def rnn_param_count(arch: str, width: int, n_layer: int, vocab: int) -> int:
 
 
 def match_width(arch: str, target: int, n_layer: int, vocab: int, multiple: int = 8) -> int:
-    best = min(range(multiple, 8192 + 1, multiple),
-               key=lambda w: abs(rnn_param_count(arch, w, n_layer, vocab) - target))
+    best = min(
+        range(multiple, 8192 + 1, multiple), key=lambda w: abs(rnn_param_count(arch, w, n_layer, vocab) - target)
+    )
     return best
 
 
@@ -86,8 +112,13 @@ def _plot(curves: dict, path: Path, title: str) -> str | None:
     return str(path)
 
 
-def run(steps: int | None = None, quick: bool = False, seconds: float | None = None,
-        out_dir: str | Path | None = None, plot: bool = True) -> dict:
+def run(
+    steps: int | None = None,
+    quick: bool = False,
+    seconds: float | None = None,
+    out_dir: str | Path | None = None,
+    plot: bool = True,
+) -> dict:
     """`steps`, if given, caps the training steps of each model (the time budget still applies)."""
     p = dict(QUICK if quick else DEFAULTS)
     if seconds is not None:
@@ -111,12 +142,10 @@ def _run(p: dict, max_steps: int | None, quick: bool, out_dir, plot: bool) -> di
     task = LMTask(cfg)
     task.prepare(None)
     vocab = task.tokenizer.vocab_size
-    tcfg = TrainConfig(lr=p["lr"], warmup_steps=p["warmup"], schedule="constant", grad_clip=1.0,
-                       weight_decay=0.1)
+    tcfg = TrainConfig(lr=p["lr"], warmup_steps=p["warmup"], schedule="constant", grad_clip=1.0, weight_decay=0.1)
 
     # models at matched parameter counts
-    mcfgs = {"transformer": LMArgs(arch="transformer", d_model=p["d_model"], n_layer=p["n_layer"],
-                                        n_head=p["n_head"])}
+    mcfgs = {"transformer": LMArgs(arch="transformer", d_model=p["d_model"], n_layer=p["n_layer"], n_head=p["n_head"])}
     torch.manual_seed(p["seed"])
     models = {"transformer": build_lm(mcfgs["transformer"], vocab, p["L"])}
     target = count_params(models["transformer"])["total"]
@@ -129,8 +158,18 @@ def _run(p: dict, max_steps: int | None, quick: bool, out_dir, plot: bool) -> di
     for a in ("lstm", "gru"):
         assert params[a] == rnn_param_count(a, mcfgs[a].d_model, p["rnn_layers"], vocab), "param formula drift"
     opts = {a: build_optimizer(m, tcfg) for a, m in models.items()}
-    st = {a: {"state": task.initial_state(), "step": 0, "train_s": 0.0, "tokens": 0, "eval_s": 0.0,
-              "curve": [], "last_loss": float("nan")} for a in models}
+    st = {
+        a: {
+            "state": task.initial_state(),
+            "step": 0,
+            "train_s": 0.0,
+            "tokens": 0,
+            "eval_s": 0.0,
+            "curve": [],
+            "last_loss": float("nan"),
+        }
+        for a in models
+    }
 
     def evaluate(a):
         t0 = time.perf_counter()
@@ -164,32 +203,57 @@ def _run(p: dict, max_steps: int | None, quick: bool, out_dir, plot: bool) -> di
     for a in ARCHS:
         s, m = st[a], mcfgs[a]
         last = s["curve"][-1]
-        rows_out.append({
-            "model": a, "d_model": m.d_model, "n_layer": m.n_layer, "params": params[a],
-            "params_rel_diff": round(params[a] / params["transformer"] - 1, 4),
-            "steps": s["step"], "train_s": round(s["train_s"], 2), "tokens": s["tokens"],
-            "tokens_per_s": round(s["tokens"] / max(1e-9, s["train_s"]), 1),
-            "train_loss_last": round(s["last_loss"], 4),
-            "val_loss": round(last[2], 4), "val_bpb": round(last[3], 4), "eval_s": round(s["eval_s"], 2),
-            "curve": [[c[0], c[1], round(c[2], 4), round(c[3], 4)] for c in s["curve"]],
-        })
+        rows_out.append(
+            {
+                "model": a,
+                "d_model": m.d_model,
+                "n_layer": m.n_layer,
+                "params": params[a],
+                "params_rel_diff": round(params[a] / params["transformer"] - 1, 4),
+                "steps": s["step"],
+                "train_s": round(s["train_s"], 2),
+                "tokens": s["tokens"],
+                "tokens_per_s": round(s["tokens"] / max(1e-9, s["train_s"]), 1),
+                "train_loss_last": round(s["last_loss"], 4),
+                "val_loss": round(last[2], 4),
+                "val_bpb": round(last[3], 4),
+                "eval_s": round(s["eval_s"], 2),
+                "curve": [[c[0], c[1], round(c[2], 4), round(c[3], 4)] for c in s["curve"]],
+            }
+        )
 
     plot_path = None
     if plot:
-        plot_path = _plot({r["model"]: r["curve"] for r in rows_out}, _out_dir(out_dir) / PLOT_NAME[quick],
-                          f"equal wall-clock ({p['seconds']:g} s each), ~{params['transformer'] / 1e6:.2f}M params")
+        plot_path = _plot(
+            {r["model"]: r["curve"] for r in rows_out},
+            _out_dir(out_dir) / PLOT_NAME[quick],
+            f"equal wall-clock ({p['seconds']:g} s each), ~{params['transformer'] / 1e6:.2f}M params",
+        )
     result = {
         "benchmark": "rnn",
         "quick": quick,
         "machine": machine_info(),
-        "config": {"corpus": "embedded", "tokenizer": "byte", "vocab": vocab, "L": p["L"], "batch_rows": p["rows"],
-                   "seconds_per_model": p["seconds"], "slices": p["slices"], "max_steps": max_steps,
-                   "eval_batches": p["eval_batches"],
-                   "eval_tokens": _eval_tokens(task, p["eval_batches"]),
-                   "lr": tcfg.lr, "warmup_steps": tcfg.warmup_steps, "schedule": "constant after warmup",
-                   "optimizer": "AdamW(0.9, 0.95), wd 0.1 on matrices", "grad_clip": tcfg.grad_clip,
-                   "threads": torch.get_num_threads(), "dtype": "float32",
-                   "train_tokens": task.train_data.n_tokens, "val_tokens_total": task.val_data.n_tokens},
+        "config": {
+            "corpus": "embedded",
+            "tokenizer": "byte",
+            "vocab": vocab,
+            "L": p["L"],
+            "batch_rows": p["rows"],
+            "seconds_per_model": p["seconds"],
+            "slices": p["slices"],
+            "max_steps": max_steps,
+            "eval_batches": p["eval_batches"],
+            "eval_tokens": _eval_tokens(task, p["eval_batches"]),
+            "lr": tcfg.lr,
+            "warmup_steps": tcfg.warmup_steps,
+            "schedule": "constant after warmup",
+            "optimizer": "AdamW(0.9, 0.95), wd 0.1 on matrices",
+            "grad_clip": tcfg.grad_clip,
+            "threads": torch.get_num_threads(),
+            "dtype": "float32",
+            "train_tokens": task.train_data.n_tokens,
+            "val_tokens_total": task.val_data.n_tokens,
+        },
         "models": rows_out,
         "curve_columns": ["train_s", "step", "val_loss", "val_bpb"],
         "plot": plot_path,
@@ -209,12 +273,24 @@ def _eval_tokens(task: LMTask, max_batches: int) -> int:
 
 def _report(r: dict) -> None:
     c = r["config"]
-    rows = [[m["model"], f"{m['d_model']} x {m['n_layer']}", f"{m['params']:,} ({100 * m['params_rel_diff']:+.1f}%)",
-             f"{m['tokens_per_s']:,.0f}", str(m["steps"]), f"{m['train_s']:.1f}", f"{m['val_loss']:.4f}",
-             f"{m['val_bpb']:.4f}"] for m in r["models"]]
-    print_table(f"Transformer vs LSTM vs GRU: embedded corpus, bytes, {c['batch_rows']} rows x L={c['L']}, "
-                 f"{c['seconds_per_model']:g} s of training each",
-                 ["model", "width x layers", "params", "tokens/s", "steps", "train s", "val loss (nats)",
-                  "bits/byte"], rows)
+    rows = [
+        [
+            m["model"],
+            f"{m['d_model']} x {m['n_layer']}",
+            f"{m['params']:,} ({100 * m['params_rel_diff']:+.1f}%)",
+            f"{m['tokens_per_s']:,.0f}",
+            str(m["steps"]),
+            f"{m['train_s']:.1f}",
+            f"{m['val_loss']:.4f}",
+            f"{m['val_bpb']:.4f}",
+        ]
+        for m in r["models"]
+    ]
+    print_table(
+        f"Transformer vs LSTM vs GRU: embedded corpus, bytes, {c['batch_rows']} rows x L={c['L']}, "
+        f"{c['seconds_per_model']:g} s of training each",
+        ["model", "width x layers", "params", "tokens/s", "steps", "train s", "val loss (nats)", "bits/byte"],
+        rows,
+    )
     if r["plot"]:
         print(f"plot: {r['plot']}")

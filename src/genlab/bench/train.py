@@ -47,16 +47,42 @@ import time
 import torch
 
 from genlab.bench.common import interleaved_times, machine_info, median, print_table, timeit_steps
-from genlab.families.lm.args import LMArgs
 from genlab.data.packing import IGNORE, Batch, TokenDataset
+from genlab.families.lm.args import LMArgs
+from genlab.families.lm.task import LMTask
 from genlab.families.lm.transformer import Transformer, ffn_width
 from genlab.train.flops import flops_per_token
-from genlab.families.lm.task import LMTask
 
-FULL = dict(d_model=512, n_layer=8, n_head=8, ffn_hidden=1376, vocab=8192, rows=8, seq_len=512,
-            warmup=3, steps=7, packed_warmup=2, packed_steps=3, tokenizer="bpe", corpus_docs=None)
-QUICK = dict(d_model=64, n_layer=2, n_head=2, ffn_hidden=96, vocab=512, rows=2, seq_len=64,
-             warmup=1, steps=2, packed_warmup=1, packed_steps=2, tokenizer="byte", corpus_docs=8)
+FULL = dict(
+    d_model=512,
+    n_layer=8,
+    n_head=8,
+    ffn_hidden=1376,
+    vocab=8192,
+    rows=8,
+    seq_len=512,
+    warmup=3,
+    steps=7,
+    packed_warmup=2,
+    packed_steps=3,
+    tokenizer="bpe",
+    corpus_docs=None,
+)
+QUICK = dict(
+    d_model=64,
+    n_layer=2,
+    n_head=2,
+    ffn_hidden=96,
+    vocab=512,
+    rows=2,
+    seq_len=64,
+    warmup=1,
+    steps=2,
+    packed_warmup=1,
+    packed_steps=2,
+    tokenizer="byte",
+    corpus_docs=8,
+)
 THREADS = 2
 SEED = 0
 TARGET_RATIO = 1.1
@@ -66,19 +92,30 @@ OPTIM = dict(lr=1e-3, betas=(0.9, 0.95), eps=1e-8, weight_decay=0.1, fused=True)
 
 # ------------------------------------------------------------------------------ models
 def model_config(p: dict) -> LMArgs:
-    return LMArgs(d_model=p["d_model"], n_layer=p["n_layer"], n_head=p["n_head"],
-                       ffn_hidden=p["ffn_hidden"], attn_backend="sdpa")
+    return LMArgs(
+        d_model=p["d_model"], n_layer=p["n_layer"], n_head=p["n_head"], ffn_hidden=p["ffn_hidden"], attn_backend="sdpa"
+    )
 
 
 def build_hf(p: dict):
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    cfg = LlamaConfig(vocab_size=p["vocab"], hidden_size=p["d_model"], intermediate_size=p["ffn_hidden"],
-                      num_hidden_layers=p["n_layer"], num_attention_heads=p["n_head"],
-                      num_key_value_heads=p["n_head"], max_position_embeddings=p["seq_len"],
-                      rms_norm_eps=1e-5, rope_theta=10000.0, tie_word_embeddings=False,
-                      attention_bias=False, mlp_bias=False, attention_dropout=0.0,
-                      attn_implementation="sdpa")
+    cfg = LlamaConfig(
+        vocab_size=p["vocab"],
+        hidden_size=p["d_model"],
+        intermediate_size=p["ffn_hidden"],
+        num_hidden_layers=p["n_layer"],
+        num_attention_heads=p["n_head"],
+        num_key_value_heads=p["n_head"],
+        max_position_embeddings=p["seq_len"],
+        rms_norm_eps=1e-5,
+        rope_theta=10000.0,
+        tie_word_embeddings=False,
+        attention_bias=False,
+        mlp_bias=False,
+        attention_dropout=0.0,
+        attn_implementation="sdpa",
+    )
     model = LlamaForCausalLM(cfg)
     assert model.config._attn_implementation == "sdpa", model.config._attn_implementation
     return model
@@ -116,8 +153,7 @@ def make_optimizer(model: torch.nn.Module) -> torch.optim.Optimizer:
     no_decay = [p for p in model.parameters() if p.requires_grad and p.dim() < 2]
     kw = dict(OPTIM)
     wd = kw.pop("weight_decay")
-    return torch.optim.AdamW([{"params": decay, "weight_decay": wd}, {"params": no_decay, "weight_decay": 0.0}],
-                             **kw)
+    return torch.optim.AdamW([{"params": decay, "weight_decay": wd}, {"params": no_decay, "weight_decay": 0.0}], **kw)
 
 
 # ------------------------------------------------------------------------------ batches
@@ -127,8 +163,7 @@ def rows_batch(ids: torch.Tensor) -> Batch:
     targets = torch.full((R, L), IGNORE, dtype=torch.long)
     targets[:, :-1] = ids[:, 1:]
     cu = torch.arange(0, R * L + 1, L, dtype=torch.int32)
-    return Batch(ids.reshape(-1).clone(), targets.reshape(-1), torch.arange(L).repeat(R), cu, L,
-                 R * L, R * L, R)
+    return Batch(ids.reshape(-1).clone(), targets.reshape(-1), torch.arange(L).repeat(R), cu, L, R * L, R * L, R)
 
 
 def packed_batch(p: dict) -> Batch:
@@ -139,7 +174,7 @@ def packed_batch(p: dict) -> Batch:
 
     docs = embedded_corpus()
     if p["corpus_docs"]:
-        docs = docs[:p["corpus_docs"]]
+        docs = docs[: p["corpus_docs"]]
     tok = build_tokenizer(p["tokenizer"], docs, p["vocab"])
     ds = TokenDataset(tok.encode_batch(docs), p["seq_len"], p["rows"], mode="packed", seed=SEED)
     batch, _ = ds.batch_at((0, 0))
@@ -168,13 +203,20 @@ def gemm_shapes(cfg: LMArgs, vocab: int, M: int) -> list[tuple[str, int, int, in
     hd = d // H
     kv = cfg.n_kv_head or H
     ffn = ffn_width(cfg)
-    linears = [("qkv", d, (H + 2 * kv) * hd, cfg.n_layer), ("proj", H * hd, d, cfg.n_layer),
-               ("gate_up", d, 2 * ffn, cfg.n_layer), ("down", ffn, d, cfg.n_layer), ("head", d, vocab, 1)]
+    linears = [
+        ("qkv", d, (H + 2 * kv) * hd, cfg.n_layer),
+        ("proj", H * hd, d, cfg.n_layer),
+        ("gate_up", d, 2 * ffn, cfg.n_layer),
+        ("down", ffn, d, cfg.n_layer),
+        ("head", d, vocab, 1),
+    ]
     shapes = []
     for name, K, N, count in linears:
-        shapes += [(f"{name} fwd  x@W^T", M, K, N, "fwd", count),
-                   (f"{name} bwd dY@W", M, N, K, "dx", count),
-                   (f"{name} bwd dY^T@x", N, M, K, "dw", count)]
+        shapes += [
+            (f"{name} fwd  x@W^T", M, K, N, "fwd", count),
+            (f"{name} bwd dY@W", M, N, K, "dx", count),
+            (f"{name} bwd dY^T@x", N, M, K, "dw", count),
+        ]
     return shapes
 
 
@@ -203,17 +245,21 @@ def measure_peak(cfg: LMArgs, vocab: int, M: int, reps: int = 5, prior: dict | N
         t = _time_gemm(m, k, n, kind, reps)
         if prior is not None:
             t = min(t, prior["shapes"][i]["seconds"])
-        rows.append({"shape": name, "m": m, "k": k, "n": n, "count": count, "seconds": t,
-                     "gflops": 2 * m * k * n / t / 1e9})
+        rows.append(
+            {"shape": name, "m": m, "k": k, "n": n, "count": count, "seconds": t, "gflops": 2 * m * k * n / t / 1e9}
+        )
     best = max(rows, key=lambda r: r["gflops"])
     total_flops = sum(2 * r["m"] * r["k"] * r["n"] * r["count"] for r in rows)
     total_time = sum(r["seconds"] * r["count"] for r in rows)
-    return {"peak_gflops": best["gflops"], "peak_shape": f"{best['shape']} ({best['m']}x{best['k']}x{best['n']})",
-            "weighted_gflops": total_flops / total_time / 1e9,
-            "method": f"torch.mm fp32, outputs preallocated, best of {reps} runs (twice: before and after "
-                      "the training steps), M = {M} tokens; peak = best shape; weighted = total FLOPs / "
-                      "total time of one step's GEMM mix".replace("{M}", str(M)),
-            "shapes": rows}
+    return {
+        "peak_gflops": best["gflops"],
+        "peak_shape": f"{best['shape']} ({best['m']}x{best['k']}x{best['n']})",
+        "weighted_gflops": total_flops / total_time / 1e9,
+        "method": f"torch.mm fp32, outputs preallocated, best of {reps} runs (twice: before and after "
+        "the training steps), M = {M} tokens; peak = best shape; weighted = total FLOPs / "
+        "total time of one step's GEMM mix".replace("{M}", str(M)),
+        "shapes": rows,
+    }
 
 
 # ------------------------------------------------------------------------------ the benchmark
@@ -292,6 +338,7 @@ def _run(p: dict, quick: bool) -> dict:
             c0 = time.process_time()
             fn()
             cpu[name].append(time.process_time() - c0)
+
         return step
 
     times = interleaved_times([cpu_timed("genlab", step_genlab), cpu_timed("hf", step_hf)], p["warmup"], p["steps"])
@@ -301,23 +348,36 @@ def _run(p: dict, quick: bool) -> dict:
 
     rows_lens = [L] * R
     packed_lens = (packed.cu_seqlens[1:] - packed.cu_seqlens[:-1]).tolist()
-    flops = {"genlab": train_flops(cfg, V, rows_lens), "hf": train_flops(cfg, V, rows_lens),
-             "genlab_packed": train_flops(cfg, V, packed_lens)}
+    flops = {
+        "genlab": train_flops(cfg, V, rows_lens),
+        "hf": train_flops(cfg, V, rows_lens),
+        "genlab_packed": train_flops(cfg, V, packed_lens),
+    }
     tokens = {"genlab": R * L, "hf": R * L, "genlab_packed": packed.n_real}
     results = {}
     for name, ts in zip(names, times):
         med = median(ts)
         f_full, f_causal = flops[name]
-        cpu_med = median(cpu[name][warm[name]:])
+        cpu_med = median(cpu[name][warm[name] :])
         results[name] = {
-            "step_times_s": [round(t, 4) for t in ts], "median_step_s": med, "tokens_per_step": tokens[name],
-            "tokens_per_s": tokens[name] / med, "median_cpu_s": cpu_med, "tokens_per_cpu_s": tokens[name] / cpu_med,
-            "gflops": f_full / med / 1e9, "gflops_causal": f_causal / med / 1e9,
-            "mfu": f_full / med / 1e9 / peak["peak_gflops"], "mfu_causal": f_causal / med / 1e9 / peak["peak_gflops"],
-            "loss_first": losses[name][0], "loss_last": losses[name][-1],
+            "step_times_s": [round(t, 4) for t in ts],
+            "median_step_s": med,
+            "tokens_per_step": tokens[name],
+            "tokens_per_s": tokens[name] / med,
+            "median_cpu_s": cpu_med,
+            "tokens_per_cpu_s": tokens[name] / cpu_med,
+            "gflops": f_full / med / 1e9,
+            "gflops_causal": f_causal / med / 1e9,
+            "mfu": f_full / med / 1e9 / peak["peak_gflops"],
+            "mfu_causal": f_causal / med / 1e9 / peak["peak_gflops"],
+            "loss_first": losses[name][0],
+            "loss_last": losses[name][-1],
         }
-    results["genlab_packed"].update(n_sequences=len(packed_lens), real_fraction=packed.real_fraction,
-                                    seq_len_mean=sum(packed_lens) / len(packed_lens))
+    results["genlab_packed"].update(
+        n_sequences=len(packed_lens),
+        real_fraction=packed.real_fraction,
+        seq_len_mean=sum(packed_lens) / len(packed_lens),
+    )
     ratio = results["genlab"]["tokens_per_s"] / results["hf"]["tokens_per_s"]
     # noise-robust companions: the median over rounds of HF time / genlab time within the same
     # round, and the ratio of CPU seconds per step (time the process actually ran)
@@ -325,23 +385,37 @@ def _run(p: dict, quick: bool) -> dict:
     cpu_ratio = results["hf"]["median_cpu_s"] / results["genlab"]["median_cpu_s"]
     ftok = flops_per_token(cfg, V, L)
     out = {
-        "benchmark": "train", "quick": quick, "machine": machine_info(),
+        "benchmark": "train",
+        "quick": quick,
+        "machine": machine_info(),
         "shape": {k: p[k] for k in ("d_model", "n_layer", "n_head", "ffn_hidden", "vocab", "rows", "seq_len")},
-        "dtype": "float32", "threads": THREADS, "warmup_steps": p["warmup"], "timed_steps": p["steps"],
+        "dtype": "float32",
+        "threads": THREADS,
+        "warmup_steps": p["warmup"],
+        "timed_steps": p["steps"],
         "packed_timed_steps": p["packed_steps"],
         "optimizer": {"name": "torch.optim.AdamW", **{k: v for k, v in OPTIM.items()}, "no_decay": "vectors"},
-        "flops_per_token": {"train": ftok["train_flops_per_token"],
-                            "train_causal": flops["genlab"][1] / (R * L),
-                            "note": "train = genlab.train.flops (attention over the full context); "
-                                    "train_causal counts the (L+1)/2 keys a causal query sees"},
+        "flops_per_token": {
+            "train": ftok["train_flops_per_token"],
+            "train_causal": flops["genlab"][1] / (R * L),
+            "note": "train = genlab.train.flops (attention over the full context); "
+            "train_causal counts the (L+1)/2 keys a causal query sees",
+        },
         "peak": peak,
-        "equivalence": {"max_abs_logit_diff": logit_diff, "max_abs_logit": logit_scale, "tolerance": LOGIT_TOL,
-                        "ok": logit_diff <= LOGIT_TOL,
-                        "loss_first_diff": abs(results["genlab"]["loss_first"] - results["hf"]["loss_first"]),
-                        "loss_last_diff": abs(results["genlab"]["loss_last"] - results["hf"]["loss_last"])},
+        "equivalence": {
+            "max_abs_logit_diff": logit_diff,
+            "max_abs_logit": logit_scale,
+            "tolerance": LOGIT_TOL,
+            "ok": logit_diff <= LOGIT_TOL,
+            "loss_first_diff": abs(results["genlab"]["loss_first"] - results["hf"]["loss_first"]),
+            "loss_last_diff": abs(results["genlab"]["loss_last"] - results["hf"]["loss_last"]),
+        },
         "results": results,
-        "ratio_genlab_vs_hf": ratio, "target_ratio": TARGET_RATIO, "target_met": ratio >= TARGET_RATIO,
-        "ratio_paired_median": paired, "ratio_cpu_time": cpu_ratio,
+        "ratio_genlab_vs_hf": ratio,
+        "target_ratio": TARGET_RATIO,
+        "target_met": ratio >= TARGET_RATIO,
+        "ratio_paired_median": paired,
+        "ratio_cpu_time": cpu_ratio,
         "versions": {"torch": torch.__version__, "transformers": _transformers_version()},
     }
     _report(out)
@@ -357,36 +431,68 @@ def _transformers_version() -> str:
 def _report(r: dict) -> None:
     s, res, pk = r["shape"], r["results"], r["peak"]
     hf_tps = res["hf"]["tokens_per_s"]
-    labels = {"hf": f"HF LlamaForCausalLM (sdpa), {s['rows']} rows x {s['seq_len']}",
-              "genlab": f"genlab, {s['rows']} single-document rows x {s['seq_len']}",
-              "genlab_packed": f"genlab, {s['rows']} packed corpus rows ({res['genlab_packed']['n_sequences']} "
-                               "documents)"}
+    labels = {
+        "hf": f"HF LlamaForCausalLM (sdpa), {s['rows']} rows x {s['seq_len']}",
+        "genlab": f"genlab, {s['rows']} single-document rows x {s['seq_len']}",
+        "genlab_packed": f"genlab, {s['rows']} packed corpus rows ({res['genlab_packed']['n_sequences']} documents)",
+    }
     rows = []
     for name in ("hf", "genlab", "genlab_packed"):
         x = res[name]
-        rows.append([labels[name], f"{x['median_step_s']:.3f}", f"{x['median_cpu_s']:.2f}", f"{x['tokens_per_s']:,.0f}",
-                     f"{x['tokens_per_s'] / hf_tps:.2f}x", f"{x['gflops']:.1f}", f"{x['gflops_causal']:.1f}",
-                     f"{100 * x['mfu']:.1f}%", f"{100 * x['mfu_causal']:.1f}%",
-                     f"{x['loss_first']:.5f} -> {x['loss_last']:.5f}"])
+        rows.append(
+            [
+                labels[name],
+                f"{x['median_step_s']:.3f}",
+                f"{x['median_cpu_s']:.2f}",
+                f"{x['tokens_per_s']:,.0f}",
+                f"{x['tokens_per_s'] / hf_tps:.2f}x",
+                f"{x['gflops']:.1f}",
+                f"{x['gflops_causal']:.1f}",
+                f"{100 * x['mfu']:.1f}%",
+                f"{100 * x['mfu_causal']:.1f}%",
+                f"{x['loss_first']:.5f} -> {x['loss_last']:.5f}",
+            ]
+        )
     m = r["machine"]
-    print_table(f"genlab bench train: d{s['d_model']} x {s['n_layer']} layers, {s['n_head']} heads, "
-                f"SwiGLU {s['ffn_hidden']}, vocab {s['vocab']}; fp32, {r['threads']} threads, "
-                f"median of {r['timed_steps']} interleaved steps (packed: {r['packed_timed_steps']}, after) "
-                f"({m['cpu']}, torch {m['torch']})",
-                ["configuration", "step s", "CPU s", "tokens/s", "vs HF", "GFLOP/s", "GFLOP/s causal", "MFU",
-                 "MFU causal", "loss first -> last"], rows)
-    print_table(f"fp32 GEMM peak over the model's shapes: best {pk['peak_gflops']:.1f} GFLOP/s "
-                f"({pk['peak_shape']}), FLOP-weighted mix {pk['weighted_gflops']:.1f} GFLOP/s",
-                ["GEMM (m x k x n)", "per step", "GFLOP/s"],
-                [[f"{x['shape']} ({x['m']}x{x['k']}x{x['n']})", x["count"], f"{x['gflops']:.1f}"]
-                 for x in pk["shapes"]])
+    print_table(
+        f"genlab bench train: d{s['d_model']} x {s['n_layer']} layers, {s['n_head']} heads, "
+        f"SwiGLU {s['ffn_hidden']}, vocab {s['vocab']}; fp32, {r['threads']} threads, "
+        f"median of {r['timed_steps']} interleaved steps (packed: {r['packed_timed_steps']}, after) "
+        f"({m['cpu']}, torch {m['torch']})",
+        [
+            "configuration",
+            "step s",
+            "CPU s",
+            "tokens/s",
+            "vs HF",
+            "GFLOP/s",
+            "GFLOP/s causal",
+            "MFU",
+            "MFU causal",
+            "loss first -> last",
+        ],
+        rows,
+    )
+    print_table(
+        f"fp32 GEMM peak over the model's shapes: best {pk['peak_gflops']:.1f} GFLOP/s "
+        f"({pk['peak_shape']}), FLOP-weighted mix {pk['weighted_gflops']:.1f} GFLOP/s",
+        ["GEMM (m x k x n)", "per step", "GFLOP/s"],
+        [[f"{x['shape']} ({x['m']}x{x['k']}x{x['n']})", x["count"], f"{x['gflops']:.1f}"] for x in pk["shapes"]],
+    )
     eq = r["equivalence"]
-    print(f"same function: max |logit diff| {eq['max_abs_logit_diff']:.2e} (logits up to "
-          f"{eq['max_abs_logit']:.2f}; tolerance {eq['tolerance']:g}) -> {'ok' if eq['ok'] else 'MISMATCH'}; "
-          f"loss diff first step {eq['loss_first_diff']:.1e}, last step {eq['loss_last_diff']:.1e}")
-    print(f"FLOPs/token (training): {r['flops_per_token']['train'] / 1e6:.1f} M full-context attention, "
-          f"{r['flops_per_token']['train_causal'] / 1e6:.1f} M causal")
+    print(
+        f"same function: max |logit diff| {eq['max_abs_logit_diff']:.2e} (logits up to "
+        f"{eq['max_abs_logit']:.2f}; tolerance {eq['tolerance']:g}) -> {'ok' if eq['ok'] else 'MISMATCH'}; "
+        f"loss diff first step {eq['loss_first_diff']:.1e}, last step {eq['loss_last_diff']:.1e}"
+    )
+    print(
+        f"FLOPs/token (training): {r['flops_per_token']['train'] / 1e6:.1f} M full-context attention, "
+        f"{r['flops_per_token']['train_causal'] / 1e6:.1f} M causal"
+    )
     verdict = "met" if r["target_met"] else "NOT met"
-    print(f"genlab / HF tokens/s = {r['ratio_genlab_vs_hf']:.3f} (target >= {r['target_ratio']}: {verdict}); "
-          f"median of per-round ratios {r['ratio_paired_median']:.3f}, CPU-time ratio {r['ratio_cpu_time']:.3f}; "
-          f"load average at the end {m.get('load_avg_1m', '?')}", flush=True)
+    print(
+        f"genlab / HF tokens/s = {r['ratio_genlab_vs_hf']:.3f} (target >= {r['target_ratio']}: {verdict}); "
+        f"median of per-round ratios {r['ratio_paired_median']:.3f}, CPU-time ratio {r['ratio_cpu_time']:.3f}; "
+        f"load average at the end {m.get('load_avg_1m', '?')}",
+        flush=True,
+    )

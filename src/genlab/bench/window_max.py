@@ -36,22 +36,60 @@ def run(steps: int | None = None, quick: bool = False) -> dict:
     rows = []
     for k in p["ks"]:
         ref = np.array(window_max_deque(values, k))
-        outs = [window_max(a, k), window_max(t, k).numpy(),
-                np.lib.stride_tricks.sliding_window_view(a, k).max(axis=1)]
+        outs = [window_max(a, k), window_max(t, k).numpy(), np.lib.stride_tricks.sliding_window_view(a, k).max(axis=1)]
         equal = all(np.array_equal(o, ref) for o in outs)
-        fns = [lambda: window_max_deque(values, k), lambda: window_max(a, k), lambda: window_max(t, k),
-               lambda: np.lib.stride_tricks.sliding_window_view(a, k).max(axis=1)]
+        fns = [
+            lambda k=k: window_max_deque(values, k),
+            lambda k=k: window_max(a, k),
+            lambda k=k: window_max(t, k),
+            lambda k=k: np.lib.stride_tricks.sliding_window_view(a, k).max(axis=1),
+        ]
         times = [min(ts) for ts in interleaved_times(fns, warmup=0, steps=p["rounds"])]
-        rows.append({"k": k, "deque_s": times[0], "numpy_s": times[1], "torch_s": times[2],
-                     "sliding_window_view_s": times[3], "speedup_numpy": times[0] / times[1],
-                     "speedup_torch": times[0] / times[2], "outputs_equal": equal})
-    res = {"benchmark": "window_max", "machine": machine_info(), "config": p, "results": rows,
-           "targets": {f"numpy_speedup_ge_{TARGET_SPEEDUP:g}x_k{r['k']}": r["speedup_numpy"] >= TARGET_SPEEDUP
-                       for r in rows}}
-    print_table(f"window max, n = {p['n']:,} float64 (best of {p['rounds']}; seconds)",
-                ["k", "pure-Python deque", "vHGW numpy", "vHGW torch", "sliding_window_view", "numpy speedup",
-                 "torch speedup", "equal"],
-                [[r["k"], f"{r['deque_s']:.3f}", f"{r['numpy_s']:.4f}", f"{r['torch_s']:.4f}",
-                  f"{r['sliding_window_view_s']:.4f}", f"{r['speedup_numpy']:.0f}x", f"{r['speedup_torch']:.0f}x",
-                  r["outputs_equal"]] for r in rows])
+        rows.append(
+            {
+                "k": k,
+                "deque_s": times[0],
+                "numpy_s": times[1],
+                "torch_s": times[2],
+                "sliding_window_view_s": times[3],
+                "speedup_numpy": times[0] / times[1],
+                "speedup_torch": times[0] / times[2],
+                "outputs_equal": equal,
+            }
+        )
+    res = {
+        "benchmark": "window_max",
+        "machine": machine_info(),
+        "config": p,
+        "results": rows,
+        "targets": {
+            f"numpy_speedup_ge_{TARGET_SPEEDUP:g}x_k{r['k']}": r["speedup_numpy"] >= TARGET_SPEEDUP for r in rows
+        },
+    }
+    print_table(
+        f"window max, n = {p['n']:,} float64 (best of {p['rounds']}; seconds)",
+        [
+            "k",
+            "pure-Python deque",
+            "vHGW numpy",
+            "vHGW torch",
+            "sliding_window_view",
+            "numpy speedup",
+            "torch speedup",
+            "equal",
+        ],
+        [
+            [
+                r["k"],
+                f"{r['deque_s']:.3f}",
+                f"{r['numpy_s']:.4f}",
+                f"{r['torch_s']:.4f}",
+                f"{r['sliding_window_view_s']:.4f}",
+                f"{r['speedup_numpy']:.0f}x",
+                f"{r['speedup_torch']:.0f}x",
+                r["outputs_equal"],
+            ]
+            for r in rows
+        ],
+    )
     return res

@@ -77,8 +77,12 @@ def _add_scaling_parsers(sub) -> None:
     pn = sub.add_parser("plan", help="compute-optimal model, data, batch, lr and schedule for a budget")
     pn.add_argument("--compute", type=_positive_float, metavar="C", help="training FLOPs (C = M * D)")
     pn.add_argument("--tokens", type=_positive_float, metavar="D", help="training tokens")
-    pn.add_argument("--model-flops", type=_positive_float, metavar="M",
-                    help="FLOPs per token in the law's accounting (deepseek: M; chinchilla, epoch: 6N)")
+    pn.add_argument(
+        "--model-flops",
+        type=_positive_float,
+        metavar="M",
+        help="FLOPs per token in the law's accounting (deepseek: M; chinchilla, epoch: 6N)",
+    )
     pn.add_argument("--law", choices=tuple(LAWS), default="deepseek", help="model/data allocation law")
     pn.add_argument("--preset", help="take sequence length, vocabulary and GQA grouping from a preset")
     pn.add_argument("--seq-len", type=_positive_int, help="tokens per sequence (default 4096 or the preset's)")
@@ -93,14 +97,27 @@ def _add_scaling_parsers(sub) -> None:
     sw.add_argument("--kind", choices=KINDS, help="which grids (default both)")
     sw.add_argument("--lr-factors", type=_float_list, help="multiples of eta_opt(C) (default 0.5,1,2)")
     sw.add_argument("--batch-factors", type=_float_list, help="multiples of B_opt(C) (default 0.5,1,2)")
-    sw.add_argument("--size-factors", type=_float_list, help="IsoFLOP sizes, multiples of M_opt(C) (default 1,2,4,8,16)")
+    sw.add_argument(
+        "--size-factors", type=_float_list, help="IsoFLOP sizes, multiples of M_opt(C) (default 1,2,4,8,16)"
+    )
     sw.add_argument("--lr-batch-size", type=_positive_float, help="the lr x batch model, x M_opt(C) (default 4)")
-    sw.add_argument("--lr-center", type=_positive_float, help="IsoFLOP lr and lr grid centre, x eta_opt(C) (default 0.25)")
-    sw.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                    help="config for every point, e.g. --set data.path=corpus.txt (repeatable)")
+    sw.add_argument(
+        "--lr-center", type=_positive_float, help="IsoFLOP lr and lr grid centre, x eta_opt(C) (default 0.25)"
+    )
+    sw.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="config for every point, e.g. --set data.path=corpus.txt (repeatable)",
+    )
     sw.add_argument("--dry-run", action="store_true", help="print the grid and its compute; run nothing")
-    sw.add_argument("--estimate", action="store_true",
-                    help="with --dry-run: time a few steps of every distinct shape here and print the expected duration")
+    sw.add_argument(
+        "--estimate",
+        action="store_true",
+        help="with --dry-run: time a few steps of every distinct shape here and print the expected duration",
+    )
 
     ft = sub.add_parser("fit", help="fit lr/batch, IsoFLOP and Chinchilla laws to a sweep's results.csv")
     ft.add_argument("results", help="SWEEP/results.csv")
@@ -122,14 +139,24 @@ def build_parser() -> argparse.ArgumentParser:
     t = sub.add_parser("train", help="train a model; writes a run directory")
     t.add_argument("--preset", help="start from a preset (see `genlab presets`)")
     t.add_argument("--config", help="TOML config file applied after the preset")
-    t.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                   help="override one config key, e.g. --set train.lr=3e-4 (repeatable)")
+    t.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override one config key, e.g. --set train.lr=3e-4 (repeatable)",
+    )
     t.add_argument("--steps", type=_positive_int, help="shortcut for --set train.steps=N")
     t.add_argument("--out", help="run directory (default runs/PRESET-TIMESTAMP)")
     t.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
     t.add_argument("--no-progress", action="store_true", help="no live progress bar")
-    t.add_argument("--nproc", type=_positive_int, default=1,
-                   help="data-parallel processes: launches torchrun --nproc-per-node N (train.parallel = ddp | fsdp)")
+    t.add_argument(
+        "--nproc",
+        type=_positive_int,
+        default=1,
+        help="data-parallel processes: launches torchrun --nproc-per-node N (train.parallel = ddp | fsdp)",
+    )
 
     s = sub.add_parser("sample", help="sample from a trained run (text, image grids, binary vectors)")
     s.add_argument("run")
@@ -140,24 +167,42 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--top-p", type=_unit_float, default=1.0, help="nucleus sampling mass (1 = off)")
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--no-cache", action="store_true", help="recompute the whole sequence every step")
-    s.add_argument("--speculative", action="store_true",
-                   help="deepseek with MTP: greedy decoding drafted by the MTP module (same text; reports acceptance)")
-    s.add_argument("--infill", metavar="TEXT",
-                   help="lm, masked / any-order runs: fill the <mask> spans of TEXT (<mask:N> = N tokens)")
+    s.add_argument(
+        "--speculative",
+        action="store_true",
+        help="deepseek with MTP: greedy decoding drafted by the MTP module (same text; reports acceptance)",
+    )
+    s.add_argument(
+        "--infill",
+        metavar="TEXT",
+        help="lm, masked / any-order runs: fill the <mask> spans of TEXT (<mask:N> = N tokens)",
+    )
     s.add_argument("--span", type=_positive_int, default=8, help="--infill: tokens a bare <mask> stands for")
-    s.add_argument("--order", choices=("left-to-right", "random", "confident"), default="left-to-right",
-                   help="--infill: which hole is filled next")
+    s.add_argument(
+        "--order",
+        choices=("left-to-right", "random", "confident"),
+        default="left-to-right",
+        help="--infill: which hole is filled next",
+    )
     s.add_argument("-n", "--num", type=_positive_int, default=64, help="density, diffusion: how many samples")
-    s.add_argument("--out", help="density, diffusion: output file (density: a .png grid for image-shaped data, "
-                   "or .npy; default RUN/samples.png or RUN/samples.npy)")
+    s.add_argument(
+        "--out",
+        help="density, diffusion: output file (density: a .png grid for image-shaped data, "
+        "or .npy; default RUN/samples.png or RUN/samples.npy)",
+    )
     s.add_argument("--steps", type=_positive_int, default=50, help="diffusion: sampler steps")
     s.add_argument("--sampler", choices=("ddim", "ddpm"), default="ddim", help="diffusion: sampler")
-    s.add_argument("--guidance", type=_nonneg_float, default=3.0,
-                   help="diffusion: classifier-free guidance scale (1 = plain conditional, 0 = unconditional)")
+    s.add_argument(
+        "--guidance",
+        type=_nonneg_float,
+        default=3.0,
+        help="diffusion: classifier-free guidance scale (1 = plain conditional, 0 = unconditional)",
+    )
     s.add_argument("--eta", type=_nonneg_float, default=0.0, help="diffusion, ddim: noise (0 = deterministic)")
 
-    e = sub.add_parser("eval", help="evaluate a run: LM loss, perplexity, bits/byte; density test NLL; "
-                       "diffusion and detection metrics")
+    e = sub.add_parser(
+        "eval", help="evaluate a run: LM loss, perplexity, bits/byte; density test NLL; diffusion and detection metrics"
+    )
     e.add_argument("run")
     e.add_argument("--data", help="evaluate on this corpus instead of the run's validation split")
     e.add_argument("--json", action="store_true")
@@ -184,8 +229,9 @@ def build_parser() -> argparse.ArgumentParser:
     dt = sub.add_parser("detect", help="stream a feature file through an action detection run, frame by frame")
     dt.add_argument("run")
     dt.add_argument("--features", required=True, help="(frames, feat_dim) float .npy of one video")
-    dt.add_argument("--smooth", type=_positive_int, default=1,
-                    help="per-class max of the scores over the last K frames (1 = off)")
+    dt.add_argument(
+        "--smooth", type=_positive_int, default=1, help="per-class max of the scores over the last K frames (1 = off)"
+    )
     dt.add_argument("--json", action="store_true", help="one JSON object per frame (JSON lines)")
     dt.add_argument("--out", help="also write the (frames, classes) scores to this .npy or .csv file")
 
@@ -218,4 +264,3 @@ def main(argv: list[str] | None = None) -> int:
 
 if __name__ == "__main__":  # pragma: no cover
     sys.exit(main())
-

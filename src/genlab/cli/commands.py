@@ -56,8 +56,10 @@ def cmd_train(args) -> int:
         last = trainer.fit()
     except KeyboardInterrupt:
         if main:
-            _print("interrupted: a checkpoint was written; continue with `genlab train --out RUN --resume`",
-                   file=sys.stderr)
+            _print(
+                "interrupted: a checkpoint was written; continue with `genlab train --out RUN --resume`",
+                file=sys.stderr,
+            )
         raise
     finally:
         distributed.teardown()
@@ -88,9 +90,14 @@ def _report(run, last: dict) -> None:
 def cmd_sample(args) -> int:
     run, cfg, task, model = load_run(args.run)
     if task.sample_options is None:
-        raise GenlabError(f"{run.path} is a {cfg.family.name} run; it does not sample"
-                          + (f". Stream features through it with `genlab detect {run.path} --features FILE.npy`"
-                             if cfg.task == "detection" else ""))
+        raise GenlabError(
+            f"{run.path} is a {cfg.family.name} run; it does not sample"
+            + (
+                f". Stream features through it with `genlab detect {run.path} --features FILE.npy`"
+                if cfg.task == "detection"
+                else ""
+            )
+        )
     fields = {f.name for f in dataclasses.fields(task.sample_options)}
     task.sample(run, model, task.sample_options(**{k: v for k, v in vars(args).items() if k in fields}))
     return 0
@@ -140,8 +147,16 @@ def cmd_detect(args) -> int:
         c = int(p.argmax())
         try:
             if printing and args.json:
-                _print(json.dumps({"frame": i, "class": classes[c], "score": float(p[c]),
-                                   "scores": {name: float(v) for name, v in zip(classes, p)}}))
+                _print(
+                    json.dumps(
+                        {
+                            "frame": i,
+                            "class": classes[c],
+                            "score": float(p[c]),
+                            "scores": {name: float(v) for name, v in zip(classes, p)},
+                        }
+                    )
+                )
             elif printing:
                 _print(f"{i:>7}  {classes[c]:<20} {p[c]:.4f}")
         except BrokenPipeError:  # the reader left (`| head`): stop printing; finish only for --out
@@ -160,9 +175,12 @@ def cmd_detect(args) -> int:
                 f.write((",".join(classes) + "\n").encode())
                 np.savetxt(f, scores, delimiter=",", fmt="%.7g")
         tmp.replace(out)
-    print(f"genlab detect: {len(feats)} frames, {per_frame * 1e3:.2f} ms per frame (streaming, window "
-          f"{model.history}{f', smoothed over {args.smooth}' if args.smooth > 1 else ''})"
-          + (f"; scores written to {out}" if out else ""), file=sys.stderr)
+    print(
+        f"genlab detect: {len(feats)} frames, {per_frame * 1e3:.2f} ms per frame (streaming, window "
+        f"{model.history}{f', smoothed over {args.smooth}' if args.smooth > 1 else ''})"
+        + (f"; scores written to {out}" if out else ""),
+        file=sys.stderr,
+    )
     return 0
 
 
@@ -200,8 +218,10 @@ def _print_keys() -> None:
             shown.add((section, owner))
             for info in keys.values():
                 allowed = info.allowed()
-                _print(f"  {info.key:<40} {info.type:<5} = {info.default!r:<20} "
-                       f"{('[' + allowed + '] ') if allowed else ''}{info.doc}")
+                _print(
+                    f"  {info.key:<40} {info.type:<5} = {info.default!r:<20} "
+                    f"{('[' + allowed + '] ') if allowed else ''}{info.doc}"
+                )
 
 
 # ---------------------------------------------------------------------------- demo
@@ -210,22 +230,29 @@ DEMO_PROMPTS = ("The ", "def ", "import ")
 
 def cmd_demo(args) -> int:
     cfg = C.preset(DEMO_PRESET).validate()
-    _print(f"genlab demo: training preset {DEMO_PRESET} on the embedded corpus "
-           f"(pydoc topics + a slice of the standard library)")
+    _print(
+        f"genlab demo: training preset {DEMO_PRESET} on the embedded corpus "
+        f"(pydoc topics + a slice of the standard library)"
+    )
     run, trainer = prepare_training(cfg, Path("runs") / f"demo-{time.strftime('%Y%m%d-%H%M%S')}")
     _print(f"run dir: {run.path}")
     last = trainer.fit()
     ev = trainer.task.evaluate(trainer.model, device=trainer.device)
-    _print(f"\nvalidation: loss {ev['val_loss']:.4f}  perplexity {ev['val_ppl']:.2f}  "
-           f"bits/byte {ev['val_bpb']:.4f}  ({ev['val_tokens']:,} tokens)")
+    _print(
+        f"\nvalidation: loss {ev['val_loss']:.4f}  perplexity {ev['val_ppl']:.2f}  "
+        f"bits/byte {ev['val_bpb']:.4f}  ({ev['val_tokens']:,} tokens)"
+    )
     _print(f"training throughput (last interval): {last.get('tokens_per_s', 0):,.0f} tokens/s")
     plots = plot_run(run)
     trainer.model.cpu()
     for i, prompt in enumerate(DEMO_PROMPTS):
         _print(f"\n--- sample {i + 1} (prompt {prompt!r}, temperature 0.8, top-k 40) ---")
         sys.stdout.write(prompt)
-        trainer.task.stream(trainer.model, trainer.task.prompt_ids(prompt),
-                            SamplingSettings(max_new_tokens=120, temperature=0.8, top_k=40, seed=i))
+        trainer.task.stream(
+            trainer.model,
+            trainer.task.prompt_ids(prompt),
+            SamplingSettings(max_new_tokens=120, temperature=0.8, top_k=40, seed=i),
+        )
     _print(f"\nplots: {', '.join(str(p) for p in plots)}")
     _print(f"run dir: {run.path}")
     _print(f"next: genlab sample {run.path} --prompt 'def ' | genlab eval {run.path} | genlab info {run.path}")
@@ -249,20 +276,38 @@ def cmd_plan(args) -> int:
     if args.preset:
         cfg = C.preset(args.preset).validate()
         if cfg.task != "lm" or cfg.model.arch != "transformer":
-            raise GenlabError(f"--preset {args.preset}: genlab plan shapes dense Transformer LMs only "
-                              f"(this preset is task {cfg.task!r}, model.arch {cfg.model.arch!r})")
+            raise GenlabError(
+                f"--preset {args.preset}: genlab plan shapes dense Transformer LMs only "
+                f"(this preset is task {cfg.task!r}, model.arch {cfg.model.arch!r})"
+            )
         base, seq_len = cfg.model, cfg.data.packing_length
         vocab = 256 if cfg.data.tokenizer == "byte" else cfg.data.vocab_size
-    p = plan(args.compute, args.tokens, args.model_flops, args.law, args.seq_len or seq_len, args.vocab or vocab,
-             base, args.micro_batch, args.preset or "", aspect=args.aspect)
+    p = plan(
+        args.compute,
+        args.tokens,
+        args.model_flops,
+        args.law,
+        args.seq_len or seq_len,
+        args.vocab or vocab,
+        base,
+        args.micro_batch,
+        args.preset or "",
+        aspect=args.aspect,
+    )
     _print(json.dumps(p, indent=1) if args.json else format_plan(p))
     return 0
 
 
 def cmd_sweep(args) -> int:
-    grid = {"budgets": args.budgets, "kind": args.kind, "lr_factors": args.lr_factors,
-            "batch_factors": args.batch_factors, "size_factors": args.size_factors,
-            "lr_batch_size": args.lr_batch_size, "lr_center": args.lr_center}
+    grid = {
+        "budgets": args.budgets,
+        "kind": args.kind,
+        "lr_factors": args.lr_factors,
+        "batch_factors": args.batch_factors,
+        "size_factors": args.size_factors,
+        "lr_batch_size": args.lr_batch_size,
+        "lr_center": args.lr_center,
+    }
     given = {k: v for k, v in grid.items() if v is not None}
     spec = sweep.make_spec(**given, overrides=args.overrides) if given or args.overrides else None
     if args.estimate and not args.dry_run:
@@ -273,8 +318,10 @@ def cmd_sweep(args) -> int:
         _print(sweep.describe(spec))
         if args.estimate:
             est = sweep.estimate(spec, log=_print)
-            _print(f"expected: {est['seconds'] / 60:.1f} minutes for {est['points']} points on this machine "
-                   f"({est['shapes']} shapes timed)")
+            _print(
+                f"expected: {est['seconds'] / 60:.1f} minutes for {est['points']} points on this machine "
+                f"({est['shapes']} shapes timed)"
+            )
         return 0
     try:
         csv_path = sweep.run_sweep(args.out, spec, log=_print)

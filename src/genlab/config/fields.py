@@ -44,7 +44,7 @@ class KeyInfo:
         return f"{self.lo} to {self.hi}"
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def key_infos(cls: type, prefix: str) -> tuple[KeyInfo, ...]:
     hints = typing.get_type_hints(cls)
     out = []
@@ -57,8 +57,17 @@ def key_infos(cls: type, prefix: str) -> tuple[KeyInfo, ...]:
         else:
             typename = hint.__name__
         lo, hi = f.metadata.get("range", (None, None))
-        out.append(KeyInfo(f"{prefix}.{f.name}" if prefix else f.name, typename, f.default, choices, lo, hi,
-                           f.metadata.get("doc", "")))
+        out.append(
+            KeyInfo(
+                f"{prefix}.{f.name}" if prefix else f.name,
+                typename,
+                f.default,
+                choices,
+                lo,
+                hi,
+                f.metadata.get("doc", ""),
+            )
+        )
     return tuple(out)
 
 
@@ -73,8 +82,9 @@ class Section:
         for info in key_infos(type(self), prefix):
             value = getattr(self, info.key.rsplit(".", 1)[-1])
             if info.choices is not None and value not in info.choices:
-                raise GenlabError(f"{info.key} = {value!r} is not allowed; choose one of: "
-                                  f"{', '.join(map(str, info.choices))}")
+                raise GenlabError(
+                    f"{info.key} = {value!r} is not allowed; choose one of: {', '.join(map(str, info.choices))}"
+                )
             if isinstance(value, float) and not math.isfinite(value):
                 raise GenlabError(f"{info.key} = {value!r} must be a finite number")
             if (info.lo is not None and value < info.lo) or (info.hi is not None and value > info.hi):

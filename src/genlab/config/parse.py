@@ -10,11 +10,11 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
-import tomllib
 from pathlib import Path
 from typing import Any
 
 import tomli_w
+import tomllib
 
 from genlab.config.fields import coerce, key_infos
 from genlab.config.registry import Family, families, lookup, presets
@@ -51,8 +51,11 @@ def _hint(keys: dict[str, dict[str, Any]], section: str, name: str) -> str:
     if owners:
         return f"; it belongs to the {' / '.join(owners)} famil{'y' if len(owners) == 1 else 'ies'}"
     close = difflib.get_close_matches(name, keys[section], n=3)
-    return f"; did you mean {' or '.join(f'{section}.{c}' for c in close)}?" if close else \
-        f"; [{section}] has: {', '.join(keys[section])}"
+    return (
+        f"; did you mean {' or '.join(f'{section}.{c}' for c in close)}?"
+        if close
+        else f"; [{section}] has: {', '.join(keys[section])}"
+    )
 
 
 def build(layers: list[Layer]) -> RunConfig:
@@ -66,19 +69,22 @@ def build(layers: list[Layer]) -> RunConfig:
     family = lookup(task, arch)
     keys = section_keys(family)
     values: dict[str, dict[str, Any]] = {name: {} for name in SECTIONS}
-    for origin, settings, lenient in layers:
+    for _origin, settings, lenient in layers:
         for section in SECTIONS:
             for name, raw in settings.get(section, {}).items():
                 info = keys[section].get(name)
                 if info is None:
                     if lenient:
                         continue
-                    raise GenlabError(f"unknown config key '{section}.{name}' for a {family.name} run (task "
-                                      f"{task!r}, model.arch {arch or family.model().arch!r}){_hint(keys, section, name)}"
-                                      f"; see `genlab presets --keys`")
+                    raise GenlabError(
+                        f"unknown config key '{section}.{name}' for a {family.name} run (task "
+                        f"{task!r}, model.arch {arch or family.model().arch!r}){_hint(keys, section, name)}"
+                        f"; see `genlab presets --keys`"
+                    )
                 values[section][name] = coerce(info, raw)
-    return RunConfig(task=task, preset=preset_name,
-                     **{name: getattr(family, name)(**values[name]) for name in SECTIONS})
+    return RunConfig(
+        task=task, preset=preset_name, **{name: getattr(family, name)(**values[name]) for name in SECTIONS}
+    )
 
 
 def parse_overrides(overrides: list[str]) -> dict[str, Any]:
@@ -94,14 +100,19 @@ def parse_overrides(overrides: list[str]) -> dict[str, Any]:
         elif len(parts) == 2 and parts[0] in SECTIONS:
             out.setdefault(parts[0], {})[parts[1]] = value
         else:
-            raise GenlabError(f"unknown config key {key!r}; keys look like section.name with section one of: "
-                              f"{', '.join(SECTIONS)} (see `genlab presets --keys`)")
+            raise GenlabError(
+                f"unknown config key {key!r}; keys look like section.name with section one of: "
+                f"{', '.join(SECTIONS)} (see `genlab presets --keys`)"
+            )
     return out
 
 
 def to_dict(cfg: RunConfig) -> dict[str, Any]:
-    return {"task": cfg.task, "preset": cfg.preset,
-            **{name: dataclasses.asdict(getattr(cfg, name)) for name in SECTIONS}}
+    return {
+        "task": cfg.task,
+        "preset": cfg.preset,
+        **{name: dataclasses.asdict(getattr(cfg, name)) for name in SECTIONS},
+    }
 
 
 def to_toml(cfg: RunConfig) -> str:

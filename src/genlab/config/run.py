@@ -34,8 +34,10 @@ class TrainConfig(Section):
     min_lr_ratio: float = opt(0.1, "cosine schedule: final lr as a share of the peak", 0.0, 1.0)
     warmup_steps: int = opt(50, "linear warmup steps", 0)
     schedule: Literal["multistep", "cosine", "constant", "inverse"] = opt(
-        "multistep", "lr schedule after warmup (multistep: DeepSeek LLM's 80%/90% steps to 31.6%/10%; "
-        "inverse: lr / (1 + lr_decay * step))")
+        "multistep",
+        "lr schedule after warmup (multistep: DeepSeek LLM's 80%/90% steps to 31.6%/10%; "
+        "inverse: lr / (1 + lr_decay * step))",
+    )
     weight_decay: float = opt(0.1, "decoupled weight decay (matrices only)", 0.0, 10.0)
     beta1: float = opt(0.9, "AdamW beta1", 0.0, 0.999999)
     beta2: float = opt(0.95, "AdamW beta2 (Adadelta: rho)", 0.0, 0.999999)
@@ -53,8 +55,9 @@ class TrainConfig(Section):
     spike_factor: float = opt(10.0, "a step whose loss or grad norm exceeds factor x the window max is skipped", 1.0)
     nan_patience: int = opt(3, "NaN/inf steps in a row (each skipped) before the run stops", 1, 1_000_000)
     parallel: Literal["ddp", "fsdp"] = opt("ddp", "data parallelism under torchrun (fsdp: fully_shard per block)")
-    early_stop_patience: int = opt(0, "evaluations without a lower val_loss before stopping (best weights "
-                                      "kept in RUN/best/); 0 = off", 0)
+    early_stop_patience: int = opt(
+        0, "evaluations without a lower val_loss before stopping (best weights kept in RUN/best/); 0 = off", 0
+    )
     optimizer: Literal["adamw", "adagrad", "adadelta", "sgd"] = opt("adamw", "optimizer (adadelta: rho = beta2)")
     eps: float = opt(1e-8, "optimizer epsilon (all but sgd)", 0.0, 1.0)
     lr_decay: float = opt(0.0, "schedule inverse: lr / (1 + lr_decay * step) (NADE/MADE's decrease constant)", 0.0)
@@ -74,8 +77,10 @@ def parse_policy(text: str) -> tuple[str, int]:
         k = text.split(":", 1)[1]
         if k.isdigit() and int(k) >= 1:
             return "every", int(k)
-    raise GenlabError(f"activation checkpointing policy {text!r} is not allowed; "
-                      f"use none, full, every:K (K a whole number >= 1) or selective")
+    raise GenlabError(
+        f"activation checkpointing policy {text!r} is not allowed; "
+        f"use none, full, every:K (K a whole number >= 1) or selective"
+    )
 
 
 SECTIONS = ("data", "model", "train")
@@ -103,7 +108,7 @@ class RunConfig:
     def family(self) -> Family:
         return lookup(self.task, self.model.arch)
 
-    def validate(self) -> "RunConfig":
+    def validate(self) -> RunConfig:
         fam = self.family
         for name, cls in (("data", fam.data), ("model", fam.model), ("train", fam.train)):
             section = getattr(self, name)

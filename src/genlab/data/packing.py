@@ -49,13 +49,22 @@ class Batch:
             return self.target_count
         return int((self.targets != IGNORE).sum())
 
-    def to(self, device) -> "Batch":
+    def to(self, device) -> Batch:
         if str(device) == "cpu":
             return self
         w = self.weights.to(device) if self.weights is not None else None
-        return Batch(self.input_ids.to(device), self.targets.to(device), self.position_ids.to(device),
-                     self.cu_seqlens.to(device), self.max_seqlen, self.n_real, self.capacity, self.n_rows,
-                     w, self.target_count)
+        return Batch(
+            self.input_ids.to(device),
+            self.targets.to(device),
+            self.position_ids.to(device),
+            self.cu_seqlens.to(device),
+            self.max_seqlen,
+            self.n_real,
+            self.capacity,
+            self.n_rows,
+            w,
+            self.target_count,
+        )
 
 
 def chunk_spans(offsets: np.ndarray, order: list[int] | np.ndarray, L: int) -> list[tuple[int, int]]:
@@ -96,14 +105,15 @@ def pack_rows(spans: list[tuple[int, int]], L: int, buffer: int) -> list[list[tu
     """Best-fit-decreasing over consecutive buffers of `buffer` spans; rows keep their spans' order."""
     rows = []
     for b in range(0, len(spans), buffer):
-        part = spans[b:b + buffer]
+        part = spans[b : b + buffer]
         for bin_ in best_fit_decreasing([e - s for s, e in part], L):
             rows.append([part[i] for i in sorted(bin_)])
     return rows
 
 
-def make_batch(tokens: np.ndarray, rows: list[list[tuple[int, int]]], L: int, padded: bool = False,
-               pad_id: int = 0) -> Batch:
+def make_batch(
+    tokens: np.ndarray, rows: list[list[tuple[int, int]]], L: int, padded: bool = False, pad_id: int = 0
+) -> Batch:
     """Flatten rows of spans into one Batch. `padded`: each row becomes one length-L sequence."""
     ids, tgt, pos, cu = [], [], [], [0]
     n_real = 0
@@ -131,8 +141,16 @@ def make_batch(tokens: np.ndarray, rows: list[list[tuple[int, int]]], L: int, pa
         pos += row_pos
     cu_t = torch.tensor(cu, dtype=torch.int32)
     max_seqlen = int((cu_t[1:] - cu_t[:-1]).max()) if len(cu) > 1 else 0
-    return Batch(torch.from_numpy(np.concatenate(ids)), torch.from_numpy(np.concatenate(tgt)),
-                 torch.from_numpy(np.concatenate(pos)), cu_t, max_seqlen, n_real, len(rows) * L, len(rows))
+    return Batch(
+        torch.from_numpy(np.concatenate(ids)),
+        torch.from_numpy(np.concatenate(tgt)),
+        torch.from_numpy(np.concatenate(pos)),
+        cu_t,
+        max_seqlen,
+        n_real,
+        len(rows) * L,
+        len(rows),
+    )
 
 
 class TokenDataset:
@@ -142,8 +160,16 @@ class TokenDataset:
     pair (epoch, row cursor), so training resumes exactly where it stopped.
     """
 
-    def __init__(self, docs: list[list[int]], L: int, batch_rows: int, mode: str = "packed",
-                 seed: int = 0, buffer: int = 1000, shuffle: bool = True):
+    def __init__(
+        self,
+        docs: list[list[int]],
+        L: int,
+        batch_rows: int,
+        mode: str = "packed",
+        seed: int = 0,
+        buffer: int = 1000,
+        shuffle: bool = True,
+    ):
         docs = [d for d in docs if len(d) > 0]
         if not docs:
             raise ValueError("no tokens")
@@ -181,7 +207,7 @@ class TokenDataset:
         if cursor >= len(rows):
             epoch, cursor = epoch + 1, 0
             rows = self.rows(epoch)
-        take = rows[cursor:cursor + self.batch_rows]
+        take = rows[cursor : cursor + self.batch_rows]
         batch = make_batch(self.tokens, take, self.L, padded=self.mode == "padded")
         return batch, (epoch, cursor + len(take))
 

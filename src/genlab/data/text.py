@@ -16,14 +16,71 @@ from genlab.errors import GenlabError
 
 # A fixed slice of the standard library's pure-Python modules (missing ones are skipped).
 STDLIB_SLICE = (
-    "abc", "argparse", "ast", "base64", "bisect", "calendar", "cmd", "codecs", "colorsys",
-    "contextlib", "copy", "csv", "dataclasses", "datetime", "difflib", "enum", "fnmatch",
-    "fractions", "functools", "getopt", "gettext", "glob", "graphlib", "gzip", "heapq", "hmac",
-    "inspect", "ipaddress", "keyword", "linecache", "locale", "numbers", "operator", "optparse",
-    "os", "pathlib", "pprint", "queue", "quopri", "random", "sched", "secrets", "selectors",
-    "shlex", "shutil", "statistics", "string", "stringprep", "struct", "subprocess", "tempfile",
-    "textwrap", "threading", "timeit", "token", "tokenize", "trace", "traceback", "types",
-    "typing", "uuid", "warnings", "wave", "weakref", "zipapp",
+    "abc",
+    "argparse",
+    "ast",
+    "base64",
+    "bisect",
+    "calendar",
+    "cmd",
+    "codecs",
+    "colorsys",
+    "contextlib",
+    "copy",
+    "csv",
+    "dataclasses",
+    "datetime",
+    "difflib",
+    "enum",
+    "fnmatch",
+    "fractions",
+    "functools",
+    "getopt",
+    "gettext",
+    "glob",
+    "graphlib",
+    "gzip",
+    "heapq",
+    "hmac",
+    "inspect",
+    "ipaddress",
+    "keyword",
+    "linecache",
+    "locale",
+    "numbers",
+    "operator",
+    "optparse",
+    "os",
+    "pathlib",
+    "pprint",
+    "queue",
+    "quopri",
+    "random",
+    "sched",
+    "secrets",
+    "selectors",
+    "shlex",
+    "shutil",
+    "statistics",
+    "string",
+    "stringprep",
+    "struct",
+    "subprocess",
+    "tempfile",
+    "textwrap",
+    "threading",
+    "timeit",
+    "token",
+    "tokenize",
+    "trace",
+    "traceback",
+    "types",
+    "typing",
+    "uuid",
+    "warnings",
+    "wave",
+    "weakref",
+    "zipapp",
 )
 
 TEXT_SUFFIXES = (".txt", ".md", ".rst", ".py", ".text", ".jsonl")
@@ -46,8 +103,9 @@ def _read_utf8(path: Path) -> str:
     try:
         return path.read_text(encoding="utf-8")
     except UnicodeDecodeError as e:
-        raise GenlabError(f"{path}: not UTF-8 text (invalid byte at offset {e.start}); "
-                          "genlab reads corpora as UTF-8") from None
+        raise GenlabError(
+            f"{path}: not UTF-8 text (invalid byte at offset {e.start}); genlab reads corpora as UTF-8"
+        ) from None
     except OSError as e:
         raise GenlabError(f"{path}: cannot be read ({e.strerror})") from None
 
@@ -60,8 +118,9 @@ def _read_jsonl(path: Path) -> list[str]:
         try:
             obj = json.loads(line)
         except json.JSONDecodeError as e:
-            raise GenlabError(f"{path}:{lineno}: not valid JSON ({e.msg}); each line must be "
-                              'an object like {"text": "..."}') from None
+            raise GenlabError(
+                f'{path}:{lineno}: not valid JSON ({e.msg}); each line must be an object like {{"text": "..."}}'
+            ) from None
         if not isinstance(obj, dict) or not isinstance(obj.get("text"), str):
             raise GenlabError(f'{path}:{lineno}: each line must be an object with a string "text" field')
         docs.append(obj["text"])

@@ -7,8 +7,8 @@ Both are lossless on any UTF-8 text. The BPE tokenizer reserves one special toke
 from __future__ import annotations
 
 import json
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Iterable
 
 from genlab.errors import GenlabError
 
@@ -48,20 +48,24 @@ class BPETokenizer:
         self.bos_id = tok.token_to_id(EOT)
 
     @classmethod
-    def train(cls, docs: list[str], vocab_size: int) -> "BPETokenizer":
+    def train(cls, docs: list[str], vocab_size: int) -> BPETokenizer:
         from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
         tok = Tokenizer(models.BPE())
         tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
         tok.decoder = decoders.ByteLevel()
         trainer = trainers.BpeTrainer(
-            vocab_size=vocab_size, special_tokens=[EOT], show_progress=False,
-            initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), min_frequency=2)
+            vocab_size=vocab_size,
+            special_tokens=[EOT],
+            show_progress=False,
+            initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+            min_frequency=2,
+        )
         tok.train_from_iterator(docs, trainer=trainer)
         return cls(tok)
 
     @classmethod
-    def load(cls, path: Path) -> "BPETokenizer":
+    def load(cls, path: Path) -> BPETokenizer:
         from tokenizers import Tokenizer
 
         try:

@@ -17,7 +17,6 @@ import shutil
 from pathlib import Path
 
 import torch
-
 from safetensors.torch import load_file, save_file
 
 from genlab.config import RunConfig
@@ -36,8 +35,7 @@ from genlab.train.rundir import RunDir, load_run
 def _cfg_from_hf(hc: dict, path: Path) -> RunConfig:
     mt = hc.get("model_type")
     if mt != "deepseek_v3" and mt not in DENSE_TYPES:
-        raise GenlabError(f"{path}: model_type {mt!r} is not supported; allowed: deepseek_v3, "
-                          f"{', '.join(DENSE_TYPES)}")
+        raise GenlabError(f"{path}: model_type {mt!r} is not supported; allowed: deepseek_v3, {', '.join(DENSE_TYPES)}")
     cfg = RunConfig(model=DeepSeekArgs() if mt == "deepseek_v3" else LMArgs())
     m = cfg.model
 
@@ -55,8 +53,18 @@ def _cfg_from_hf(hc: dict, path: Path) -> RunConfig:
     m.rope_theta = float(rope.get("rope_theta", hc.get("rope_theta", 10000.0)))
     cfg.data.packing_length = min(int(hc.get("max_position_embeddings", 2048)), 4096)
     if mt == "deepseek_v3":
-        for key in ("kv_lora_rank", "qk_rope_head_dim", "v_head_dim", "qk_nope_head_dim", "n_routed_experts",
-                    "moe_intermediate_size", "num_experts_per_tok", "n_group", "topk_group", "first_k_dense_replace"):
+        for key in (
+            "kv_lora_rank",
+            "qk_rope_head_dim",
+            "v_head_dim",
+            "qk_nope_head_dim",
+            "n_routed_experts",
+            "moe_intermediate_size",
+            "num_experts_per_tok",
+            "n_group",
+            "topk_group",
+            "first_k_dense_replace",
+        ):
             setattr(m, key, int(need(key)))
         m.q_lora_rank = int(hc.get("q_lora_rank") or 0)
         m.n_shared_experts = int(hc.get("n_shared_experts") or 0)
@@ -107,7 +115,9 @@ def _read_hf(path: str | Path):
     sd = {k: v.float() if v.is_floating_point() else v for k, v in sd.items()}
     tok = _hf_tokenizer(p, int(hc.get("vocab_size", 0)))
     m = cfg.model
-    while m.arch == "deepseek" and m.mtp_depth and f"model.layers.{m.n_layer + m.mtp_depth - 1}.eh_proj.weight" not in sd:
+    while (
+        m.arch == "deepseek" and m.mtp_depth and f"model.layers.{m.n_layer + m.mtp_depth - 1}.eh_proj.weight" not in sd
+    ):
         m.mtp_depth -= 1  # num_nextn_predict_layers without the weights (e.g. saved by transformers): no MTP
     state = (deepseek_from_hf if cfg.model.arch == "deepseek" else dense_from_hf)(sd, cfg.model, p)
     if cfg.data.tokenizer == "bpe":
@@ -153,9 +163,15 @@ def import_hf(hf_dir: str | Path, out: str | Path) -> Path:
 
     run.create(cfg, _Artifacts())
     # a complete step-0 training state, so `genlab train --out RUN --resume` fine-tunes the imported model
-    state = {"step": 0, "data_state": [0, 0], "tokens_seen": 0, "imported_from": str(hf_dir),
-             "optimizer": build_optimizer(model, cfg.train).state_dict(), "torch_rng": torch.get_rng_state(),
-             "python_rng": list(random.getstate()[1])}
+    state = {
+        "step": 0,
+        "data_state": [0, 0],
+        "tokens_seen": 0,
+        "imported_from": str(hf_dir),
+        "optimizer": build_optimizer(model, cfg.train).state_dict(),
+        "torch_rng": torch.get_rng_state(),
+        "python_rng": list(random.getstate()[1]),
+    }
     checkpoint.save(run.path, 0, model, state, keep=1)
     run.set_status("imported", 0)
     return run.path
@@ -164,8 +180,9 @@ def import_hf(hf_dir: str | Path, out: str | Path) -> Path:
 def export_hf(run_dir: str | Path, out: str | Path) -> Path:
     run, cfg, task, model = load_run(str(run_dir))
     if cfg.model.arch != "deepseek":
-        raise GenlabError(f"{run.path}: export --format hf supports model.arch = deepseek (this run is "
-                          f"{cfg.model.arch!r})")
+        raise GenlabError(
+            f"{run.path}: export --format hf supports model.arch = deepseek (this run is {cfg.model.arch!r})"
+        )
     o = Path(out)
     if o.exists() and (not o.is_dir() or any(o.iterdir())):
         raise GenlabError(f"{o} already exists and is not empty; choose another output directory")

@@ -37,9 +37,32 @@ def _key_range(m0, n, BM: tl.constexpr, BN: tl.constexpr, CAUSAL: tl.constexpr, 
 
 
 @triton.jit
-def fwd(Q, K, V, O, LSE, CU, sq, sqh, sk, skh, sv, svh, so, soh, scale, REP: tl.constexpr,
-        D: tl.constexpr, DV: tl.constexpr, BD: tl.constexpr, BDV: tl.constexpr, BM: tl.constexpr,
-        BN: tl.constexpr, CAUSAL: tl.constexpr, WINDOW: tl.constexpr):
+def fwd(
+    Q,
+    K,
+    V,
+    O,
+    LSE,
+    CU,
+    sq,
+    sqh,
+    sk,
+    skh,
+    sv,
+    svh,
+    so,
+    soh,
+    scale,
+    REP: tl.constexpr,
+    D: tl.constexpr,
+    DV: tl.constexpr,
+    BD: tl.constexpr,
+    BDV: tl.constexpr,
+    BM: tl.constexpr,
+    BN: tl.constexpr,
+    CAUSAL: tl.constexpr,
+    WINDOW: tl.constexpr,
+):
     pid_m, seq, h = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     start = tl.load(CU + seq)
     n = tl.load(CU + seq + 1) - start
@@ -48,18 +71,27 @@ def fwd(Q, K, V, O, LSE, CU, sq, sqh, sk, skh, sv, svh, so, soh, scale, REP: tl.
         hk = h // REP
         offs_m = m0 + tl.arange(0, BM)
         offs_d, offs_dv = tl.arange(0, BD), tl.arange(0, BDV)
-        q = tl.load(Q + (start + offs_m)[:, None] * sq + h * sqh + offs_d[None, :],
-                    mask=(offs_m[:, None] < n) & (offs_d[None, :] < D), other=0.0)
+        q = tl.load(
+            Q + (start + offs_m)[:, None] * sq + h * sqh + offs_d[None, :],
+            mask=(offs_m[:, None] < n) & (offs_d[None, :] < D),
+            other=0.0,
+        )
         m = tl.full([BM], float("-inf"), tl.float32)
         l = tl.zeros([BM], tl.float32)
         acc = tl.zeros([BM, BDV], tl.float32)
         lo, hi = _key_range(m0, n, BM, BN, CAUSAL, WINDOW)
         for n0 in range(lo, hi, BN):
             offs_n = n0 + tl.arange(0, BN)
-            k = tl.load(K + (start + offs_n)[:, None] * sk + hk * skh + offs_d[None, :],
-                        mask=(offs_n[:, None] < n) & (offs_d[None, :] < D), other=0.0)
-            v = tl.load(V + (start + offs_n)[:, None] * sv + hk * svh + offs_dv[None, :],
-                        mask=(offs_n[:, None] < n) & (offs_dv[None, :] < DV), other=0.0)
+            k = tl.load(
+                K + (start + offs_n)[:, None] * sk + hk * skh + offs_d[None, :],
+                mask=(offs_n[:, None] < n) & (offs_d[None, :] < D),
+                other=0.0,
+            )
+            v = tl.load(
+                V + (start + offs_n)[:, None] * sv + hk * svh + offs_dv[None, :],
+                mask=(offs_n[:, None] < n) & (offs_dv[None, :] < DV),
+                other=0.0,
+            )
             s = tl.dot(q, tl.trans(k)) * scale
             s = tl.where(_mask(offs_m, offs_n, n, CAUSAL, WINDOW), s, float("-inf"))
             m_new = tl.maximum(m, tl.max(s, 1))
@@ -71,16 +103,46 @@ def fwd(Q, K, V, O, LSE, CU, sq, sqh, sk, skh, sv, svh, so, soh, scale, REP: tl.
             m = m_new
         has = l > 0
         out = tl.where(has[:, None], acc / tl.where(has, l, 1.0)[:, None], 0.0)
-        tl.store(O + (start + offs_m)[:, None] * so + h * soh + offs_dv[None, :], out.to(O.dtype.element_ty),
-                 mask=(offs_m[:, None] < n) & (offs_dv[None, :] < DV))
+        tl.store(
+            O + (start + offs_m)[:, None] * so + h * soh + offs_dv[None, :],
+            out.to(O.dtype.element_ty),
+            mask=(offs_m[:, None] < n) & (offs_dv[None, :] < DV),
+        )
         lse = tl.where(has, m + tl.log(tl.where(has, l, 1.0)), float("inf"))
         tl.store(LSE + (start + offs_m) * tl.num_programs(2) + h, lse, mask=offs_m < n)
 
 
 @triton.jit
-def bwd_dkdv(Q, K, V, DO, LSE, DELTA, DK, DV_, CU, sq, sqh, sk, skh, sv, svh, sdo, sdoh, H, scale,
-             REP: tl.constexpr, D: tl.constexpr, DV: tl.constexpr, BD: tl.constexpr, BDV: tl.constexpr,
-             BM: tl.constexpr, BN: tl.constexpr, CAUSAL: tl.constexpr, WINDOW: tl.constexpr):
+def bwd_dkdv(
+    Q,
+    K,
+    V,
+    DO,
+    LSE,
+    DELTA,
+    DK,
+    DV_,
+    CU,
+    sq,
+    sqh,
+    sk,
+    skh,
+    sv,
+    svh,
+    sdo,
+    sdoh,
+    H,
+    scale,
+    REP: tl.constexpr,
+    D: tl.constexpr,
+    DV: tl.constexpr,
+    BD: tl.constexpr,
+    BDV: tl.constexpr,
+    BM: tl.constexpr,
+    BN: tl.constexpr,
+    CAUSAL: tl.constexpr,
+    WINDOW: tl.constexpr,
+):
     pid_n, seq, hk = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     start = tl.load(CU + seq)
     n = tl.load(CU + seq + 1) - start
@@ -89,10 +151,16 @@ def bwd_dkdv(Q, K, V, DO, LSE, DELTA, DK, DV_, CU, sq, sqh, sk, skh, sv, svh, sd
         offs_n = n0 + tl.arange(0, BN)
         offs_d, offs_dv = tl.arange(0, BD), tl.arange(0, BDV)
         kmask = offs_n[:, None] < n
-        k = tl.load(K + (start + offs_n)[:, None] * sk + hk * skh + offs_d[None, :],
-                    mask=kmask & (offs_d[None, :] < D), other=0.0)
-        v = tl.load(V + (start + offs_n)[:, None] * sv + hk * svh + offs_dv[None, :],
-                    mask=kmask & (offs_dv[None, :] < DV), other=0.0)
+        k = tl.load(
+            K + (start + offs_n)[:, None] * sk + hk * skh + offs_d[None, :],
+            mask=kmask & (offs_d[None, :] < D),
+            other=0.0,
+        )
+        v = tl.load(
+            V + (start + offs_n)[:, None] * sv + hk * svh + offs_dv[None, :],
+            mask=kmask & (offs_dv[None, :] < DV),
+            other=0.0,
+        )
         dk = tl.zeros([BN, BD], tl.float32)
         dv = tl.zeros([BN, BDV], tl.float32)
         lo = 0
@@ -108,10 +176,16 @@ def bwd_dkdv(Q, K, V, DO, LSE, DELTA, DK, DV_, CU, sq, sqh, sk, skh, sv, svh, sd
             for m0 in range(lo, hi, BM):
                 offs_m = m0 + tl.arange(0, BM)
                 qmask = offs_m[:, None] < n
-                q = tl.load(Q + (start + offs_m)[:, None] * sq + h * sqh + offs_d[None, :],
-                            mask=qmask & (offs_d[None, :] < D), other=0.0)
-                do = tl.load(DO + (start + offs_m)[:, None] * sdo + h * sdoh + offs_dv[None, :],
-                             mask=qmask & (offs_dv[None, :] < DV), other=0.0)
+                q = tl.load(
+                    Q + (start + offs_m)[:, None] * sq + h * sqh + offs_d[None, :],
+                    mask=qmask & (offs_d[None, :] < D),
+                    other=0.0,
+                )
+                do = tl.load(
+                    DO + (start + offs_m)[:, None] * sdo + h * sdoh + offs_dv[None, :],
+                    mask=qmask & (offs_dv[None, :] < DV),
+                    other=0.0,
+                )
                 lse = tl.load(LSE + (start + offs_m) * H + h, mask=offs_m < n, other=float("inf"))
                 delta = tl.load(DELTA + (start + offs_m) * H + h, mask=offs_m < n, other=0.0)
                 s = tl.dot(q, tl.trans(k)) * scale
@@ -121,16 +195,48 @@ def bwd_dkdv(Q, K, V, DO, LSE, DELTA, DK, DV_, CU, sq, sqh, sk, skh, sv, svh, sd
                 dp = tl.dot(do, tl.trans(v))
                 ds = p * (dp - delta[:, None]) * scale
                 dk += tl.dot(tl.trans(ds).to(q.dtype), q)
-        tl.store(DK + (start + offs_n)[:, None] * sk + hk * skh + offs_d[None, :], dk.to(DK.dtype.element_ty),
-                 mask=kmask & (offs_d[None, :] < D))
-        tl.store(DV_ + (start + offs_n)[:, None] * sv + hk * svh + offs_dv[None, :],
-                 dv.to(DV_.dtype.element_ty), mask=kmask & (offs_dv[None, :] < DV))
+        tl.store(
+            DK + (start + offs_n)[:, None] * sk + hk * skh + offs_d[None, :],
+            dk.to(DK.dtype.element_ty),
+            mask=kmask & (offs_d[None, :] < D),
+        )
+        tl.store(
+            DV_ + (start + offs_n)[:, None] * sv + hk * svh + offs_dv[None, :],
+            dv.to(DV_.dtype.element_ty),
+            mask=kmask & (offs_dv[None, :] < DV),
+        )
 
 
 @triton.jit
-def bwd_dq(Q, K, V, DO, LSE, DELTA, DQ, CU, sq, sqh, sk, skh, sv, svh, sdo, sdoh, H, scale,
-           REP: tl.constexpr, D: tl.constexpr, DV: tl.constexpr, BD: tl.constexpr, BDV: tl.constexpr,
-           BM: tl.constexpr, BN: tl.constexpr, CAUSAL: tl.constexpr, WINDOW: tl.constexpr):
+def bwd_dq(
+    Q,
+    K,
+    V,
+    DO,
+    LSE,
+    DELTA,
+    DQ,
+    CU,
+    sq,
+    sqh,
+    sk,
+    skh,
+    sv,
+    svh,
+    sdo,
+    sdoh,
+    H,
+    scale,
+    REP: tl.constexpr,
+    D: tl.constexpr,
+    DV: tl.constexpr,
+    BD: tl.constexpr,
+    BDV: tl.constexpr,
+    BM: tl.constexpr,
+    BN: tl.constexpr,
+    CAUSAL: tl.constexpr,
+    WINDOW: tl.constexpr,
+):
     pid_m, seq, h = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     start = tl.load(CU + seq)
     n = tl.load(CU + seq + 1) - start
@@ -140,25 +246,40 @@ def bwd_dq(Q, K, V, DO, LSE, DELTA, DQ, CU, sq, sqh, sk, skh, sv, svh, sdo, sdoh
         offs_m = m0 + tl.arange(0, BM)
         offs_d, offs_dv = tl.arange(0, BD), tl.arange(0, BDV)
         qmask = offs_m[:, None] < n
-        q = tl.load(Q + (start + offs_m)[:, None] * sq + h * sqh + offs_d[None, :],
-                    mask=qmask & (offs_d[None, :] < D), other=0.0)
-        do = tl.load(DO + (start + offs_m)[:, None] * sdo + h * sdoh + offs_dv[None, :],
-                     mask=qmask & (offs_dv[None, :] < DV), other=0.0)
+        q = tl.load(
+            Q + (start + offs_m)[:, None] * sq + h * sqh + offs_d[None, :],
+            mask=qmask & (offs_d[None, :] < D),
+            other=0.0,
+        )
+        do = tl.load(
+            DO + (start + offs_m)[:, None] * sdo + h * sdoh + offs_dv[None, :],
+            mask=qmask & (offs_dv[None, :] < DV),
+            other=0.0,
+        )
         lse = tl.load(LSE + (start + offs_m) * H + h, mask=offs_m < n, other=float("inf"))
         delta = tl.load(DELTA + (start + offs_m) * H + h, mask=offs_m < n, other=0.0)
         dq = tl.zeros([BM, BD], tl.float32)
         lo, hi = _key_range(m0, n, BM, BN, CAUSAL, WINDOW)
         for n0 in range(lo, hi, BN):
             offs_n = n0 + tl.arange(0, BN)
-            k = tl.load(K + (start + offs_n)[:, None] * sk + hk * skh + offs_d[None, :],
-                        mask=(offs_n[:, None] < n) & (offs_d[None, :] < D), other=0.0)
-            v = tl.load(V + (start + offs_n)[:, None] * sv + hk * svh + offs_dv[None, :],
-                        mask=(offs_n[:, None] < n) & (offs_dv[None, :] < DV), other=0.0)
+            k = tl.load(
+                K + (start + offs_n)[:, None] * sk + hk * skh + offs_d[None, :],
+                mask=(offs_n[:, None] < n) & (offs_d[None, :] < D),
+                other=0.0,
+            )
+            v = tl.load(
+                V + (start + offs_n)[:, None] * sv + hk * svh + offs_dv[None, :],
+                mask=(offs_n[:, None] < n) & (offs_dv[None, :] < DV),
+                other=0.0,
+            )
             s = tl.dot(q, tl.trans(k)) * scale
             s = tl.where(_mask(offs_m, offs_n, n, CAUSAL, WINDOW), s, float("-inf"))
             p = tl.exp(s - lse[:, None])
             dp = tl.dot(do, tl.trans(v))
             ds = p * (dp - delta[:, None]) * scale
             dq += tl.dot(ds.to(k.dtype), k)
-        tl.store(DQ + (start + offs_m)[:, None] * sq + h * sqh + offs_d[None, :], dq.to(DQ.dtype.element_ty),
-                 mask=qmask & (offs_d[None, :] < D))
+        tl.store(
+            DQ + (start + offs_m)[:, None] * sq + h * sqh + offs_d[None, :],
+            dq.to(DQ.dtype.element_ty),
+            mask=qmask & (offs_d[None, :] < D),
+        )

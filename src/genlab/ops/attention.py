@@ -16,7 +16,7 @@ kernel, one call per run of equal-length sequences: on CPU this beat a block-dia
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
@@ -31,8 +31,7 @@ def _repeat_kv(x: torch.Tensor, n_rep: int) -> torch.Tensor:
     return x if n_rep == 1 else x.repeat_interleave(n_rep, dim=1)
 
 
-def allowed_mask(cu_seqlens: torch.Tensor, T: int, causal: bool, window: int | None,
-                 device=None) -> torch.Tensor:
+def allowed_mask(cu_seqlens: torch.Tensor, T: int, causal: bool, window: int | None, device=None) -> torch.Tensor:
     """(T, T) bool: query i may attend key j."""
     device = device or cu_seqlens.device
     lens = (cu_seqlens[1:] - cu_seqlens[:-1]).long().to(device)
@@ -50,7 +49,7 @@ def allowed_mask(cu_seqlens: torch.Tensor, T: int, causal: bool, window: int | N
 
 def naive_attention(q, k, v, cu_seqlens, max_seqlen, causal=True, window=None, scale=None):
     T, H, D = q.shape
-    scale = scale if scale is not None else D ** -0.5
+    scale = scale if scale is not None else D**-0.5
     n_rep = H // k.shape[1]
     k, v = _repeat_kv(k, n_rep), _repeat_kv(v, n_rep)
     scores = torch.einsum("ihd,jhd->hij", q, k) * scale  # (H, T, T)
@@ -104,11 +103,9 @@ def sdpa_attention(q, k, v, cu_seqlens, max_seqlen, causal=True, window=None, sc
         vs = v[start:end].view(count, n, Hkv, Dv).transpose(1, 2)
         if window and window < n:
             mask = _window_mask(n, causal, window, q.device)
-            o = F.scaled_dot_product_attention(qs, ks, vs, attn_mask=mask, scale=scale,
-                                               enable_gqa=Hkv != H)
+            o = F.scaled_dot_product_attention(qs, ks, vs, attn_mask=mask, scale=scale, enable_gqa=Hkv != H)
         else:
-            o = F.scaled_dot_product_attention(qs, ks, vs, is_causal=causal, scale=scale,
-                                               enable_gqa=Hkv != H)
+            o = F.scaled_dot_product_attention(qs, ks, vs, is_causal=causal, scale=scale, enable_gqa=Hkv != H)
         outs.append(o)
     # back to (T, H, Dv): a copy, and SDPA keeps its own output for backward anyway, so under
     # selective checkpointing the copy is rebuilt from that instead of being kept too
@@ -153,13 +150,16 @@ def pick_backend(name: str, device: torch.device | str = "cpu") -> str:
         return "auto"  # decided per call from the tensors' device: triton on CUDA, else sdpa
     if name == "triton":
         if not _triton_available():
-            raise GenlabError("attention backend 'triton' needs a CUDA GPU and the triton package "
-                              "(pip install triton); use auto, flash, sdpa or naive")
+            raise GenlabError(
+                "attention backend 'triton' needs a CUDA GPU and the triton package "
+                "(pip install triton); use auto, flash, sdpa or naive"
+            )
     if name not in BACKENDS:
         raise GenlabError(f"unknown attention backend {name!r}; available: auto, {', '.join(BACKENDS)}")
     return name
 
 
-def attention(q, k, v, cu_seqlens, max_seqlen, causal=True, window=None, scale=None,
-              backend: str = "sdpa") -> torch.Tensor:
+def attention(
+    q, k, v, cu_seqlens, max_seqlen, causal=True, window=None, scale=None, backend: str = "sdpa"
+) -> torch.Tensor:
     return BACKENDS[backend](q, k, v, cu_seqlens, max_seqlen, causal=causal, window=window, scale=scale)

@@ -163,8 +163,16 @@ class FlashAttentionFn(torch.autograd.Function):
         lse = torch.full(q.shape[:2], math.inf, dtype=acc_dtype, device=q.device)  # (T, H)
         for start, count, n in runs:
             end = start + count * n
-            o, l = _forward_run(q[start:end].view(count, n, *q.shape[1:]), k[start:end].view(count, n, *k.shape[1:]),
-                                v[start:end].view(count, n, *v.shape[1:]), scale, causal, window, block, acc_dtype)
+            o, l = _forward_run(
+                q[start:end].view(count, n, *q.shape[1:]),
+                k[start:end].view(count, n, *k.shape[1:]),
+                v[start:end].view(count, n, *v.shape[1:]),
+                scale,
+                causal,
+                window,
+                block,
+                acc_dtype,
+            )
             out[start:end] = o.reshape(end - start, *out.shape[1:])
             lse[start:end] = l.reshape(end - start, q.shape[1])
         ctx.save_for_backward(q, k, v, out, lse)
@@ -180,23 +188,25 @@ class FlashAttentionFn(torch.autograd.Function):
         for start, count, n in runs:
             end = start + count * n
 
-            def run(x):
+            def run(x, start=start, end=end, count=count, n=n):
                 return x[start:end].view(count, n, *x.shape[1:])
 
-            gq, gk, gv = _backward_run(run(q), run(k), run(v), run(out), run(dout), run(lse), scale,
-                                       causal, window, block, acc_dtype)
+            gq, gk, gv = _backward_run(
+                run(q), run(k), run(v), run(out), run(dout), run(lse), scale, causal, window, block, acc_dtype
+            )
             dq[start:end] = gq.reshape(end - start, *q.shape[1:])
             dk[start:end] = gk.reshape(end - start, *k.shape[1:])
             dv[start:end] = gv.reshape(end - start, *v.shape[1:])
         return dq, dk, dv, None, None, None, None, None
 
 
-def flash_attention(q, k, v, cu_seqlens, max_seqlen, causal=True, window=None, scale=None,
-                    block: int = BLOCK) -> torch.Tensor:
+def flash_attention(
+    q, k, v, cu_seqlens, max_seqlen, causal=True, window=None, scale=None, block: int = BLOCK
+) -> torch.Tensor:
     """The `flash` backend. q (T, H, D), k (T, Hkv, D), v (T, Hkv, Dv) -> (T, H, Dv)."""
     T, H, D = q.shape
     if k.shape[1] == 0 or H % k.shape[1]:
         raise ValueError(f"flash attention: {H} query heads is not a multiple of {k.shape[1]} key/value heads")
-    scale = scale if scale is not None else D ** -0.5
+    scale = scale if scale is not None else D**-0.5
     window = int(window) if window else None
     return FlashAttentionFn.apply(q, k, v, cu_seqlens, causal, window, float(scale), int(block))

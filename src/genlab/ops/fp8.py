@@ -91,8 +91,9 @@ def _rowwise(aq, a_s, bq, b_s) -> torch.Tensor:
     a, b = dequantize(aq, a_s), dequantize(bq, b_s)
     sa = a.abs().amax(1, keepdim=True).clamp_min(AMAX_FLOOR) / E4M3_MAX  # (M, 1)
     sb = b.abs().amax(1, keepdim=True).clamp_min(AMAX_FLOOR) / E4M3_MAX  # (N, 1)
-    return torch._scaled_mm((a / sa).to(E4M3), (b / sb).to(E4M3).t(), scale_a=sa, scale_b=sb.t(),
-                            out_dtype=torch.float32)
+    return torch._scaled_mm(
+        (a / sa).to(E4M3), (b / sb).to(E4M3).t(), scale_a=sa, scale_b=sb.t(), out_dtype=torch.float32
+    )
 
 
 _CUDA_ORDER = ["blockwise", "rowwise"]  # tried in turn on CUDA; a failure drops the mode for the process

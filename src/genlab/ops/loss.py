@@ -29,20 +29,20 @@ class _ChunkedHeadCE(torch.autograd.Function):
         logits = h.new_empty(min(chunk, T), weight.shape[0])
         logp = torch.empty_like(logits)
         for s in range(0, T, chunk):
-            hs, ts = h[s:s + chunk], targets[s:s + chunk]
+            hs, ts = h[s : s + chunk], targets[s : s + chunk]
             n = hs.shape[0]
             torch.mm(hs, weight.t(), out=logits[:n])  # (n, V)
             valid = ts != IGNORE
             tt = torch.where(valid, ts, 0)
             if tok_weights is not None:  # per-token loss weights (any-order objective)
-                valid = valid * tok_weights[s:s + chunk].to(logits.dtype)
+                valid = valid * tok_weights[s : s + chunk].to(logits.dtype)
             # one fused pass (max, sum of exp, subtract) instead of logsumexp + subtract
             lp = torch.ops.aten._log_softmax.out(logits[:n], -1, False, out=logp[:n])
             loss -= (lp[rows[:n], tt] * valid).sum()
             probs = lp.exp_()  # softmax, in place
             probs[rows[:n], tt] -= 1.0  # dloss/dlogits = softmax - onehot
             probs.mul_(valid[:, None])  # ignored tokens contribute nothing
-            torch.mm(probs, weight, out=grad_h[s:s + n])
+            torch.mm(probs, weight, out=grad_h[s : s + n])
             grad_w.addmm_(probs.t(), hs)
         ctx.save_for_backward(grad_h, grad_w)
         return loss
@@ -53,8 +53,9 @@ class _ChunkedHeadCE(torch.autograd.Function):
         return grad_h * g, grad_w * g, None, None, None
 
 
-def weighted_cross_entropy(logits: torch.Tensor, targets: torch.Tensor,
-                           tok_weights: torch.Tensor | None = None) -> torch.Tensor:
+def weighted_cross_entropy(
+    logits: torch.Tensor, targets: torch.Tensor, tok_weights: torch.Tensor | None = None
+) -> torch.Tensor:
     """The plain reference: sum over tokens of w_i * CE(logits_i, t_i), IGNORE skipped."""
     logits = logits.to(torch.promote_types(logits.dtype, torch.float32))
     if tok_weights is None:
@@ -63,8 +64,13 @@ def weighted_cross_entropy(logits: torch.Tensor, targets: torch.Tensor,
     return (ce * tok_weights.to(ce.dtype)).sum()
 
 
-def head_cross_entropy(h: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor,
-                       chunk: int = 1024, tok_weights: torch.Tensor | None = None) -> torch.Tensor:
+def head_cross_entropy(
+    h: torch.Tensor,
+    weight: torch.Tensor,
+    targets: torch.Tensor,
+    chunk: int = 1024,
+    tok_weights: torch.Tensor | None = None,
+) -> torch.Tensor:
     """Summed (optionally per-token weighted) cross-entropy of logits h @ weight^T against targets
     (IGNORE skipped)."""
     if torch.is_grad_enabled() and (h.requires_grad or weight.requires_grad):
@@ -72,8 +78,9 @@ def head_cross_entropy(h: torch.Tensor, weight: torch.Tensor, targets: torch.Ten
     return weighted_cross_entropy(h @ weight.t(), targets, tok_weights)
 
 
-def head_loss(head: torch.nn.Module, h: torch.Tensor, targets: torch.Tensor,
-              tok_weights: torch.Tensor | None = None) -> torch.Tensor:
+def head_loss(
+    head: torch.nn.Module, h: torch.Tensor, targets: torch.Tensor, tok_weights: torch.Tensor | None = None
+) -> torch.Tensor:
     """Summed cross-entropy of head(h) against targets. On CPU with a plain bias-free Linear head: the
     chunked head + CE above (no logits-sized tensor kept for backward; equal to the plain path,
     tests/test_models.py); otherwise the logits and the plain reference."""

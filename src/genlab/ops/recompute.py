@@ -2,8 +2,8 @@
 checkpointing policy (genlab.train.activation_checkpoint).
 
 Model code wraps cheap work in `cheap(fn, *args)`: norms, activations, RoPE, the concatenations and
-padding that assemble attention's q, k, v, the MoE router's affinities (their (T, E) sigmoid output is saved by sigmoid itself, so it stays),
-MLA's up-projections. Inside
+padding that assemble attention's q, k, v, the MoE router's affinities (their (T, E) sigmoid output is
+saved by sigmoid itself, so it stays), MLA's up-projections. Inside
 a `SelectiveScope` (one block's forward), a saved-tensor hook (torch.autograd.graph.saved_tensors_hooks)
 replaces every tensor autograd saves for backward that lives in the storage of such a result by a
 recipe: fn, its args (packed the same way, so recipes nest) and the saved view's geometry. Backward
@@ -25,8 +25,7 @@ class _Entry:
     """A cheap result registered during a block's forward: how to rebuild the storage of output
     `index` of fn(*args, **kwargs). out is held only until the block's forward ends."""
 
-    __slots__ = ("out", "out_version", "layout", "fn", "args", "kwargs", "index", "versions", "cache", "pending",
-                 "amp")
+    __slots__ = ("out", "out_version", "layout", "fn", "args", "kwargs", "index", "versions", "cache", "pending", "amp")
 
     def __init__(self, out, fn, args, kwargs, index):
         self.out, self.fn, self.args, self.kwargs, self.index = out, fn, args, kwargs, index
@@ -107,16 +106,20 @@ def _unpack(r):
     else:
         for a, v in zip(r.args, e.versions):
             if isinstance(a, torch.Tensor) and a._version != v:
-                raise RuntimeError("selective activation checkpointing: an input of a recomputed result was "
-                                   "modified in place after the forward pass")
+                raise RuntimeError(
+                    "selective activation checkpointing: an input of a recomputed result was "
+                    "modified in place after the forward pass"
+                )
         args = [_unpack(a) for a in r.args]
         dev, amp_on, amp_dtype = e.amp
         with torch.no_grad(), torch.autocast(dev, dtype=amp_dtype, enabled=amp_on):
             out = e.fn(*args, **e.kwargs)
         out = out if e.index is None else out[e.index]
         if (out.shape, out.stride(), out.storage_offset(), out.dtype) != e.layout:
-            raise RuntimeError(f"selective activation checkpointing: {getattr(e.fn, '__name__', e.fn)} "
-                               "recomputed a result with another memory layout or dtype")
+            raise RuntimeError(
+                f"selective activation checkpointing: {getattr(e.fn, '__name__', e.fn)} "
+                "recomputed a result with another memory layout or dtype"
+            )
         e.cache = out
     _release(r)
     return out.as_strided(*r.geometry)

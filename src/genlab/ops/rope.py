@@ -68,8 +68,9 @@ class _RopeQKV(torch.autograd.Function):
         return dqkv, None, None, None, None
 
 
-def rope_qkv(qkv: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, n_head: int,
-             n_kv: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def rope_qkv(
+    qkv: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, n_head: int, n_kv: int
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """qkv (T, n_head + 2 n_kv, D) -> q (T, n_head, D), k (T, n_kv, D) rotated at the positions
     whose cos/sin (T, D/2) are given, and v (T, n_kv, D) unchanged (a view of qkv)."""
     return _RopeQKV.apply(qkv, cos, sin, n_head, n_kv)
@@ -84,11 +85,13 @@ def apply_rope_interleaved(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor
     return torch.stack((x1 * c - x2 * s, x2 * c + x1 * s), dim=-1).flatten(-2)
 
 
-def yarn_inv_freq(dim: int, theta: float, factor: float, original_len: int, beta_fast: float = 32.0,
-                  beta_slow: float = 1.0) -> torch.Tensor:
+def yarn_inv_freq(
+    dim: int, theta: float, factor: float, original_len: int, beta_fast: float = 32.0, beta_slow: float = 1.0
+) -> torch.Tensor:
     """YaRN (arXiv:2309.00071) inverse frequencies (dim/2,): high-frequency dims (more than beta_fast
     rotations over the original context) are kept, low-frequency dims (fewer than beta_slow) are
     divided by `factor`, with a linear ramp between (correction range floored/ceiled)."""
+
     def corr_dim(rot):
         return dim * math.log(original_len / (rot * 2 * math.pi)) / (2 * math.log(theta))
 

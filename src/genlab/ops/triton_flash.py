@@ -51,9 +51,17 @@ def _meta(q, k, v, causal, window, block):
 
     H, D = q.shape[1], q.shape[2]
     bm = block or (16 if q.device.type == "cpu" else 64)
-    return dict(REP=H // k.shape[1], D=D, DV=v.shape[2], BD=max(16, triton.next_power_of_2(D)),
-                BDV=max(16, triton.next_power_of_2(v.shape[2])), BM=bm, BN=bm, CAUSAL=bool(causal),
-                WINDOW=int(window or 0))
+    return dict(
+        REP=H // k.shape[1],
+        D=D,
+        DV=v.shape[2],
+        BD=max(16, triton.next_power_of_2(D)),
+        BDV=max(16, triton.next_power_of_2(v.shape[2])),
+        BM=bm,
+        BN=bm,
+        CAUSAL=bool(causal),
+        WINDOW=int(window or 0),
+    )
 
 
 class TritonFlashFn(torch.autograd.Function):
@@ -69,8 +77,24 @@ class TritonFlashFn(torch.autograd.Function):
         n_seq = cu.shape[0] - 1
         if T and n_seq and max_seqlen:
             grid = (triton.cdiv(int(max_seqlen), meta["BM"]), n_seq, H)
-            fwd[grid](q, k, v, out, lse, cu, q.stride(0), q.stride(1), k.stride(0), k.stride(1), v.stride(0),
-                      v.stride(1), out.stride(0), out.stride(1), scale, **meta)
+            fwd[grid](
+                q,
+                k,
+                v,
+                out,
+                lse,
+                cu,
+                q.stride(0),
+                q.stride(1),
+                k.stride(0),
+                k.stride(1),
+                v.stride(0),
+                v.stride(1),
+                out.stride(0),
+                out.stride(1),
+                scale,
+                **meta,
+            )
         ctx.save_for_backward(q, k, v, out, lse, cu)
         ctx.args = (int(max_seqlen), scale, meta)
         return out
@@ -86,20 +110,31 @@ class TritonFlashFn(torch.autograd.Function):
         T, H, _ = q.shape
         n_seq = cu.shape[0] - 1
         if T and n_seq and max_seqlen:
-            strides = (q.stride(0), q.stride(1), k.stride(0), k.stride(1), v.stride(0), v.stride(1),
-                       dout.stride(0), dout.stride(1))
+            strides = (
+                q.stride(0),
+                q.stride(1),
+                k.stride(0),
+                k.stride(1),
+                v.stride(0),
+                v.stride(1),
+                dout.stride(0),
+                dout.stride(1),
+            )
             bwd_dkdv[(triton.cdiv(max_seqlen, meta["BN"]), n_seq, k.shape[1])](
-                q, k, v, dout, lse, delta, dk, dv, cu, *strides, H, scale, **meta)
+                q, k, v, dout, lse, delta, dk, dv, cu, *strides, H, scale, **meta
+            )
             bwd_dq[(triton.cdiv(max_seqlen, meta["BM"]), n_seq, H)](
-                q, k, v, dout, lse, delta, dq, cu, *strides, H, scale, **meta)
+                q, k, v, dout, lse, delta, dq, cu, *strides, H, scale, **meta
+            )
         return dq, dk, dv, None, None, None, None, None, None
 
 
-def triton_flash_attention(q, k, v, cu_seqlens, max_seqlen, causal=True, window=None, scale=None,
-                           block: int | None = None) -> torch.Tensor:
+def triton_flash_attention(
+    q, k, v, cu_seqlens, max_seqlen, causal=True, window=None, scale=None, block: int | None = None
+) -> torch.Tensor:
     """The `triton` backend. q (T, H, D), k (T, Hkv, D), v (T, Hkv, Dv) -> (T, H, Dv)."""
     H, D = q.shape[1], q.shape[2]
     if k.shape[1] == 0 or H % k.shape[1]:
         raise ValueError(f"triton flash attention: {H} query heads is not a multiple of {k.shape[1]} kv heads")
-    scale = float(scale if scale is not None else D ** -0.5)
+    scale = float(scale if scale is not None else D**-0.5)
     return TritonFlashFn.apply(q, k, v, cu_seqlens, int(max_seqlen), causal, int(window or 0), scale, block)

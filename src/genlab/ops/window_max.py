@@ -185,8 +185,13 @@ class SlidingMax:
         return self.count >= self.k
 
     def state_dict(self) -> dict:
-        return {"k": self.k, "count": self.count, "last_nan": self.last_nan,
-                "index": [i for i, _ in self._dq], "value": [v for _, v in self._dq]}
+        return {
+            "k": self.k,
+            "count": self.count,
+            "last_nan": self.last_nan,
+            "index": [i for i, _ in self._dq],
+            "value": [v for _, v in self._dq],
+        }
 
     def load_state_dict(self, st: dict) -> None:
         if int(st["k"]) != self.k:

@@ -105,8 +105,10 @@ def grid_edge_notes(rows: list[dict]) -> list[str]:
         for key, name in (("lr", "learning rate"), ("batch_tokens", "batch size")):
             values = sorted({r[key] for r in group})
             if len(values) > 1 and best[key] in (values[0], values[-1]):
-                notes.append(f"C = {C:.3g}: the best {name} ({best[key]:.4g}) is at the edge of the grid; "
-                             f"widen the sweep's factors there")
+                notes.append(
+                    f"C = {C:.3g}: the best {name} ({best[key]:.4g}) is at the edge of the grid; "
+                    f"widen the sweep's factors there"
+                )
     return notes
 
 
@@ -129,13 +131,19 @@ def fit_isoflop(rows: list[dict]) -> dict:
     for C, group in _by_budget(rows).items():
         v, ok = isoflop_minimum([math.log10(r["M"]) for r in group], [r["val_loss"] for r in group])
         budgets.append(C)
-        m_opt.append(10 ** v)
+        m_opt.append(10**v)
         parabola.append(ok)
     d_opt = [C / m for C, m in zip(budgets, m_opt)]
     k_m, a = power_law(budgets, m_opt)
     k_d, b = power_law(budgets, d_opt)
-    return {"budgets": budgets, "M_opt": m_opt, "D_opt": d_opt, "from_parabola": parabola,
-            "M": {"k": k_m, "e": a}, "D": {"k": k_d, "e": b}}
+    return {
+        "budgets": budgets,
+        "M_opt": m_opt,
+        "D_opt": d_opt,
+        "from_parabola": parabola,
+        "M": {"k": k_m, "e": a},
+        "D": {"k": k_d, "e": b},
+    }
 
 
 # ----------------------------------------------------------------------------------- Chinchilla
@@ -144,8 +152,14 @@ def _huber(r: torch.Tensor, delta: float) -> torch.Tensor:
     return torch.where(a <= delta, 0.5 * r * r, delta * (a - 0.5 * delta))
 
 
-def chinchilla_objective(params: torch.Tensor, logN: torch.Tensor, logD: torch.Tensor, logL: torch.Tensor,
-                         weights: torch.Tensor, delta: float = HUBER_DELTA) -> torch.Tensor:
+def chinchilla_objective(
+    params: torch.Tensor,
+    logN: torch.Tensor,
+    logD: torch.Tensor,
+    logL: torch.Tensor,
+    weights: torch.Tensor,
+    delta: float = HUBER_DELTA,
+) -> torch.Tensor:
     """params (S, 5) = (a, b, e, alpha, beta), weights (S, n) -> (S,) summed Huber loss of
     LSE(a - alpha log N, b - beta log D, e) - log L  (A = e^a, B = e^b, E = e^e)."""
     a, b, e, alpha, beta = (p[:, None] for p in params.unbind(1))  # each (S, 1)
@@ -161,8 +175,9 @@ def hoffmann_grid() -> torch.Tensor:
     ab = [0.0, 0.5, 1.0, 1.5, 2.0]
     es = [-1.0, -0.5, 0.0, 0.5, 1.0]
     ls = [0.0, 5.0, 10.0, 15.0, 20.0, 25.0]
-    return torch.tensor([(a, b, e, al, be) for a, b, e, al, be in itertools.product(ls, ls, es, ab, ab)],
-                        dtype=torch.float64)
+    return torch.tensor(
+        [(a, b, e, al, be) for a, b, e, al, be in itertools.product(ls, ls, es, ab, ab)], dtype=torch.float64
+    )
 
 
 def _logs(*cols) -> list[torch.Tensor]:
@@ -176,8 +191,9 @@ def best_starts(starts: torch.Tensor, logN, logD, logL, k: int) -> torch.Tensor:
     return starts[torch.argsort(f0)[:k]]
 
 
-def fit_chinchilla(N, D, L, weights: np.ndarray | None = None, starts: torch.Tensor | None = None,
-                   top_k: int = 0) -> tuple[dict, torch.Tensor]:
+def fit_chinchilla(
+    N, D, L, weights: np.ndarray | None = None, starts: torch.Tensor | None = None, top_k: int = 0
+) -> tuple[dict, torch.Tensor]:
     """Best fit over `starts` (default: Hoffmann's grid). `weights` (R, n) fits R resamples at
     once (each row = how often each point was drawn). top_k > 0 keeps only the k best starts
     by their initial objective. Returns ({E, A, B, alpha, beta} per resample, raw params (R, 5))."""
@@ -200,8 +216,13 @@ def fit_chinchilla(N, D, L, weights: np.ndarray | None = None, starts: torch.Ten
     f = torch.where(torch.isfinite(f), f, torch.full_like(f, float("inf")))
     best = x.view(R, K, 5)[torch.arange(R), f.view(R, K).argmin(1)]  # (R, 5)
     a, b, e, alpha, beta = best.unbind(1)
-    out = {"A": a.exp().numpy(), "B": b.exp().numpy(), "E": e.exp().numpy(), "alpha": alpha.numpy(),
-           "beta": beta.numpy()}
+    out = {
+        "A": a.exp().numpy(),
+        "B": b.exp().numpy(),
+        "E": e.exp().numpy(),
+        "alpha": alpha.numpy(),
+        "beta": beta.numpy(),
+    }
     return out, best
 
 
@@ -243,8 +264,10 @@ def fit_all(rows: list[dict], n_boot: int = 1000, seed: int = 0) -> dict:
         for key in ("lr", "batch"):
             h[key]["k_ci"] = _ci([b[key]["k"] for b in boots])
             h[key]["e_ci"] = _ci([b[key]["e"] for b in boots])
-        h["near_optimal"] = [{"budget": r["budget"], "lr": r["lr"], "batch_tokens": r["batch_tokens"],
-                              "val_loss": r["val_loss"]} for r in near_optimal(grid)]
+        h["near_optimal"] = [
+            {"budget": r["budget"], "lr": r["lr"], "batch_tokens": r["batch_tokens"], "val_loss": r["val_loss"]}
+            for r in near_optimal(grid)
+        ]
         h["boot_skipped"] = skipped
         res["hparams"] = h
     else:
@@ -268,11 +291,15 @@ def fit_all(rows: list[dict], n_boot: int = 1000, seed: int = 0) -> dict:
     res["notes"] = grid_edge_notes(grid)
     ch = res["chinchilla"]
     if "alpha" in ch and not (0 < ch["alpha"] < 3 and 0 < ch["beta"] < 3):
-        res["notes"].append(f"the Chinchilla fit is degenerate (alpha {ch['alpha']:.3g}, beta {ch['beta']:.3g}); "
-                            "the points do not span enough sizes and token counts to pin it down")
+        res["notes"].append(
+            f"the Chinchilla fit is degenerate (alpha {ch['alpha']:.3g}, beta {ch['beta']:.3g}); "
+            "the points do not span enough sizes and token counts to pin it down"
+        )
     if all("skipped" in res[k] for k in ("hparams", "isoflop", "chinchilla")):
-        raise GenlabError("nothing to fit: the results need lr x batch or IsoFLOP points at two or more budgets "
-                          "(see genlab sweep --help)")
+        raise GenlabError(
+            "nothing to fit: the results need lr x batch or IsoFLOP points at two or more budgets "
+            "(see genlab sweep --help)"
+        )
     return res
 
 
@@ -316,26 +343,35 @@ def format_fit(res: dict) -> str:
     if "skipped" in h:
         lines.append(f"lr/batch laws: skipped ({h['skipped']})")
     else:
-        lines += [f"near-optimal (within 0.25% of each budget's best): {h['n_near']} points",
-                  _fmt_law("eta_opt", h["lr"]), _fmt_law("B_opt", h["batch"]) + "  (tokens)",
-                  "  DeepSeek LLM: eta_opt = 0.3118 * C^-0.1250, B_opt = 0.2920 * C^0.3271"]
+        lines += [
+            f"near-optimal (within 0.25% of each budget's best): {h['n_near']} points",
+            _fmt_law("eta_opt", h["lr"]),
+            _fmt_law("B_opt", h["batch"]) + "  (tokens)",
+            "  DeepSeek LLM: eta_opt = 0.3118 * C^-0.1250, B_opt = 0.2920 * C^0.3271",
+        ]
     if "skipped" in s:
         lines.append(f"IsoFLOP laws: skipped ({s['skipped']})")
     else:
         for C, m, d, ok in zip(s["budgets"], s["M_opt"], s["D_opt"], s["from_parabola"]):
             how = "parabola vertex" if ok else "lowest point (no interior parabola minimum)"
             lines.append(f"  C = {C:.3g}: M_opt {m:.4g}, D_opt {d:.4g}  ({how})")
-        lines += [_fmt_law("M_opt", s["M"]), _fmt_law("D_opt", s["D"]),
-                  "  DeepSeek LLM: M_opt = 0.1715 * C^0.5243, D_opt = 5.8316 * C^0.4757"]
+        lines += [
+            _fmt_law("M_opt", s["M"]),
+            _fmt_law("D_opt", s["D"]),
+            "  DeepSeek LLM: M_opt = 0.1715 * C^0.5243, D_opt = 5.8316 * C^0.4757",
+        ]
     if "skipped" in ch:
         lines.append(f"Chinchilla form: skipped ({ch['skipped']})")
     else:
+
         def ci(k):
             return f" [{ch[k + '_ci'][0]:.4g}, {ch[k + '_ci'][1]:.4g}]" if k + "_ci" in ch else ""
 
-        lines += [f"L(N, D) = E + A/N^alpha + B/D^beta over {ch['n_points']} points (N = N2):",
-                  f"  E {ch['E']:.4g}{ci('E')}, A {ch['A']:.4g}{ci('A')}, B {ch['B']:.4g}{ci('B')}",
-                  f"  alpha {ch['alpha']:.4f}{ci('alpha')}, beta {ch['beta']:.4f}{ci('beta')}",
-                  f"  frontier (C = 6ND): N_opt ~ C^{ch['a']:.4f}{ci('a')}, D_opt ~ C^{ch['b']:.4f}{ci('b')}"]
+        lines += [
+            f"L(N, D) = E + A/N^alpha + B/D^beta over {ch['n_points']} points (N = N2):",
+            f"  E {ch['E']:.4g}{ci('E')}, A {ch['A']:.4g}{ci('A')}, B {ch['B']:.4g}{ci('B')}",
+            f"  alpha {ch['alpha']:.4f}{ci('alpha')}, beta {ch['beta']:.4f}{ci('beta')}",
+            f"  frontier (C = 6ND): N_opt ~ C^{ch['a']:.4f}{ci('a')}, D_opt ~ C^{ch['b']:.4f}{ci('b')}",
+        ]
     lines += [f"note: {n}" for n in res.get("notes", [])]
     return "\n".join(lines)

@@ -31,12 +31,12 @@ DS_STAGES = ((0.8, 0.316), (0.9, 0.1))
 
 def eta_opt(C: float) -> float:
     """Peak learning rate (DeepSeek LLM Eq. 1)."""
-    return ETA_COEF * C ** ETA_EXP
+    return ETA_COEF * C**ETA_EXP
 
 
 def batch_opt_tokens(C: float) -> float:
     """Batch size in tokens (DeepSeek LLM Eq. 1)."""
-    return BATCH_COEF * C ** BATCH_EXP
+    return BATCH_COEF * C**BATCH_EXP
 
 
 @dataclass(frozen=True)
@@ -50,7 +50,7 @@ class ChinchillaForm:
     beta: float
 
     def loss(self, N, D):
-        return self.E + self.A / N ** self.alpha + self.B / D ** self.beta
+        return self.E + self.A / N**self.alpha + self.B / D**self.beta
 
     def frontier(self) -> tuple[float, float, float]:
         """(G, a, b) with N_opt = G (C/6)^a and D_opt = (C/6)^b / G under C = 6ND."""
@@ -76,7 +76,7 @@ class AllocationLaw:
 
     def split(self, C: float) -> tuple[float, float]:
         """(size_opt in FLOPs/token, D_opt in tokens) at budget C."""
-        return self.k_size * C ** self.a, self.k_D * C ** self.b
+        return self.k_size * C**self.a, self.k_D * C**self.b
 
     def budget_for_size(self, size: float) -> float:
         return (size / self.k_size) ** (1 / self.a)
@@ -88,12 +88,20 @@ class AllocationLaw:
 def _from_chinchilla(name: str, form: ChinchillaForm, source: str) -> AllocationLaw:
     # 6 N_opt = 6 G 6^-a C^a ;  D_opt = G^-1 6^-b C^b
     G, a, b = form.frontier()
-    return AllocationLaw(name, 6 * G * 6 ** -a, a, 6 ** -b / G, b, "6N2", None, source)
+    return AllocationLaw(name, 6 * G * 6**-a, a, 6**-b / G, b, "6N2", None, source)
 
 
 LAWS = {
-    "deepseek": AllocationLaw("deepseek", 0.1715, 0.5243, 5.8316, 0.4757, "M", (1e17, 3e20),
-                              "DeepSeek LLM Eq. 4 (M_opt = 0.1715 C^0.5243, D_opt = 5.8316 C^0.4757)"),
+    "deepseek": AllocationLaw(
+        "deepseek",
+        0.1715,
+        0.5243,
+        5.8316,
+        0.4757,
+        "M",
+        (1e17, 3e20),
+        "DeepSeek LLM Eq. 4 (M_opt = 0.1715 C^0.5243, D_opt = 5.8316 C^0.4757)",
+    ),
     "chinchilla": _from_chinchilla("chinchilla", HOFFMANN, "Hoffmann et al. 2022 approach 3, unrounded constants"),
     "epoch": _from_chinchilla("epoch", EPOCH, "Besiroglu et al. 2024 refit of Chinchilla approach 3"),
 }
@@ -124,9 +132,13 @@ def warnings_for(C: float, law: AllocationLaw) -> list[str]:
     out = []
     lo, hi = HPARAM_FIT_RANGE
     if not lo <= C <= hi:
-        out.append(f"C = {C:.3g} is outside the budgets DeepSeek fitted the lr/batch law on ({lo:.0e} to {hi:.0e}); "
-                   "the learning rate and batch size are extrapolated")
+        out.append(
+            f"C = {C:.3g} is outside the budgets DeepSeek fitted the lr/batch law on ({lo:.0e} to {hi:.0e}); "
+            "the learning rate and batch size are extrapolated"
+        )
     if law.fit_range and not law.fit_range[0] <= C <= law.fit_range[1]:
-        out.append(f"C = {C:.3g} is outside the budgets the {law.name} allocation was fitted on "
-                   f"({law.fit_range[0]:.0e} to {law.fit_range[1]:.0e})")
+        out.append(
+            f"C = {C:.3g} is outside the budgets the {law.name} allocation was fitted on "
+            f"({law.fit_range[0]:.0e} to {law.fit_range[1]:.0e})"
+        )
     return out

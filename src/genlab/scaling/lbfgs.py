@@ -9,7 +9,7 @@ the reference the tests compare against.
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 
@@ -21,9 +21,16 @@ def _value_and_grad(fn, x):
     return f.detach(), g.detach()
 
 
-def batched_lbfgs(fn: Callable[[torch.Tensor], torch.Tensor], x0: torch.Tensor, max_iter: int = 300,
-                  history: int = 10, tol_grad: float = 1e-12, tol_change: float = 1e-13, c1: float = 1e-4,
-                  max_backtracks: int = 40) -> tuple[torch.Tensor, torch.Tensor]:
+def batched_lbfgs(
+    fn: Callable[[torch.Tensor], torch.Tensor],
+    x0: torch.Tensor,
+    max_iter: int = 300,
+    history: int = 10,
+    tol_grad: float = 1e-12,
+    tol_change: float = 1e-13,
+    c1: float = 1e-4,
+    max_backtracks: int = 40,
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Minimise fn row by row. fn: (S, P) -> (S,) with row i depending on x[i] only.
 
     A row stops when its largest gradient entry is below tol_grad, when a step lowers its value by

@@ -47,9 +47,29 @@ BASE_OVERRIDES = ("data.tokenizer=byte", "data.packing_length=256")
 EVAL_ROWS = 512  # fixed validation rows every point is scored on (the same tokens for all)
 EVAL_BATCH_ROWS = 32
 SPEC, RESULTS, RESULT = "sweep.json", "results.csv", "result.json"
-COLUMNS = ("point", "lr_batch", "isoflop", "budget", "n_layer", "d_model", "n_head", "M", "N1", "N2", "seq_len",
-           "lr", "batch_seqs", "batch_tokens", "steps", "tokens", "compute", "val_loss", "val_bpb", "train_loss",
-           "seconds")
+COLUMNS = (
+    "point",
+    "lr_batch",
+    "isoflop",
+    "budget",
+    "n_layer",
+    "d_model",
+    "n_head",
+    "M",
+    "N1",
+    "N2",
+    "seq_len",
+    "lr",
+    "batch_seqs",
+    "batch_tokens",
+    "steps",
+    "tokens",
+    "compute",
+    "val_loss",
+    "val_bpb",
+    "train_loss",
+    "seconds",
+)
 
 KINDS = ("both", "lr-batch", "isoflop")
 
@@ -61,19 +81,29 @@ def _positive(name: str, values) -> tuple[float, ...]:
     return vals
 
 
-def make_spec(budgets=BUDGETS, kind: str = "both", lr_factors=LR_FACTORS, batch_factors=BATCH_FACTORS,
-              size_factors=SIZE_FACTORS, lr_batch_size: float = LR_BATCH_SIZE, lr_center: float = LR_CENTER,
-              overrides=()) -> dict:
+def make_spec(
+    budgets=BUDGETS,
+    kind: str = "both",
+    lr_factors=LR_FACTORS,
+    batch_factors=BATCH_FACTORS,
+    size_factors=SIZE_FACTORS,
+    lr_batch_size: float = LR_BATCH_SIZE,
+    lr_center: float = LR_CENTER,
+    overrides=(),
+) -> dict:
     """The grid as a JSON-able dict; every point's config is resolved and validated here."""
     if kind not in KINDS:
         raise GenlabError(f"--kind {kind!r} is not allowed; choose one of: {', '.join(KINDS)}")
-    spec = {"budgets": _positive("--budgets", budgets), "kind": kind,
-            "lr_factors": _positive("--lr-factors", lr_factors),
-            "batch_factors": _positive("--batch-factors", batch_factors),
-            "size_factors": _positive("--size-factors", size_factors),
-            "lr_batch_size": _positive("--lr-batch-size", [lr_batch_size])[0],
-            "lr_center": _positive("--lr-center", [lr_center])[0],
-            "overrides": [*BASE_OVERRIDES, *overrides]}
+    spec = {
+        "budgets": _positive("--budgets", budgets),
+        "kind": kind,
+        "lr_factors": _positive("--lr-factors", lr_factors),
+        "batch_factors": _positive("--batch-factors", batch_factors),
+        "size_factors": _positive("--size-factors", size_factors),
+        "lr_batch_size": _positive("--lr-batch-size", [lr_batch_size])[0],
+        "lr_center": _positive("--lr-center", [lr_center])[0],
+        "overrides": [*BASE_OVERRIDES, *overrides],
+    }
     spec["points"] = _points(spec)
     return spec
 
@@ -90,10 +120,26 @@ def _points(spec: dict) -> list[dict]:
         rows = max(1, round(batch_tokens / L))
         steps = max(1, round(C / fl["M"] / (rows * L)))
         pid = f"c{C:.3g}_n{mcfg.n_layer}_d{mcfg.d_model}_lr{lr:.3g}_b{rows}".replace("+", "")
-        p = points.setdefault(pid, {"point": pid, "budget": C, "n_layer": mcfg.n_layer, "d_model": mcfg.d_model,
-                                    "n_head": mcfg.n_head, "n_kv_head": mcfg.n_kv_head, "M": fl["M"],
-                                    "N1": fl["N1"], "N2": fl["N2"], "seq_len": L, "lr": lr, "batch_seqs": rows,
-                                    "steps": steps, "lr_batch": 0, "isoflop": 0})
+        p = points.setdefault(
+            pid,
+            {
+                "point": pid,
+                "budget": C,
+                "n_layer": mcfg.n_layer,
+                "d_model": mcfg.d_model,
+                "n_head": mcfg.n_head,
+                "n_kv_head": mcfg.n_kv_head,
+                "M": fl["M"],
+                "N1": fl["N1"],
+                "N2": fl["N2"],
+                "seq_len": L,
+                "lr": lr,
+                "batch_seqs": rows,
+                "steps": steps,
+                "lr_batch": 0,
+                "isoflop": 0,
+            },
+        )
         p[kind] = 1
 
     for C in spec["budgets"]:
@@ -114,13 +160,26 @@ def _points(spec: dict) -> list[dict]:
 
 def point_config(spec: dict, p: dict) -> RunConfig:
     steps = p["steps"]
-    sets = [*spec["overrides"], "model.arch=transformer", f"model.n_layer={p['n_layer']}",
-            f"model.d_model={p['d_model']}", f"model.n_head={p['n_head']}", f"model.n_kv_head={p['n_kv_head']}",
-            "model.ffn_hidden=0", f"train.lr={p['lr']!r}", f"train.batch_rows={p['batch_seqs']}",
-            "train.grad_accum=1", f"train.steps={steps}", "train.schedule=multistep",
-            f"train.warmup_steps={min(laws.DS_WARMUP_STEPS, max(1, steps // 10))}",
-            f"train.log_every={max(1, steps // 20)}", f"train.eval_every={steps}", "train.eval_batches=1",
-            f"train.ckpt_every={max(1, steps // 4)}", "train.keep_ckpts=1"]
+    sets = [
+        *spec["overrides"],
+        "model.arch=transformer",
+        f"model.n_layer={p['n_layer']}",
+        f"model.d_model={p['d_model']}",
+        f"model.n_head={p['n_head']}",
+        f"model.n_kv_head={p['n_kv_head']}",
+        "model.ffn_hidden=0",
+        f"train.lr={p['lr']!r}",
+        f"train.batch_rows={p['batch_seqs']}",
+        "train.grad_accum=1",
+        f"train.steps={steps}",
+        "train.schedule=multistep",
+        f"train.warmup_steps={min(laws.DS_WARMUP_STEPS, max(1, steps // 10))}",
+        f"train.log_every={max(1, steps // 20)}",
+        f"train.eval_every={steps}",
+        "train.eval_batches=1",
+        f"train.ckpt_every={max(1, steps // 4)}",
+        "train.keep_ckpts=1",
+    ]
     return resolve(None, None, sets)
 
 
@@ -155,9 +214,11 @@ def open_sweep(out: str | Path, spec: dict | None) -> tuple[Path, dict]:
     elif spec is None:
         spec = stored
     elif not _same_grid(stored, spec):
-        raise GenlabError(f"{out} holds a different sweep ({len(stored['points'])} points, budgets "
-                          f"{', '.join(f'{c:g}' for c in stored['budgets'])}); rerun it with its own arguments "
-                          "(or none) or choose another --out")
+        raise GenlabError(
+            f"{out} holds a different sweep ({len(stored['points'])} points, budgets "
+            f"{', '.join(f'{c:g}' for c in stored['budgets'])}); rerun it with its own arguments "
+            "(or none) or choose another --out"
+        )
     _eval_rows(spec)  # reads the corpus: bad data fails here, before the sweep dir is written
     if stored is None:
         (out / "points").mkdir(parents=True, exist_ok=True)
@@ -170,7 +231,7 @@ _EVAL_CACHE: dict = {}
 
 def _eval_rows(spec: dict):
     """The fixed validation batches every point is scored on (the same tokens for every point)."""
-    
+
     key = json.dumps(spec["overrides"])
     if key not in _EVAL_CACHE:
         cfg = resolve(None, None, spec["overrides"])
@@ -179,8 +240,14 @@ def _eval_rows(spec: dict):
         _, val_docs = split_documents(load_corpus(cfg.data.path), cfg.data.val_fraction)
         if not val_docs:
             raise GenlabError("the sweep corpus has no validation documents; raise data.val_fraction")
-        data = TokenDataset(task.encode_docs(val_docs), cfg.data.packing_length, EVAL_BATCH_ROWS, mode="packed",
-                            buffer=cfg.data.pack_buffer, shuffle=False)
+        data = TokenDataset(
+            task.encode_docs(val_docs),
+            cfg.data.packing_length,
+            EVAL_BATCH_ROWS,
+            mode="packed",
+            buffer=cfg.data.pack_buffer,
+            shuffle=False,
+        )
         _EVAL_CACHE[key] = (task, data)
     return _EVAL_CACHE[key]
 
@@ -205,14 +272,38 @@ def run_point(out: Path, spec: dict, p: dict, log=print) -> dict:
         last, ev = {}, {"val_loss": float("nan"), "val_bpb": float("nan")}
     else:
         _, eval_data = _eval_rows(spec)
-        ev = trainer.task.evaluate(trainer.model, data=eval_data, max_batches=EVAL_ROWS // EVAL_BATCH_ROWS,
-                                   device=trainer.device)
+        ev = trainer.task.evaluate(
+            trainer.model, data=eval_data, max_batches=EVAL_ROWS // EVAL_BATCH_ROWS, device=trainer.device
+        )
     seconds = time.perf_counter() - t0
-    row = {k: p[k] for k in ("point", "lr_batch", "isoflop", "budget", "n_layer", "d_model", "n_head", "M", "N1",
-                             "N2", "seq_len", "lr", "batch_seqs", "steps")}
-    row.update(batch_tokens=p["batch_seqs"] * p["seq_len"], tokens=trainer.tokens_seen,
-               compute=p["M"] * trainer.tokens_seen, val_loss=ev["val_loss"], val_bpb=ev["val_bpb"],
-               train_loss=last.get("loss", _last_loss(run)), seconds=round(seconds, 2))
+    row = {
+        k: p[k]
+        for k in (
+            "point",
+            "lr_batch",
+            "isoflop",
+            "budget",
+            "n_layer",
+            "d_model",
+            "n_head",
+            "M",
+            "N1",
+            "N2",
+            "seq_len",
+            "lr",
+            "batch_seqs",
+            "steps",
+        )
+    }
+    row.update(
+        batch_tokens=p["batch_seqs"] * p["seq_len"],
+        tokens=trainer.tokens_seen,
+        compute=p["M"] * trainer.tokens_seen,
+        val_loss=ev["val_loss"],
+        val_bpb=ev["val_bpb"],
+        train_loss=last.get("loss", _last_loss(run)),
+        seconds=round(seconds, 2),
+    )
     _write_atomic(pdir / RESULT, json.dumps(row) + "\n")
     return row
 
@@ -252,8 +343,7 @@ def describe(spec: dict) -> str:
     lines = [f"{'point':<40} {'kind':<9} {'M':>9} {'lr':>8} {'rows':>5} {'steps':>6}"]
     for p in spec["points"]:
         kind = "+".join(k for k, f in (("lr", p["lr_batch"]), ("iso", p["isoflop"])) if f)
-        lines.append(f"{p['point']:<40} {kind:<9} {p['M']:>9.3g} {p['lr']:>8.3g} {p['batch_seqs']:>5} "
-                     f"{p['steps']:>6}")
+        lines.append(f"{p['point']:<40} {kind:<9} {p['M']:>9.3g} {p['lr']:>8.3g} {p['batch_seqs']:>5} {p['steps']:>6}")
     total = sum(p["M"] * p["steps"] * p["batch_seqs"] * p["seq_len"] for p in spec["points"])
     lines.append(f"{len(spec['points'])} points, {total:.3g} FLOPs in all (C = M * tokens)")
     return "\n".join(lines)
@@ -262,7 +352,6 @@ def describe(spec: dict) -> str:
 def estimate(spec: dict, probe_steps: int = 4, clock=time.perf_counter, log=print) -> dict:
     """Seconds the whole sweep would take here: a few timed steps and one scoring pass for every
     distinct (shape, batch) of the grid, scaled by each point's steps. Nothing is kept."""
-
 
     _, eval_data = _eval_rows(spec)
     timed: dict[tuple, tuple[float, float]] = {}
@@ -280,11 +369,14 @@ def estimate(spec: dict, probe_steps: int = 4, clock=time.perf_counter, log=prin
                     trainer.train_step()
                 t_step = (clock() - t0) / probe_steps
                 t0 = clock()
-                trainer.task.evaluate(trainer.model, data=eval_data, max_batches=EVAL_ROWS // EVAL_BATCH_ROWS,
-                                      device=trainer.device)
+                trainer.task.evaluate(
+                    trainer.model, data=eval_data, max_batches=EVAL_ROWS // EVAL_BATCH_ROWS, device=trainer.device
+                )
                 timed[key] = (t_step, clock() - t0)
-            log(f"n_layer {key[0]}, d_model {key[1]}, {key[3]} rows: {1000 * timed[key][0]:.1f} ms/step, "
-                f"scoring {timed[key][1]:.1f} s")
+            log(
+                f"n_layer {key[0]}, d_model {key[1]}, {key[3]} rows: {1000 * timed[key][0]:.1f} ms/step, "
+                f"scoring {timed[key][1]:.1f} s"
+            )
         t_step, t_eval = timed[key]
         total += p["steps"] * t_step + t_eval
     return {"seconds": total, "points": len(spec["points"]), "shapes": len(timed)}

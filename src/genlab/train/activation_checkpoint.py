@@ -31,7 +31,6 @@ change. Outside training or without grad (evaluation, sampling with a KV cache) 
 
 from __future__ import annotations
 
-
 import torch
 import torch.nn as nn
 from torch.utils.checkpoint import checkpoint
@@ -41,6 +40,7 @@ from genlab.errors import GenlabError
 from genlab.ops.recompute import SelectiveScope
 
 POLICIES = ("none", "full", "every:K", "selective")
+
 
 def _wrap(block: nn.Module, selective: bool = False) -> None:
     plain = block.forward  # the bound class forward
@@ -69,8 +69,10 @@ def apply_activation_checkpointing(model: nn.Module, policy: str) -> list[int]:
     if isinstance(blocks, nn.ModuleList) and hasattr(model, "checkpoint_blocks"):
         blocks = model.checkpoint_blocks()
     elif not isinstance(blocks, nn.ModuleList):
-        raise GenlabError(f"activation checkpointing {policy!r} needs a model with its blocks in `model.blocks`; "
-                          f"{type(model).__name__} has none (use none)")
+        raise GenlabError(
+            f"activation checkpointing {policy!r} needs a model with its blocks in `model.blocks`; "
+            f"{type(model).__name__} has none (use none)"
+        )
     chosen = [i for i in range(len(blocks)) if kind != "every" or i % k == 0]
     for i in chosen:
         if hasattr(blocks[i], "_genlab_plain_forward"):

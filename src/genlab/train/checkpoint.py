@@ -2,8 +2,8 @@
 
 Layout: RUN/checkpoints/step_00000100/{model.safetensors, state.pt, manifest.json} (+ dcp/ for a
 sharded FSDP2 checkpoint, see sharded_checkpoint.py). Every checkpoint is written through `staging`:
-into a `.tmp` folder, fsynced, then renamed: a folder without the `.tmp` suffix is complete. manifest.json holds each file's size and SHA-256; a checkpoint whose files do not match
-it is never used.
+into a `.tmp` folder, fsynced, then renamed: a folder without the `.tmp` suffix is complete.
+manifest.json holds each file's size and SHA-256; a checkpoint whose files do not match it is never used.
 """
 
 from __future__ import annotations
@@ -105,8 +105,10 @@ def staging(run_dir: Path, step: int, keep: int, writer: bool = True):
 def _commit(tmp: Path, final: Path, step: int) -> None:
     """Manifest over the files in tmp, fsync them, rename tmp -> final."""
     names = _files(tmp)
-    manifest = {"step": step, "files": {n: {"bytes": (tmp / n).stat().st_size, "sha256": _sha256(tmp / n)}
-                                        for n in names}}
+    manifest = {
+        "step": step,
+        "files": {n: {"bytes": (tmp / n).stat().st_size, "sha256": _sha256(tmp / n)} for n in names},
+    }
     (tmp / "manifest.json").write_text(json.dumps(manifest, indent=1))
     for n in (*names, "manifest.json"):
         _fsync(tmp / n)
@@ -127,18 +129,24 @@ def _write_error(run_dir: Path, step: int, e: OSError) -> str:
     run_dir = Path(run_dir)
     run = run_dir.parent if run_dir.name == "best" else run_dir  # RUN/best/: the early-stopping best
     last = list_checkpoints(run_dir)
-    kept = (f"the last complete checkpoint (step {int(last[-1].name[5:])}) is intact; free space and run "
-            f"`genlab train --out {run} --resume`") if last else "there is no earlier checkpoint"
-    return (f"checkpoint step {step} could not be written to {run_dir / CKPT_DIR}: "
-            f"{e.strerror or e}; {kept}")
+    kept = (
+        (
+            f"the last complete checkpoint (step {int(last[-1].name[5:])}) is intact; free space and run "
+            f"`genlab train --out {run} --resume`"
+        )
+        if last
+        else "there is no earlier checkpoint"
+    )
+    return f"checkpoint step {step} could not be written to {run_dir / CKPT_DIR}: {e.strerror or e}; {kept}"
 
 
 def list_checkpoints(run_dir: Path) -> list[Path]:
     root = Path(run_dir) / CKPT_DIR
     if not root.is_dir():
         return []
-    return sorted(p for p in root.iterdir() if p.is_dir() and p.name.startswith("step_")
-                  and not p.name.endswith(".tmp"))
+    return sorted(
+        p for p in root.iterdir() if p.is_dir() and p.name.startswith("step_") and not p.name.endswith(".tmp")
+    )
 
 
 def verify(ckpt: Path) -> str | None:
@@ -182,8 +190,10 @@ def load(ckpt: Path, model: torch.nn.Module, with_state: bool = True) -> dict:
     except Exception as e:  # safetensors raises its own error types on malformed files
         raise GenlabError(f"checkpoint {ckpt}: model.safetensors cannot be read ({e})") from None
     if missing or unexpected:
-        raise GenlabError(f"checkpoint {ckpt} does not match the model in config.toml "
-                          f"(missing {sorted(missing)[:3]}, unexpected {sorted(unexpected)[:3]})")
+        raise GenlabError(
+            f"checkpoint {ckpt} does not match the model in config.toml "
+            f"(missing {sorted(missing)[:3]}, unexpected {sorted(unexpected)[:3]})"
+        )
     if not with_state:
         return {}
     try:

@@ -18,7 +18,8 @@ The result: an N-process run equals the 1-process run with the same config (up t
 order), and a checkpoint resumes on any number of processes that divides grad_accum.
 
 Rank 0 alone writes the run dir (metrics, status, checkpoints) and holds its lock (RUN/.lock); the
-other ranks get a QuietRunDir whose writing methods do nothing. MoE expert loads are all-reduced in DeepSeekMoE.update_bias.
+other ranks get a QuietRunDir whose writing methods do nothing. MoE expert loads are all-reduced in
+DeepSeekMoE.update_bias.
 
 train.parallel: "ddp" (DistributedDataParallel; every rank holds the whole model) or "fsdp" (FSDP2:
 `fully_shard` on every block of `model.blocks`, then on the root; parameters become dim-0 DTensor
@@ -66,8 +67,10 @@ def teardown() -> None:
 def check_grad_accum(grad_accum: int) -> None:
     ws = world_size()
     if grad_accum % ws:
-        raise GenlabError(f"train.grad_accum = {grad_accum} is not a multiple of the {ws} processes; it counts the "
-                          "micro-batches of a step over all ranks: use a multiple of --nproc")
+        raise GenlabError(
+            f"train.grad_accum = {grad_accum} is not a multiple of the {ws} processes; it counts the "
+            "micro-batches of a step over all ranks: use a multiple of --nproc"
+        )
 
 
 def mine(i: int) -> bool:

@@ -53,9 +53,10 @@ class LayerShapes:
     attn_qk: int = 0  # summed over heads: width of each query-key dot product (n_head * d_qk)
     attn_v: int = 0  # summed over heads: width of each value vector (n_head * d_v)
 
-    def __add__(self, other: "LayerShapes") -> "LayerShapes":
-        return LayerShapes(self.matmul_params + other.matmul_params, self.attn_qk + other.attn_qk,
-                           self.attn_v + other.attn_v)
+    def __add__(self, other: LayerShapes) -> LayerShapes:
+        return LayerShapes(
+            self.matmul_params + other.matmul_params, self.attn_qk + other.attn_qk, self.attn_v + other.attn_v
+        )
 
 
 def attention_shapes(d_model: int, n_head: int, n_kv_head: int, head_dim: int) -> LayerShapes:
@@ -70,8 +71,15 @@ def swiglu_shapes(d_model: int, hidden: int) -> LayerShapes:
     return LayerShapes(3 * d_model * hidden)
 
 
-def mla_shapes(d_model: int, n_head: int, q_lora_rank: int, kv_lora_rank: int, qk_nope_head_dim: int,
-               qk_rope_head_dim: int, v_head_dim: int) -> LayerShapes:
+def mla_shapes(
+    d_model: int,
+    n_head: int,
+    q_lora_rank: int,
+    kv_lora_rank: int,
+    qk_nope_head_dim: int,
+    qk_rope_head_dim: int,
+    v_head_dim: int,
+) -> LayerShapes:
     """Multi-head latent attention (DeepSeek-V2/V3), training form."""
     qk = qk_nope_head_dim + qk_rope_head_dim
     if q_lora_rank:
@@ -115,10 +123,10 @@ def flops_per_token(args, vocab_size: int, seq_len: int) -> dict[str, float]:
 
 def deepseek_M(n_layer: int, d_model: int, seq_len: int) -> int:
     """DeepSeek LLM Eq. 2 for the standard dense model."""
-    return 72 * n_layer * d_model ** 2 + 12 * n_layer * d_model * seq_len
+    return 72 * n_layer * d_model**2 + 12 * n_layer * d_model * seq_len
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def measured_peak_flops(device: str = "cpu") -> float:
     """This machine's dense matmul rate (FLOP/s), measured once per process and device.
 
@@ -140,4 +148,4 @@ def measured_peak_flops(device: str = "cpu") -> float:
         if dev.type == "cuda":
             torch.cuda.synchronize()
         best = min(best, time.perf_counter() - t0)
-    return 2 * n ** 3 / best
+    return 2 * n**3 / best

@@ -49,8 +49,10 @@ class SpikeGuard:
             self.nonfinite_consecutive += 1
             what = f"loss {loss}" if not math.isfinite(loss) else f"gradient (norm {grad_norm})"
             if self.nonfinite_consecutive >= self.nan_patience:
-                raise GenlabError(f"non-finite {what} in {self.nonfinite_consecutive} steps in a row; lower "
-                                  "train.lr, check the data, or raise train.nan_patience")
+                raise GenlabError(
+                    f"non-finite {what} in {self.nonfinite_consecutive} steps in a row; lower "
+                    "train.lr, check the data, or raise train.nan_patience"
+                )
             return f"non-finite {what}"
         self.nonfinite_consecutive = 0
         if not self.enabled:
@@ -60,8 +62,9 @@ class SpikeGuard:
             for name, value, win in (("loss", loss, self.loss), ("grad norm", grad_norm, self.grad_norm)):
                 top = win.max
                 if top > 0 and value > self.factor * top:
-                    reason = (f"{name} {value:.4g} > {self.factor:g} x the max of the last {self.window} "
-                              f"steps ({top:.4g})")
+                    reason = (
+                        f"{name} {value:.4g} > {self.factor:g} x the max of the last {self.window} steps ({top:.4g})"
+                    )
                     break
         if reason is None:
             self.consecutive = 0
@@ -71,14 +74,20 @@ class SpikeGuard:
         self.skipped += 1
         self.consecutive += 1
         if self.consecutive >= self.patience:
-            raise GenlabError(f"{self.consecutive} steps in a row were loss spikes ({reason}); the data or lr "
-                              "changed the scale for good: lower train.lr, check the data, or raise "
-                              "train.spike_factor (train.spike_window=0 turns the guard off)")
+            raise GenlabError(
+                f"{self.consecutive} steps in a row were loss spikes ({reason}); the data or lr "
+                "changed the scale for good: lower train.lr, check the data, or raise "
+                "train.spike_factor (train.spike_window=0 turns the guard off)"
+            )
         return reason
 
     def state_dict(self) -> dict:
-        st = {"skipped": self.skipped, "consecutive": self.consecutive, "nonfinite": self.nonfinite,
-              "nonfinite_consecutive": self.nonfinite_consecutive}
+        st = {
+            "skipped": self.skipped,
+            "consecutive": self.consecutive,
+            "nonfinite": self.nonfinite,
+            "nonfinite_consecutive": self.nonfinite_consecutive,
+        }
         if self.enabled:
             st.update(loss=self.loss.state_dict(), grad_norm=self.grad_norm.state_dict())
         return st

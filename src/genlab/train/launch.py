@@ -31,8 +31,17 @@ def launch(nproc: int, child_args: list[str]) -> int:
     versions that have the setting, ignored by older ones), and this process waits for torchrun. A
     second Ctrl-C kills the whole group. Returns torchrun's exit status, or INTERRUPTED after a
     Ctrl-C that ended cleanly (a worker that failed meanwhile keeps its own status)."""
-    cmd = [sys.executable, "-m", "genlab.train.torchrun", "--standalone", f"--nproc-per-node={nproc}",
-           "-m", "genlab", "train", *child_args]
+    cmd = [
+        sys.executable,
+        "-m",
+        "genlab.train.torchrun",
+        "--standalone",
+        f"--nproc-per-node={nproc}",
+        "-m",
+        "genlab",
+        "train",
+        *child_args,
+    ]
     env = dict(os.environ)
     env.setdefault("OMP_NUM_THREADS", "1")
     env.setdefault("TORCH_ELASTIC_SHUTDOWN_TIMEOUT", str(SHUTDOWN_TIMEOUT_S))
@@ -54,8 +63,11 @@ def launch(nproc: int, child_args: list[str]) -> int:
                     proc.wait()
                     raise
                 interrupted = True
-                print("stopping after the current step and writing a checkpoint (Ctrl-C again to abort)",
-                      file=sys.stderr, flush=True)
+                print(
+                    "stopping after the current step and writing a checkpoint (Ctrl-C again to abort)",
+                    file=sys.stderr,
+                    flush=True,
+                )
                 os.killpg(proc.pid, signal.SIGINT)
     finally:
         if old_term is not None:
@@ -67,8 +79,9 @@ def _main_thread() -> bool:
     return threading.current_thread() is threading.main_thread()
 
 
-def train_under_torchrun(nproc: int, out: str | Path | None, resume: bool, cfg: RunConfig | None,
-                         child_args: list[str]) -> int:
+def train_under_torchrun(
+    nproc: int, out: str | Path | None, resume: bool, cfg: RunConfig | None, child_args: list[str]
+) -> int:
     """Check the input here (one-line errors), then run `genlab train *child_args` in `nproc` processes.
     `cfg`: the resolved config of a new run (None with resume: the run's own config.toml is read).
     Raises KeyboardInterrupt after a clean Ctrl-C, GenlabError if a rank failed; else returns 0."""
@@ -82,8 +95,10 @@ def train_under_torchrun(nproc: int, out: str | Path | None, resume: bool, cfg: 
         RunDir.plan(cfg, out)
         ga = cfg.train.grad_accum
     if ga % nproc:
-        raise GenlabError(f"train.grad_accum = {ga} is not a multiple of --nproc {nproc}; it counts the "
-                          "micro-batches of a step over all processes")
+        raise GenlabError(
+            f"train.grad_accum = {ga} is not a multiple of --nproc {nproc}; it counts the "
+            "micro-batches of a step over all processes"
+        )
     rc = launch(nproc, child_args)
     if rc == INTERRUPTED:
         raise KeyboardInterrupt  # the CLI reports it (exit status 130)

@@ -14,8 +14,7 @@ def build_optimizer(model: torch.nn.Module, t: TrainConfig) -> torch.optim.Optim
     for p in model.parameters():
         if p.requires_grad:
             (decay if p.dim() >= 2 else no_decay).append(p)
-    groups = [{"params": decay, "weight_decay": t.weight_decay},
-              {"params": no_decay, "weight_decay": 0.0}]
+    groups = [{"params": decay, "weight_decay": t.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
     if t.optimizer == "adagrad":  # MADE's MNIST setup (Germain et al. 2015)
         return torch.optim.Adagrad(groups, lr=t.lr, eps=t.eps)
     if t.optimizer == "adadelta":  # MADE's UCI setup; lr 1.0 is Zeiler's rule as written

@@ -30,16 +30,21 @@ def wrap(model: torch.nn.Module, parallel: str, device: torch.device) -> torch.n
     if world_size() == 1:
         return model
     if parallel == "ddp":
-        ids = [device.index if device.index is not None else torch.cuda.current_device()] \
-            if device.type == "cuda" else None
+        ids = (
+            [device.index if device.index is not None else torch.cuda.current_device()]
+            if device.type == "cuda"
+            else None
+        )
         return _DDP(model, device_ids=ids)
     from torch.distributed.device_mesh import init_device_mesh  # lazy: heavy, FSDP2 only
     from torch.distributed.fsdp import fully_shard
 
     blocks = getattr(model, "blocks", None)
     if blocks is None:
-        raise GenlabError(f"train.parallel = 'fsdp' needs a model with `blocks`; {type(model).__name__} has none: "
-                          "use train.parallel=ddp")
+        raise GenlabError(
+            f"train.parallel = 'fsdp' needs a model with `blocks`; {type(model).__name__} has none: "
+            "use train.parallel=ddp"
+        )
     mesh = init_device_mesh(device.type, (world_size(),))  # the CPU mesh explicitly (default prefers CUDA)
     for block in blocks:
         fully_shard(block, mesh=mesh)

@@ -20,8 +20,7 @@ from pathlib import Path
 
 from genlab.config import RunConfig, from_toml_file, to_toml
 from genlab.errors import GenlabError
-from genlab.train import checkpoint
-from genlab.train import runlock
+from genlab.train import checkpoint, runlock
 
 CONFIG = "config.toml"
 METRICS = "metrics.jsonl"
@@ -51,7 +50,7 @@ class RunDir:
         self._lock: runlock.RunLock | None = None
 
     @classmethod
-    def plan(cls, cfg: RunConfig, out: str | Path | None) -> "RunDir":
+    def plan(cls, cfg: RunConfig, out: str | Path | None) -> RunDir:
         """Choose the path of a new run; refuse one that already holds something."""
         if out is None:
             stamp = time.strftime("%Y%m%d-%H%M%S")
@@ -59,12 +58,13 @@ class RunDir:
         p = Path(out)
         if p.exists() and (not p.is_dir() or not _empty(p)):
             cls(p).check_free()
-            raise GenlabError(f"{p} already exists and is not empty; pass --resume to continue it "
-                              "or choose another --out")
+            raise GenlabError(
+                f"{p} already exists and is not empty; pass --resume to continue it or choose another --out"
+            )
         return cls(p)
 
     @classmethod
-    def open(cls, path: str | Path) -> "RunDir":
+    def open(cls, path: str | Path) -> RunDir:
         p = Path(path)
         if not p.is_dir():
             raise GenlabError(f"run directory {str(p)!r} does not exist")
@@ -73,7 +73,7 @@ class RunDir:
         return cls(p)
 
     @classmethod
-    def open_for_resume(cls, path: str | Path | None, lock: bool = True) -> "RunDir":
+    def open_for_resume(cls, path: str | Path | None, lock: bool = True) -> RunDir:
         """The run to continue, locked (lock=False: only opened, e.g. by the torchrun launcher)."""
         if path is None:
             raise GenlabError("--resume needs --out RUN_DIR naming the run to continue")
@@ -89,8 +89,9 @@ class RunDir:
         try:
             self.lock()
             if not _empty(self.path):  # another run started and finished here since `plan`
-                raise GenlabError(f"{self.path} already exists and is not empty; pass --resume to continue "
-                                  "it or choose another --out")
+                raise GenlabError(
+                    f"{self.path} already exists and is not empty; pass --resume to continue it or choose another --out"
+                )
             _atomic_write(self.path / CONFIG, to_toml(cfg))
             task.save_artifacts(self.path)
             (self.path / METRICS).write_text("")
@@ -122,8 +123,10 @@ class RunDir:
         return from_toml_file(self.path / CONFIG)
 
     def set_status(self, status: str, step: int) -> None:
-        _atomic_write(self.path / STATUS, json.dumps({"status": status, "step": step,
-                                                      "time": time.strftime("%Y-%m-%dT%H:%M:%S")}) + "\n")
+        _atomic_write(
+            self.path / STATUS,
+            json.dumps({"status": status, "step": step, "time": time.strftime("%Y-%m-%dT%H:%M:%S")}) + "\n",
+        )
 
     def status(self) -> dict:
         try:
@@ -134,6 +137,7 @@ class RunDir:
     def append_metrics(self, record: dict) -> None:
         """One JSON line; a non-finite number (the loss of a skipped non-finite step) is written as
         null, so the file stays strict JSON for any reader."""
+
         def finite(v):
             return None if isinstance(v, float) and not math.isfinite(v) else v
 

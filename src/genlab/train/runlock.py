@@ -80,7 +80,7 @@ class RunLock:
         self.path, self._fd = path, fd
 
     @classmethod
-    def acquire(cls, run: Path) -> "RunLock":
+    def acquire(cls, run: Path) -> RunLock:
         """Take RUN/.lock (RUN must exist) or raise the one-line in-use error naming the holder."""
         path = Path(run) / LOCK_FILE
         try:
@@ -99,12 +99,14 @@ class RunLock:
             raise GenlabError(f"cannot lock {path}: {e.strerror or e}") from None
 
     @classmethod
-    def _claim(cls, path: Path, fd: int) -> "RunLock":
+    def _claim(cls, path: Path, fd: int) -> RunLock:
         """Write this PID into the file we hold; say so if a dead process left its own."""
         old = _read_pid(fd)
         if old and old != os.getpid():
-            print(f"genlab: note: {path} was left by process {old}, which is no longer running; "
-                  "taking over", file=sys.stderr)
+            print(
+                f"genlab: note: {path} was left by process {old}, which is no longer running; taking over",
+                file=sys.stderr,
+            )
         os.ftruncate(fd, 0)
         os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
         return cls(path, fd)

@@ -31,8 +31,10 @@ def save_sharded(run_path, step: int, model, opt, state: dict, keep: int) -> Pat
 
     with checkpoint.staging(run_path, step, keep, writer=is_main()) as tmp:
         barrier()  # rank 0 has made the .tmp folder
-        dcp.save({"model": get_model_state_dict(model), "optim": get_optimizer_state_dict(model, opt)},
-                 checkpoint_id=str(tmp / DCP_DIR))
+        dcp.save(
+            {"model": get_model_state_dict(model), "optim": get_optimizer_state_dict(model, opt)},
+            checkpoint_id=str(tmp / DCP_DIR),
+        )
         full = _full_weights(model)
         if is_main():
             _write_full(tmp, full, state, step)
@@ -71,8 +73,12 @@ def load_sharded(ckpt, model, opt) -> dict:
     """Load a checkpoint with dcp/ into `model` and `opt` on any number of processes (DCP reshards to
     this run's layout; one process reads every shard). Returns the trainer state."""
     import torch.distributed.checkpoint as dcp
-    from torch.distributed.checkpoint.state_dict import (get_model_state_dict, get_optimizer_state_dict,
-                                                         set_model_state_dict, set_optimizer_state_dict)
+    from torch.distributed.checkpoint.state_dict import (
+        get_model_state_dict,
+        get_optimizer_state_dict,
+        set_model_state_dict,
+        set_optimizer_state_dict,
+    )
 
     problem = checkpoint.verify(ckpt)
     if problem:
@@ -82,8 +88,9 @@ def load_sharded(ckpt, model, opt) -> dict:
     try:
         dcp.load({"model": msd, "optim": osd}, checkpoint_id=str(ckpt / DCP_DIR))
     except Exception as e:
-        raise GenlabError(f"checkpoint {ckpt}: the sharded files do not fit this model "
-                          f"({str(e).splitlines()[0][:200]})") from None
+        raise GenlabError(
+            f"checkpoint {ckpt}: the sharded files do not fit this model ({str(e).splitlines()[0][:200]})"
+        ) from None
     set_model_state_dict(model, msd)
     set_optimizer_state_dict(model, opt, osd)
     try:
@@ -96,8 +103,7 @@ def load_whole_into_sharded(ckpt, model, opt) -> dict:
     """Resume an FSDP2 run from a whole-model checkpoint (written by 1 process or DDP): every rank reads
     the full weights and optimizer state and keeps its shards. The optimizer state is keyed by
     parameter index in state.pt; it is re-keyed by parameter name, the form FSDP's loader takes."""
-    from torch.distributed.checkpoint.state_dict import (StateDictOptions, set_model_state_dict,
-                                                         set_optimizer_state_dict)
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict, set_optimizer_state_dict
 
     problem = checkpoint.verify(ckpt)
     if problem:
@@ -112,12 +118,16 @@ def load_whole_into_sharded(ckpt, model, opt) -> dict:
     names = {id(p): n for n, p in model.named_parameters()}
     missing = [k for k in missing if k in names.values()]  # a tied weight saved once is not missing
     if missing or unexpected:
-        raise GenlabError(f"checkpoint {ckpt} does not match the model (missing {sorted(missing)[:3]}, "
-                          f"unexpected {sorted(unexpected)[:3]})")
+        raise GenlabError(
+            f"checkpoint {ckpt} does not match the model (missing {sorted(missing)[:3]}, "
+            f"unexpected {sorted(unexpected)[:3]})"
+        )
     order = [names[id(p)] for g in opt.param_groups for p in g["params"]]  # index in state.pt -> name
     osd = st.pop("optimizer")
-    by_name = {"state": {order[int(i)]: v for i, v in osd["state"].items()},
-               "param_groups": [{**g, "params": [order[int(i)] for i in g["params"]]} for g in osd["param_groups"]]}
+    by_name = {
+        "state": {order[int(i)]: v for i, v in osd["state"].items()},
+        "param_groups": [{**g, "params": [order[int(i)] for i in g["params"]]} for g in osd["param_groups"]],
+    }
     set_optimizer_state_dict(model, opt, by_name, options=opts)
     return st
 
@@ -132,8 +142,13 @@ def consolidate(ckpt, out) -> None:
     try:
         meta = dcp.FileSystemReader(str(src)).read_metadata()
     except Exception as e:
-        raise GenlabError(f"{src}: not a torch.distributed.checkpoint folder ({str(e).splitlines()[0][:200]})") from None
-    sd = {k: torch.empty(m.size, dtype=m.properties.dtype) for k, m in meta.state_dict_metadata.items()
-          if k.startswith("model.") and isinstance(m, TensorStorageMetadata)}  # flattened keys "model.<fqn>"
+        raise GenlabError(
+            f"{src}: not a torch.distributed.checkpoint folder ({str(e).splitlines()[0][:200]})"
+        ) from None
+    sd = {
+        k: torch.empty(m.size, dtype=m.properties.dtype)
+        for k, m in meta.state_dict_metadata.items()
+        if k.startswith("model.") and isinstance(m, TensorStorageMetadata)
+    }  # flattened keys "model.<fqn>"
     dcp.load(sd, checkpoint_id=str(src), no_dist=True)
-    save_file({k[len("model."):]: v.contiguous() for k, v in sd.items()}, str(out))
+    save_file({k[len("model.") :]: v.contiguous() for k, v in sd.items()}, str(out))

@@ -23,7 +23,7 @@ class Batch(Protocol):
         """Loss terms summed in `Task.loss`: the trainer normalises the step's loss by their sum."""
         ...
 
-    def to(self, device) -> "Batch": ...
+    def to(self, device) -> Batch: ...
 
 
 class Task(ABC):
@@ -76,8 +76,9 @@ class Task(ABC):
 
     # ------------------------------------------------------------------ evaluation, sampling, description
     @abstractmethod
-    def evaluate(self, model: torch.nn.Module, data: Any = None, max_batches: int | None = None,
-                 device: Any = "cpu") -> dict[str, float]:
+    def evaluate(
+        self, model: torch.nn.Module, data: Any = None, max_batches: int | None = None, device: Any = "cpu"
+    ) -> dict[str, float]:
         """Validation metrics with at least "val_loss", or {} where there is no validation data."""
 
     def eval_report(self, run, model: torch.nn.Module, data_path: str | None) -> dict[str, Any]:

@@ -17,12 +17,11 @@ from genlab.errors import GenlabError
 from genlab.ops.fp8 import convert_to_fp8
 from genlab.train import checkpoint, distributed, parallel, sharded_checkpoint
 from genlab.train.activation_checkpoint import apply_activation_checkpointing
-from genlab.train.optim import build_optimizer, lr_factor, set_lr
-from genlab.train.guards import SpikeGuard
-from genlab.train.progress import TrainProgress
 from genlab.train.flops import measured_peak_flops
+from genlab.train.guards import SpikeGuard
+from genlab.train.optim import build_optimizer, lr_factor, set_lr
+from genlab.train.progress import TrainProgress
 from genlab.train.rundir import BEST_DIR, QuietRunDir, RunDir
-
 
 
 class StopOnSignal:
@@ -70,8 +69,7 @@ def seed_everything(seed: int) -> None:
 
 
 class Trainer:
-    def __init__(self, cfg: RunConfig, run: RunDir, resume: bool = False, progress: bool = True,
-                 log=print):
+    def __init__(self, cfg: RunConfig, run: RunDir, resume: bool = False, progress: bool = True, log=print):
         self.cfg, self.run, self.resume, self.show_progress, self.log = cfg, run, resume, progress, log
         t = cfg.train
         if t.threads:
@@ -93,24 +91,32 @@ class Trainer:
         self.step = 0
         self.data_state = self.task.initial_state()
         self.tokens_seen = 0
-        self.guard = SpikeGuard(t.spike_window, t.spike_factor,  # loss-spike and NaN/inf guard, train/guards.py
-                                nan_patience=t.nan_patience)
+        self.guard = SpikeGuard(
+            t.spike_window,
+            t.spike_factor,  # loss-spike and NaN/inf guard, train/guards.py
+            nan_patience=t.nan_patience,
+        )
         self.best = {"val_loss": float("inf"), "step": 0, "evals_since": 0}  # early stopping
         self.stopped_early = False
         self.model_metrics: dict = {}
         if resume:
             self._restore()
-        self.amp = (torch.autocast("cuda", dtype=torch.bfloat16) if self.device.type == "cuda"
-                    else nullcontext())
+        self.amp = torch.autocast("cuda", dtype=torch.bfloat16) if self.device.type == "cuda" else nullcontext()
         # MFU = M (DeepSeek's model FLOPs per token) * tokens/s / peak FLOP/s; see train/flops.py
         self.flops_M = self.task.model_flops_per_token()
         self.peak_flops = (t.peak_flops or measured_peak_flops(self.device.type)) if self.flops_M else 0.0
 
     # ------------------------------------------------------------------ state
     def _state(self) -> dict:
-        st = {"step": self.step, "data_state": list(self.data_state), "tokens_seen": self.tokens_seen,
-              "optimizer": self.opt.state_dict(), "torch_rng": torch.get_rng_state(),
-              "python_rng": list(random.getstate()[1]), "best": dict(self.best)}
+        st = {
+            "step": self.step,
+            "data_state": list(self.data_state),
+            "tokens_seen": self.tokens_seen,
+            "optimizer": self.opt.state_dict(),
+            "torch_rng": torch.get_rng_state(),
+            "python_rng": list(random.getstate()[1]),
+            "best": dict(self.best),
+        }
         st["spike_guard"] = self.guard.state_dict()
         if torch.cuda.is_available():
             st["cuda_rng"] = torch.cuda.get_rng_state_all()
@@ -146,8 +152,9 @@ class Trainer:
         if parallel.is_sharded(self.model):  # FSDP2: every rank writes its shards
             st = self._state()
             del st["optimizer"]  # in dcp/, sharded
-            return sharded_checkpoint.save_sharded(self.run.path, self.step, self.model, self.opt, st,
-                                            self.cfg.train.keep_ckpts)
+            return sharded_checkpoint.save_sharded(
+                self.run.path, self.step, self.model, self.opt, st, self.cfg.train.keep_ckpts
+            )
         if not distributed.is_main():
             return None
         return checkpoint.save(self.run.path, self.step, self.model, self._state(), self.cfg.train.keep_ckpts)
@@ -185,8 +192,14 @@ class Trainer:
         self.step += 1
         self.task.after_step(self.model, self.step)  # e.g. an EMA of the weights (diffusion)
         self.tokens_seen += n_real
-        return {"loss": loss_total / max(1, n_total), "lr": lr, "grad_norm": gnorm, "n_real": n_real,
-                "capacity": capacity, "skipped": spike}
+        return {
+            "loss": loss_total / max(1, n_total),
+            "lr": lr,
+            "grad_norm": gnorm,
+            "n_real": n_real,
+            "capacity": capacity,
+            "skipped": spike,
+        }
 
     def evaluate(self) -> dict:
         return self.task.evaluate(self.model, max_batches=self.cfg.train.eval_batches, device=self.device)
@@ -224,8 +237,10 @@ class Trainer:
                 if self.step % t.ckpt_every == 0 or self.step == t.steps or self.stopped_early:
                     self.save_checkpoint()
         if self.stopped_early:
-            self.log(f"early stop at step {self.step}: no lower val_loss in {t.early_stop_patience} evaluations; "
-                     f"best {self.best['val_loss']:.4f} at step {self.best['step']} (kept in {BEST_DIR}/)")
+            self.log(
+                f"early stop at step {self.step}: no lower val_loss in {t.early_stop_patience} evaluations; "
+                f"best {self.best['val_loss']:.4f} at step {self.best['step']} (kept in {BEST_DIR}/)"
+            )
         distributed.barrier()  # every rank ends together: none tears down while rank 0 still writes
         self.run.set_status("finished", self.step)
         return last
@@ -240,7 +255,9 @@ class Trainer:
             self.best = {"val_loss": val_loss, "step": self.step, "evals_since": 0}
             state = {"step": self.step, "val_loss": val_loss}
             if parallel.is_sharded(self.model):  # FSDP2: every rank gathers, rank 0 writes
-                sharded_checkpoint.save_whole_from_shards(self.run.path / BEST_DIR, self.step, self.model, state, keep=1)
+                sharded_checkpoint.save_whole_from_shards(
+                    self.run.path / BEST_DIR, self.step, self.model, state, keep=1
+                )
             elif distributed.is_main():
                 checkpoint.save(self.run.path / BEST_DIR, self.step, self.model, state, keep=1)
         else:
@@ -258,16 +275,27 @@ class Trainer:
         is_last = self.step == t.steps
         record = None
         if self.step % t.log_every == 0 or is_last:
-            record = {"step": self.step, "loss": m["loss"], "lr": m["lr"], "tokens": self.tokens_seen,
-                      "tokens_per_s": tps, "real_fraction": self._interval[0] / max(1, self._interval[1]),
-                      "grad_norm": m["grad_norm"]}  # real_fraction: over every batch since the last record
+            record = {
+                "step": self.step,
+                "loss": m["loss"],
+                "lr": m["lr"],
+                "tokens": self.tokens_seen,
+                "tokens_per_s": tps,
+                "real_fraction": self._interval[0] / max(1, self._interval[1]),
+                "grad_norm": m["grad_norm"],
+            }  # real_fraction: over every batch since the last record
             record.update(self.model_metrics)
             if self.flops_M:
                 record["mfu"] = self.flops_M * tps / self.peak_flops
             self._interval = [0, 0, now]
         if m.get("skipped"):  # a loss spike: always recorded, and told
-            record = record or {"step": self.step, "loss": m["loss"], "lr": m["lr"], "tokens": self.tokens_seen,
-                                "grad_norm": m["grad_norm"]}
+            record = record or {
+                "step": self.step,
+                "loss": m["loss"],
+                "lr": m["lr"],
+                "tokens": self.tokens_seen,
+                "grad_norm": m["grad_norm"],
+            }
             record.update(skipped=True, skip_reason=m["skipped"])
             (progress.note if progress.enabled else self.log)(f"step {self.step}: update skipped, {m['skipped']}")
         if self.step % t.eval_every == 0 or is_last:
@@ -283,8 +311,14 @@ class Trainer:
         return record
 
 
-def prepare_training(cfg: RunConfig | None, out: str | Path | None, resume: bool = False,
-                     progress: bool = True, overrides: list[str] | None = None, log=print):
+def prepare_training(
+    cfg: RunConfig | None,
+    out: str | Path | None,
+    resume: bool = False,
+    progress: bool = True,
+    overrides: list[str] | None = None,
+    log=print,
+):
     """Check everything, then create (or reopen, with resume) the run dir. Returns (run, trainer).
 
     On resume the run's own config.toml is used, with `overrides` applied (e.g. more steps)."""
@@ -305,8 +339,14 @@ def prepare_training(cfg: RunConfig | None, out: str | Path | None, resume: bool
     return run, trainer
 
 
-def train(cfg: RunConfig | None, out: str | Path | None, resume: bool = False, progress: bool = True,
-          overrides: list[str] | None = None, log=print):
+def train(
+    cfg: RunConfig | None,
+    out: str | Path | None,
+    resume: bool = False,
+    progress: bool = True,
+    overrides: list[str] | None = None,
+    log=print,
+):
     """Train to the end. Returns (run dir, last metrics record)."""
     run, trainer = prepare_training(cfg, out, resume, progress, overrides, log)
     return run, trainer.fit()

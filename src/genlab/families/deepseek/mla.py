@@ -29,8 +29,14 @@ def mla_rope_table(cfg, n: int, device=None) -> tuple[torch.Tensor, torch.Tensor
     r = cfg.qk_rope_head_dim
     if cfg.rope_scaling != "yarn":
         return rope_table(n, r, cfg.rope_theta, device)
-    inv = yarn_inv_freq(r, cfg.rope_theta, cfg.rope_factor, cfg.rope_original_max_position_embeddings,
-                        cfg.rope_beta_fast, cfg.rope_beta_slow).to(device)
+    inv = yarn_inv_freq(
+        r,
+        cfg.rope_theta,
+        cfg.rope_factor,
+        cfg.rope_original_max_position_embeddings,
+        cfg.rope_beta_fast,
+        cfg.rope_beta_slow,
+    ).to(device)
     ang = torch.arange(n, dtype=torch.float32, device=device)[:, None] * inv[None, :]
     att = yarn_mscale(cfg.rope_factor, cfg.rope_mscale) / yarn_mscale(cfg.rope_factor, cfg.rope_mscale_all_dim)
     return ang.cos() * att, ang.sin() * att
@@ -59,9 +65,9 @@ class MLACache:
 
     def update(self, layer: int, a: torch.Tensor, b: torch.Tensor):
         n = a.shape[0]
-        self.a[layer, self.len:self.len + n] = a
-        self.b[layer, self.len:self.len + n] = b
-        return self.a[layer, :self.len + n], self.b[layer, :self.len + n]
+        self.a[layer, self.len : self.len + n] = a
+        self.b[layer, self.len : self.len + n] = b
+        return self.a[layer, : self.len + n], self.b[layer, : self.len + n]
 
     def bytes_per_token(self) -> int:
         per = (self.a[0, 0].numel() + self.b[0, 0].numel()) * self.a.element_size()
@@ -73,8 +79,13 @@ class MLA(nn.Module):
         super().__init__()
         self.layer = layer
         d, H = cfg.d_model, cfg.n_head
-        self.H, self.n, self.r, self.v, self.C = (H, cfg.qk_nope_head_dim, cfg.qk_rope_head_dim, cfg.v_head_dim,
-                                                  cfg.kv_lora_rank)
+        self.H, self.n, self.r, self.v, self.C = (
+            H,
+            cfg.qk_nope_head_dim,
+            cfg.qk_rope_head_dim,
+            cfg.v_head_dim,
+            cfg.kv_lora_rank,
+        )
         qk = self.n + self.r
         if cfg.q_lora_rank:
             self.wq_a = nn.Linear(d, cfg.q_lora_rank, bias=False)
@@ -147,7 +158,7 @@ class MLA(nn.Module):
         c_all, kr_all = cache.update(self.layer, c, k_rope)  # (S, C), (S, r)
         T, S = q_nope.shape[0], c_all.shape[0]
         w = self.wkv_b.weight.view(self.H, self.n + self.v, self.C)
-        w_uk, w_uv = w[:, :self.n], w[:, self.n:]  # (H, n, C), (H, v, C)
+        w_uk, w_uv = w[:, : self.n], w[:, self.n :]  # (H, n, C), (H, v, C)
         q_lat = torch.einsum("thn,hnc->htc", q_nope, w_uk)  # (H, T, C): W_UK folded into the query
         scores = (q_lat @ c_all.t() + q_rope.transpose(0, 1) @ kr_all.t()) * self.scale  # (H, T, S)
         mask = self._mask(T, S, past, q_nope.device)
@@ -163,6 +174,11 @@ class MLA(nn.Module):
         k_all, v_all = cache.update(self.layer, k, v)
         q = torch.cat((q_nope, q_rope), dim=-1)
         T, S = q.shape[0], k_all.shape[0]
-        y = F.scaled_dot_product_attention(q.transpose(0, 1), k_all.transpose(0, 1), v_all.transpose(0, 1),
-                                           attn_mask=self._mask(T, S, past, q.device), scale=self.scale)
+        y = F.scaled_dot_product_attention(
+            q.transpose(0, 1),
+            k_all.transpose(0, 1),
+            v_all.transpose(0, 1),
+            attn_mask=self._mask(T, S, past, q.device),
+            scale=self.scale,
+        )
         return y.transpose(0, 1)

@@ -9,7 +9,6 @@ trainer when a model defines them.
 
 from __future__ import annotations
 
-
 import torch
 import torch.nn as nn
 
@@ -24,9 +23,18 @@ from genlab.ops.recompute import cheap
 
 
 def make_moe(cfg) -> MoE:
-    return MoE(cfg.d_model, cfg.n_routed_experts, cfg.num_experts_per_tok, cfg.moe_intermediate_size,
-               cfg.n_shared_experts, cfg.n_group, cfg.topk_group, cfg.routed_scaling_factor, cfg.balance,
-               cfg.balance_alpha)
+    return MoE(
+        cfg.d_model,
+        cfg.n_routed_experts,
+        cfg.num_experts_per_tok,
+        cfg.moe_intermediate_size,
+        cfg.n_shared_experts,
+        cfg.n_group,
+        cfg.topk_group,
+        cfg.routed_scaling_factor,
+        cfg.balance,
+        cfg.balance_alpha,
+    )
 
 
 class Block(nn.Module):
@@ -103,14 +111,18 @@ class DeepSeekLM(DecoderLM):
         """`genlab info` (works on the meta device: nothing is allocated)."""
         n = count_deepseek_params(self)
         c = cache_bytes_per_token(self.cfg)
-        out = [f"parameters            {n['total']:,} total, {n['activated']:,} activated per token "
-               f"({_short(n['total'])} / {_short(n['activated'])}; embedding {n['embedding']:,})"]
+        out = [
+            f"parameters            {n['total']:,} total, {n['activated']:,} activated per token "
+            f"({_short(n['total'])} / {_short(n['activated'])}; embedding {n['embedding']:,})"
+        ]
         if n["mtp"]:
             out.append(f"MTP modules           {n['mtp']:,} parameters (not in the totals above)")
-        out.append(f"decode cache/token    {c['mla_latent']:,} bytes (bf16, MLA latent + rope key, all layers) vs "
-                   f"{c['mha_same_width']:,} for multi-head attention of the same width "
-                   f"({c['mha_same_width'] / c['mla_latent']:.1f}x) and {c['mla_per_head']:,} for the per-head "
-                   "K/V of these heads")
+        out.append(
+            f"decode cache/token    {c['mla_latent']:,} bytes (bf16, MLA latent + rope key, all layers) vs "
+            f"{c['mha_same_width']:,} for multi-head attention of the same width "
+            f"({c['mha_same_width'] / c['mla_latent']:.1f}x) and {c['mla_per_head']:,} for the per-head "
+            "K/V of these heads"
+        )
         return out
 
     def new_drafter(self, max_len: int):
@@ -132,7 +144,7 @@ class DeepSeekLM(DecoderLM):
         if not self.training:
             return None
         total = h.new_zeros(())
-        for name, moe in self.moe_layers()[: sum(b.is_moe for b in self.blocks)]:
+        for _name, moe in self.moe_layers()[: sum(b.is_moe for b in self.blocks)]:
             if moe.aux_loss is not None:
                 total = total + moe.aux_loss
                 self._note("balance_loss", float(moe.aux_loss.detach()))
@@ -141,7 +153,7 @@ class DeepSeekLM(DecoderLM):
             for k, loss in enumerate(losses):
                 self._note(f"mtp_loss_{k + 1}", float(loss.detach()))
             total = total + self.mtp_lambda() / len(self.mtp) * sum(losses)
-            for _, moe in self.moe_layers()[sum(b.is_moe for b in self.blocks):]:
+            for _, moe in self.moe_layers()[sum(b.is_moe for b in self.blocks) :]:
                 if moe.aux_loss is not None:
                     total = total + moe.aux_loss
         return total
@@ -208,18 +220,21 @@ def count_deepseek_params(model: DeepSeekLM) -> dict[str, int]:
             per_expert = m.w13[0].numel() + m.w2[0].numel()
             inactive += (m.n_experts - m.k) * per_expert
     emb = model.embed.weight.numel()
-    return {"total": total, "activated": total - inactive, "mtp": mtp, "embedding": emb,
-            "non_embedding": total - emb}
+    return {"total": total, "activated": total - inactive, "mtp": mtp, "embedding": emb, "non_embedding": total - emb}
 
 
 def cache_bytes_per_token(cfg, bytes_per_value: int = 2) -> dict[str, int]:
     """Decode cache per token over all layers: the MLA latent cache vs a per-head K/V cache of the same
     heads, vs a standard multi-head model of the same width (K and V of d_model each)."""
     L = cfg.n_layer
-    return {"mla_latent": L * (cfg.kv_lora_rank + cfg.qk_rope_head_dim) * bytes_per_value,
-            "mla_per_head": L * cfg.n_head * (cfg.qk_nope_head_dim + cfg.qk_rope_head_dim + cfg.v_head_dim)
-            * bytes_per_value,
-            "mha_same_width": L * 2 * cfg.d_model * bytes_per_value}
+    return {
+        "mla_latent": L * (cfg.kv_lora_rank + cfg.qk_rope_head_dim) * bytes_per_value,
+        "mla_per_head": L
+        * cfg.n_head
+        * (cfg.qk_nope_head_dim + cfg.qk_rope_head_dim + cfg.v_head_dim)
+        * bytes_per_value,
+        "mha_same_width": L * 2 * cfg.d_model * bytes_per_value,
+    }
 
 
 def _short(n: int) -> str:

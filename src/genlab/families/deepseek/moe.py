@@ -23,8 +23,9 @@ def _affinities(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
     return F.linear(x.float(), weight.float()).sigmoid()
 
 
-def route(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, k: int, n_group: int, topk_group: int,
-          scaling: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def route(
+    x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, k: int, n_group: int, topk_group: int, scaling: float
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Sigmoid affinities, group-limited top-k on the biased scores, gates from the unbiased ones.
 
     x (T, d), weight (E, d), bias (E,) fp32 -> scores (T, E) fp32, idx (T, k) int64, gates (T, k) fp32.
@@ -177,8 +178,8 @@ def fp8_grouped_experts(xs, w13, w2, counts: torch.Tensor, gates: torch.Tensor |
     outs, start = [], 0
     for e, n in enumerate(counts.tolist()):
         if n:
-            h = FP8LinearFn.apply(xs[start:start + n], w13[e])
-            g = gates[start:start + n] if gates is not None else None
+            h = FP8LinearFn.apply(xs[start : start + n], w13[e])
+            g = gates[start : start + n] if gates is not None else None
             outs.append(FP8LinearFn.apply(_gated_act(h, g), w2[e]))
             start += n
     return torch.cat(outs) if outs else xs.new_zeros(0, w2.shape[1])
@@ -217,8 +218,19 @@ def balance_loss(scores: torch.Tensor, idx: torch.Tensor, seg: torch.Tensor, n_s
 class MoE(nn.Module):
     """h -> shared(h) + sum over chosen experts of gate * expert(h)."""
 
-    def __init__(self, d: int, n_experts: int, k: int, width: int, n_shared: int, n_group: int = 1,
-                 topk_group: int = 1, scaling: float = 1.0, balance: str = "aux_free", alpha: float = 0.0):
+    def __init__(
+        self,
+        d: int,
+        n_experts: int,
+        k: int,
+        width: int,
+        n_shared: int,
+        n_group: int = 1,
+        topk_group: int = 1,
+        scaling: float = 1.0,
+        balance: str = "aux_free",
+        alpha: float = 0.0,
+    ):
         super().__init__()
         self.n_experts, self.k, self.width = n_experts, k, width
         self.n_group, self.topk_group, self.scaling = n_group, topk_group, scaling
@@ -257,8 +269,7 @@ class MoE(nn.Module):
             order = flat.argsort(stable=True)
             counts = torch.bincount(flat, minlength=self.n_experts)
             token_of = order // self.k
-            y = dispatch_experts(x, token_of, self.w13, self.w2, counts, gates.reshape(-1)[order],
-                                 self.fp8_experts)
+            y = dispatch_experts(x, token_of, self.w13, self.w2, counts, gates.reshape(-1)[order], self.fp8_experts)
         if self.shared is not None:
             y = y + self.shared(x)
         return y

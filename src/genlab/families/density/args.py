@@ -18,17 +18,20 @@ class DensityData(DataConfig):
 @dataclass
 class DensityArgs(ModelArgs):
     arch: Literal["bernoulli", "mixture", "fvsbn", "nade", "made", "transformer"] = opt(
-        "transformer", "independent Bernoullis, a mixture, FVSBN, NADE, MADE, or genlab's Transformer over the bits")
+        "transformer", "independent Bernoullis, a mixture, FVSBN, NADE, MADE, or genlab's Transformer over the bits"
+    )
     d_model: int = opt(256, "hidden units (NADE, MADE) or width (transformer)", 1)
     n_layer: int = opt(4, "MADE hidden layers, Transformer blocks", 1)
     n_head: int = opt(4, "transformer: attention heads", 1)
     n_components: int = opt(10, "mixture: components K", 1, 100_000)
     n_masks: int = opt(1, "made: masks cycled over training batches; evaluation averages all", 1, 100_000)
     mask_resample: Literal["full", "ordering", "connectivity"] = opt(
-        "full", "made with n_masks > 1: what a new mask redraws")
+        "full", "made with n_masks > 1: what a new mask redraws"
+    )
     direct_connections: bool = opt(False, "made: masked direct input -> output weights")
-    hidden_activation: Literal["relu", "tanh"] = opt("relu", "made: hidden activation (the MADE authors' Adult "
-                                                             "run uses tanh)")
+    hidden_activation: Literal["relu", "tanh"] = opt(
+        "relu", "made: hidden activation (the MADE authors' Adult run uses tanh)"
+    )
 
     def check(self, cfg) -> None:
         if self.arch == "transformer":

@@ -73,8 +73,10 @@ def check_rows(a, what: str) -> np.ndarray:
     bad = (a != 0) & (a != 1)
     if bad.any():
         r, c = np.argwhere(bad)[0]
-        raise GenlabError(f"{what}: non-binary value {a[r, c]:g} at row {r}, column {c}; only 0 and 1 are "
-                          "allowed (binarize the data first)")
+        raise GenlabError(
+            f"{what}: non-binary value {a[r, c]:g} at row {r}, column {c}; only 0 and 1 are "
+            "allowed (binarize the data first)"
+        )
     return np.ascontiguousarray(a)
 
 
@@ -83,10 +85,12 @@ def _split(rows: np.ndarray, val_fraction: float, test_fraction: float, what: st
     n = rows.shape[0]
     n_val, n_test = max(1, round(n * val_fraction)), max(1, round(n * test_fraction))
     if n - n_val - n_test < 1:
-        raise GenlabError(f"{what}: {n} rows are too few to split into train / valid / test "
-                          f"({n_val} valid and {n_test} test rows); give at least 3 rows")
+        raise GenlabError(
+            f"{what}: {n} rows are too few to split into train / valid / test "
+            f"({n_val} valid and {n_test} test rows); give at least 3 rows"
+        )
     perm = np.random.RandomState(SPLIT_SEED).permutation(n)
-    val, test, train = perm[:n_val], perm[n_val:n_val + n_test], perm[n_val + n_test:]
+    val, test, train = perm[:n_val], perm[n_val : n_val + n_test], perm[n_val + n_test :]
     return rows[np.sort(train)], rows[np.sort(val)], rows[np.sort(test)]
 
 
@@ -94,8 +98,10 @@ def _finish(train, valid, test, source: str) -> BinaryData:
     splits = [check_rows(a, f"{source} ({name} split)") for a, name in zip((train, valid, test), SPLITS)]
     dims = {name: a.shape[1] for a, name in zip(splits, SPLITS)}
     if len(set(dims.values())) > 1:
-        raise GenlabError(f"{source}: the splits have different dimensions "
-                          f"({', '.join(f'{k} {v}' for k, v in dims.items())}); all must be equal")
+        raise GenlabError(
+            f"{source}: the splits have different dimensions "
+            f"({', '.join(f'{k} {v}' for k, v in dims.items())}); all must be equal"
+        )
     return BinaryData(*splits, source=source)
 
 
@@ -108,7 +114,7 @@ def load_digits_binary() -> BinaryData:
     x = (load_digits().data >= DIGITS_THRESHOLD).astype(np.float32)  # (1797, 64)
     perm = np.random.RandomState(SPLIT_SEED).permutation(len(x))
     a, b, _ = DIGITS_SPLIT
-    parts = [np.sort(perm[:a]), np.sort(perm[a:a + b]), np.sort(perm[a + b:])]
+    parts = [np.sort(perm[:a]), np.sort(perm[a : a + b]), np.sort(perm[a + b :])]
     return _finish(x[parts[0]], x[parts[1]], x[parts[2]], "digits (scikit-learn, binarized >= 8)")
 
 
@@ -129,8 +135,10 @@ def _amat_triplet(path: Path) -> dict[str, Path] | None:
     if path.is_dir():
         found = {s: sorted(path.glob(f"*{s}*.amat")) for s in SPLITS}
         if not any(found.values()):
-            raise GenlabError(f"{path}: a directory for data.path must hold *train*.amat, *valid*.amat and "
-                              "*test*.amat (binarized MNIST); none found")
+            raise GenlabError(
+                f"{path}: a directory for data.path must hold *train*.amat, *valid*.amat and "
+                "*test*.amat (binarized MNIST); none found"
+            )
         for s, files in found.items():
             if len(files) != 1:
                 raise GenlabError(f"{path}: expected exactly one *{s}*.amat file, found {len(files)}")
@@ -139,8 +147,10 @@ def _amat_triplet(path: Path) -> dict[str, Path] | None:
         sib = {s: path.with_name(path.name.replace("train", s)) for s in SPLITS}
         missing = [str(p) for p in sib.values() if not p.is_file()]
         if missing:
-            raise GenlabError(f"{path}: the matching split file {missing[0]} does not exist; .amat data needs "
-                              "train, valid and test files side by side")
+            raise GenlabError(
+                f"{path}: the matching split file {missing[0]} does not exist; .amat data needs "
+                "train, valid and test files side by side"
+            )
         return sib
     return None
 
@@ -155,18 +165,24 @@ def _load_npz(path: Path, val_fraction: float, test_fraction: float) -> BinaryDa
         if any(k in arrays for k in layout):
             missing = [k for k in layout if k not in arrays]
             if missing:
-                raise GenlabError(f"{path}: has {', '.join(k for k in layout if k in arrays)} but not "
-                                  f"{', '.join(missing)}; a split .npz needs all of {', '.join(layout)}")
+                raise GenlabError(
+                    f"{path}: has {', '.join(k for k in layout if k in arrays)} but not "
+                    f"{', '.join(missing)}; a split .npz needs all of {', '.join(layout)}"
+                )
             data = _finish(*(arrays[k] for k in layout), source=str(path))
             if "inputsize" in arrays and int(np.asarray(arrays["inputsize"]).ravel()[0]) != data.n_dims:
-                raise GenlabError(f"{path}: inputsize {int(np.asarray(arrays['inputsize']).ravel()[0])} does "
-                                  f"not match the rows' {data.n_dims} dimensions")
+                raise GenlabError(
+                    f"{path}: inputsize {int(np.asarray(arrays['inputsize']).ravel()[0])} does "
+                    f"not match the rows' {data.n_dims} dimensions"
+                )
             return data
     if len(arrays) == 1:
         rows = check_rows(next(iter(arrays.values())), str(path))
         return _finish(*_split(rows, val_fraction, test_fraction, str(path)), source=str(path))
-    raise GenlabError(f"{path}: arrays {', '.join(sorted(arrays)) or '(none)'} do not form a dataset; expected "
-                      "train_data/valid_data/test_data, train/valid/test, or a single array of rows")
+    raise GenlabError(
+        f"{path}: arrays {', '.join(sorted(arrays)) or '(none)'} do not form a dataset; expected "
+        "train_data/valid_data/test_data, train/valid/test, or a single array of rows"
+    )
 
 
 def load_binary(path: str, val_fraction: float = 0.1, test_fraction: float = 0.1) -> BinaryData:
@@ -191,8 +207,10 @@ def load_binary(path: str, val_fraction: float = 0.1, test_fraction: float = 0.1
             raise GenlabError(f"{p}: not a readable .npy array ({str(e).splitlines()[0]})") from None
         rows = check_rows(a, str(p))
         return _finish(*_split(rows, val_fraction, test_fraction, str(p)), source=str(p))
-    raise GenlabError(f"data file {path!r} has an unsupported type; for density data use .npz, .npy, .amat "
-                      "or a directory of .amat files")
+    raise GenlabError(
+        f"data file {path!r} has an unsupported type; for density data use .npz, .npy, .amat "
+        "or a directory of .amat files"
+    )
 
 
 def load_eval_rows(path: str, val_fraction: float = 0.1, test_fraction: float = 0.1) -> np.ndarray:

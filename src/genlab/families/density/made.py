@@ -50,8 +50,16 @@ def made_degrees(n_dims: int, hidden: list[int], n_masks: int, resample: str, se
 
 
 class MADE(AutoregressiveModel):
-    def __init__(self, n_dims: int, hidden: list[int], n_masks: int = 1, resample: str = "full",
-                 direct: bool = False, seed: int = 0, activation: str = "relu"):
+    def __init__(
+        self,
+        n_dims: int,
+        hidden: list[int],
+        n_masks: int = 1,
+        resample: str = "full",
+        direct: bool = False,
+        seed: int = 0,
+        activation: str = "relu",
+    ):
         super().__init__()
         self.n_dims, self.n_masks = n_dims, n_masks
         self.act = {"relu": F.relu, "tanh": torch.tanh}[activation]
@@ -69,8 +77,9 @@ class MADE(AutoregressiveModel):
                 nn.init.zeros_(lin.bias)
 
     def degrees(self, mask_id: int) -> list[torch.Tensor]:
-        return [self.in_degrees[mask_id]] + [getattr(self, f"hidden_degrees_{i}")[mask_id]
-                                             for i in range(len(self.layers))]
+        return [self.in_degrees[mask_id]] + [
+            getattr(self, f"hidden_degrees_{i}")[mask_id] for i in range(len(self.layers))
+        ]
 
     def masks(self, mask_id: int = 0) -> tuple[list[torch.Tensor], torch.Tensor, torch.Tensor]:
         """Hidden masks (H_l, H_{l-1}), output mask (D, H_L), direct mask (D, D); 1 = connected."""

@@ -10,8 +10,17 @@ from genlab.families.density.classic import FVSBN, NADE, IndependentBernoulli, M
 from genlab.families.density.made import MADE
 from genlab.families.density.transformer import BinaryTransformer
 
-__all__ = ["AutoregressiveModel", "DensityModel", "IndependentBernoulli", "MixtureOfBernoullis", "FVSBN",
-           "NADE", "MADE", "BinaryTransformer", "build_density"]
+__all__ = [
+    "AutoregressiveModel",
+    "DensityModel",
+    "IndependentBernoulli",
+    "MixtureOfBernoullis",
+    "FVSBN",
+    "NADE",
+    "MADE",
+    "BinaryTransformer",
+    "build_density",
+]
 
 
 def build_density(cfg, n_dims: int, seed: int = 0) -> DensityModel:
@@ -26,8 +35,15 @@ def build_density(cfg, n_dims: int, seed: int = 0) -> DensityModel:
     if cfg.arch == "nade":
         return NADE(n_dims, cfg.d_model)
     if cfg.arch == "made":
-        return MADE(n_dims, [cfg.d_model] * cfg.n_layer, cfg.n_masks, cfg.mask_resample,
-                    cfg.direct_connections, seed, cfg.hidden_activation)
+        return MADE(
+            n_dims,
+            [cfg.d_model] * cfg.n_layer,
+            cfg.n_masks,
+            cfg.mask_resample,
+            cfg.direct_connections,
+            seed,
+            cfg.hidden_activation,
+        )
     if cfg.arch == "transformer":
         return BinaryTransformer(cfg, n_dims)
     raise ValueError(f"unknown density arch {cfg.arch!r}")  # config validation rejects it first

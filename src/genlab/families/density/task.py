@@ -20,10 +20,10 @@ import numpy as np
 import torch
 
 from genlab.config import RunConfig
-from genlab.families.density.data import BinaryData, image_shape, load_binary, load_eval_rows
 from genlab.errors import GenlabError
-from genlab.train.task import Task
+from genlab.families.density.data import BinaryData, image_shape, load_binary, load_eval_rows
 from genlab.families.density.model import build_density
+from genlab.train.task import Task
 
 ARTIFACT = "density.json"
 EVAL_CHUNK = 1000  # examples per evaluation batch
@@ -38,7 +38,7 @@ class DensityBatch:
     def n_targets(self) -> int:
         return self.x.shape[0]
 
-    def to(self, device) -> "DensityBatch":
+    def to(self, device) -> DensityBatch:
         return self if str(device) == "cpu" else DensityBatch(self.x.to(device), self.index)
 
 
@@ -74,15 +74,22 @@ class DensityTask(Task):
         if not fresh and run_dir is not None:
             saved = self._read_artifact(Path(run_dir))["n_dims"]
             if saved != self.data.n_dims:
-                raise GenlabError(f"{d.path or 'digits'} has {self.data.n_dims} dimensions but the run was "
-                                  f"trained on {saved}")
+                raise GenlabError(
+                    f"{d.path or 'digits'} has {self.data.n_dims} dimensions but the run was trained on {saved}"
+                )
         self.n_dims = self.data.n_dims
         self._train = torch.from_numpy(self.data.train)
         self._valid = torch.from_numpy(self.data.valid)
 
     def save_artifacts(self, run_dir: Path) -> None:
-        info = {"n_dims": self.n_dims, "image_shape": image_shape(self.n_dims), "source": self.data.source,
-                "n_train": len(self.data.train), "n_valid": len(self.data.valid), "n_test": len(self.data.test)}
+        info = {
+            "n_dims": self.n_dims,
+            "image_shape": image_shape(self.n_dims),
+            "source": self.data.source,
+            "n_train": len(self.data.train),
+            "n_valid": len(self.data.valid),
+            "n_test": len(self.data.test),
+        }
         (Path(run_dir) / ARTIFACT).write_text(json.dumps(info, indent=1) + "\n")
 
     @staticmethod
@@ -117,7 +124,7 @@ class DensityTask(Task):
     def next_batch(self, state) -> tuple[DensityBatch, tuple[int, int, int]]:
         epoch, pos, count = state
         n = len(self._train)
-        rows = self._epoch_perm(epoch)[pos:pos + self.cfg.train.batch_rows]  # the last batch may be short
+        rows = self._epoch_perm(epoch)[pos : pos + self.cfg.train.batch_rows]  # the last batch may be short
         pos += len(rows)
         if pos >= n:
             epoch, pos = epoch + 1, 0
@@ -129,8 +136,7 @@ class DensityTask(Task):
         return -model.train_log_prob(batch.x, batch.index).float().sum(), batch.n_targets
 
     @torch.no_grad()
-    def evaluate(self, model, data=None, max_batches: int | None = None, device="cpu",
-                 prefix: str = "val") -> dict:
+    def evaluate(self, model, data=None, max_batches: int | None = None, device="cpu", prefix: str = "val") -> dict:
         x = self._valid if data is None else torch.as_tensor(data)
         if x is None or len(x) == 0:
             return {}
@@ -140,7 +146,7 @@ class DensityTask(Task):
         for i, start in enumerate(range(0, len(x), EVAL_CHUNK)):
             if max_batches is not None and i >= max_batches:
                 break
-            chunk = x[start:start + EVAL_CHUNK].to(device)
+            chunk = x[start : start + EVAL_CHUNK].to(device)
             nll -= float(model.log_prob(chunk).double().sum())
             n += len(chunk)
         model.train(was_training)
@@ -154,17 +160,24 @@ class DensityTask(Task):
             self.n_dims = info["n_dims"]
         else:
             self.prepare(None)
-            info = {"n_dims": self.n_dims, "source": self.data.source, "n_train": len(self.data.train),
-                    "n_valid": len(self.data.valid), "n_test": len(self.data.test)}
+            info = {
+                "n_dims": self.n_dims,
+                "source": self.data.source,
+                "n_train": len(self.data.train),
+                "n_valid": len(self.data.valid),
+                "n_test": len(self.data.test),
+            }
         model = build_density(self.cfg.model, self.n_dims, seed=self.cfg.train.seed)
         shape = image_shape(self.n_dims)
         m = self.cfg.model
-        lines = [f"data                  {info.get('source')}",
-                 f"dimensions            {self.n_dims}" + (f" ({shape[0]} x {shape[1]} images)" if shape else ""),
-                 f"examples              train {info.get('n_train')}, valid {info.get('n_valid')}, "
-                 f"test {info.get('n_test')}",
-                 f"model                 {type(model).__name__}",
-                 f"parameters            {sum(p.numel() for p in model.parameters()):,}"]
+        lines = [
+            f"data                  {info.get('source')}",
+            f"dimensions            {self.n_dims}" + (f" ({shape[0]} x {shape[1]} images)" if shape else ""),
+            f"examples              train {info.get('n_train')}, valid {info.get('n_valid')}, "
+            f"test {info.get('n_test')}",
+            f"model                 {type(model).__name__}",
+            f"parameters            {sum(p.numel() for p in model.parameters()):,}",
+        ]
         if m.arch == "made":
             lines.append(f"masks                 {m.n_masks} ({m.mask_resample}); evaluation averages all")
         return lines
@@ -179,9 +192,14 @@ class DensityTask(Task):
             raise GenlabError(f"{data_path or d.path}: rows have {rows.shape[1]} dimensions, the model {self.n_dims}")
         res = self.evaluate(model, torch.from_numpy(rows), prefix="test")
         ckpt = getattr(run, "checkpoint_used", None)
-        return {"data": data_path or f"{d.path or 'digits'} (test split)", "test_nll_nats": res["test_loss"],
-                "test_bits_per_dim": res["test_bpd"], "n_examples": res["test_examples"], "n_dims": self.n_dims,
-                **({"checkpoint": str(ckpt)} if ckpt is not None else {})}
+        return {
+            "data": data_path or f"{d.path or 'digits'} (test split)",
+            "test_nll_nats": res["test_loss"],
+            "test_bits_per_dim": res["test_bpd"],
+            "n_examples": res["test_examples"],
+            "n_dims": self.n_dims,
+            **({"checkpoint": str(ckpt)} if ckpt is not None else {}),
+        }
 
     sample_options = DensitySampleOptions
 
@@ -216,7 +234,7 @@ def save_grid(images: np.ndarray, path: Path, min_cell: int = 32) -> None:
     grid = np.full((rows * (h + 1) + 1, cols * (w + 1) + 1), 0.5, dtype=np.float32)
     for i, img in enumerate(images):
         r, c = divmod(i, cols)
-        grid[1 + r * (h + 1):1 + r * (h + 1) + h, 1 + c * (w + 1):1 + c * (w + 1) + w] = img
+        grid[1 + r * (h + 1) : 1 + r * (h + 1) + h, 1 + c * (w + 1) : 1 + c * (w + 1) + w] = img
     scale = max(1, math.ceil(min_cell / max(h, w)))
     grid = np.kron(grid, np.ones((scale, scale), dtype=np.float32))
     matplotlib.image.imsave(path, grid, cmap="gray", vmin=0.0, vmax=1.0)

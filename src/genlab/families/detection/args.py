@@ -11,8 +11,11 @@ from genlab.errors import GenlabError
 
 @dataclass
 class DetectionData(DataConfig):
-    path: str = opt("", "features: '' = the generated synthetic stream; else a directory of per-video .npy "
-                        "features and labels (see docs)")
+    path: str = opt(
+        "",
+        "features: '' = the generated synthetic stream; else a directory of per-video .npy "
+        "features and labels (see docs)",
+    )
     history: int = opt(32, "feature frames T per decision, the current frame last", 1, 4096)
 
 

@@ -73,10 +73,13 @@ def concat(videos: list[tuple[str, np.ndarray, np.ndarray]], classes: list[str])
     if not videos:
         raise GenlabError("no videos to build a feature dataset from")
     lengths = [len(f) for _, f, _ in videos]
-    return FrameData(np.concatenate([f for _, f, _ in videos]).astype(np.float32, copy=False),
-                     np.concatenate([lab for _, _, lab in videos]).astype(np.int64, copy=False),
-                     np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64),
-                     [n for n, _, _ in videos], list(classes))
+    return FrameData(
+        np.concatenate([f for _, f, _ in videos]).astype(np.float32, copy=False),
+        np.concatenate([lab for _, _, lab in videos]).astype(np.int64, copy=False),
+        np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64),
+        [n for n, _, _ in videos],
+        list(classes),
+    )
 
 
 # ------------------------------------------------------------------------------ reading files
@@ -84,8 +87,9 @@ def _load_npy(path: Path, what: str) -> np.ndarray:
     try:
         with open(path, "rb") as f:
             if f.read(6) != b"\x93NUMPY":
-                raise GenlabError(f"{what} {path} cannot be read: not a .npy file (no NumPy header); "
-                                  "save arrays with numpy.save")
+                raise GenlabError(
+                    f"{what} {path} cannot be read: not a .npy file (no NumPy header); save arrays with numpy.save"
+                )
         return np.load(path, allow_pickle=False)
     except (ValueError, SyntaxError, tokenize.TokenError) as e:  # malformed headers raise the last two
         raise GenlabError(f"{what} {path} is not a plain numeric .npy array ({str(e).splitlines()[0]})") from None
@@ -153,8 +157,9 @@ def _convert_labels(y: np.ndarray, path: Path, n_frames: int, n_file: int, amb_i
             raise GenlabError(f"labels {path} have dtype {y.dtype} with non-integer values; expected class ids")
     y = y.astype(np.int64)
     if len(y) != n_frames:
-        raise GenlabError(f"labels {path} have {len(y)} frames but the features have {n_frames}; "
-                          "they must match frame for frame")
+        raise GenlabError(
+            f"labels {path} have {len(y)} frames but the features have {n_frames}; they must match frame for frame"
+        )
     if ((y < -1) | (y >= n_file)).any():
         bad = int(y[(y < -1) | (y >= n_file)][0])
         raise GenlabError(f"labels {path} hold class id {bad}; allowed: 0 to {n_file - 1} (classes.txt) or -1")
@@ -174,13 +179,19 @@ def hash_split(names: list[str], val_fraction: float) -> tuple[list[str], list[s
     return [n for n in names if n not in val], val
 
 
-def load_feature_dir(path: str | Path, val_fraction: float = 0.05, feat_dim: int | None = None,
-                     classes: list[str] | None = None, split: str = "train") -> FrameData:
+def load_feature_dir(
+    path: str | Path,
+    val_fraction: float = 0.05,
+    feat_dim: int | None = None,
+    classes: list[str] | None = None,
+    split: str = "train",
+) -> FrameData:
     """One split of a THUMOS14-style folder: "train", "test" (split.json or the hash split) or "all"."""
     root = Path(path)
     if not root.is_dir():
-        raise GenlabError(f"feature directory {str(root)!r} does not exist (expected DIR/features, DIR/labels, "
-                          "DIR/classes.txt)")
+        raise GenlabError(
+            f"feature directory {str(root)!r} does not exist (expected DIR/features, DIR/labels, DIR/classes.txt)"
+        )
     names_file, amb_id = read_classes(root / "classes.txt")
     n_file = len(names_file) + (amb_id is not None)
     if classes is not None and names_file != classes:
@@ -194,8 +205,10 @@ def load_feature_dir(path: str | Path, val_fraction: float = 0.05, feat_dim: int
         raise GenlabError(f"{fdir} holds no .npy feature files")
     missing = [v for v in videos if not (ldir / f"{v}.npy").is_file()]
     if missing:
-        raise GenlabError(f"{ldir} has no labels for video {missing[0]!r} ({len(missing)} missing); "
-                          "every features/VIDEO.npy needs labels/VIDEO.npy")
+        raise GenlabError(
+            f"{ldir} has no labels for video {missing[0]!r} ({len(missing)} missing); "
+            "every features/VIDEO.npy needs labels/VIDEO.npy"
+        )
     chosen = _choose_split(root, videos, val_fraction, split)
     out = []
     for v in chosen:

@@ -41,8 +41,7 @@ def ap_and_cap(scores: np.ndarray, positive: np.ndarray) -> tuple[float, float]:
     return ap, cap
 
 
-def frame_map(probs: np.ndarray, labels: np.ndarray, classes: list[str] | None = None,
-              background: int = 0) -> dict:
+def frame_map(probs: np.ndarray, labels: np.ndarray, classes: list[str] | None = None, background: int = 0) -> dict:
     """probs (N, C) per-frame class scores, labels (N,) ids in 0..C-1 or -1 (ambiguous).
 
     Returns {"mAP", "mcAP", "frames", "per_class": {name: {"AP", "cAP", "frames"}}, "no_positives": [...]}."""
@@ -70,6 +69,10 @@ def frame_map(probs: np.ndarray, labels: np.ndarray, classes: list[str] | None =
         per_class[names[c]] = {"AP": ap, "cAP": cap, "frames": int(pos.sum())}
     if not per_class:
         raise GenlabError("no frame is labelled with an action class; AP is undefined on this data")
-    return {"mAP": float(np.mean([v["AP"] for v in per_class.values()])),
-            "mcAP": float(np.mean([v["cAP"] for v in per_class.values()])),
-            "frames": int(len(labels)), "per_class": per_class, "no_positives": none}
+    return {
+        "mAP": float(np.mean([v["AP"] for v in per_class.values()])),
+        "mcAP": float(np.mean([v["cAP"] for v in per_class.values()])),
+        "frames": int(len(labels)),
+        "per_class": per_class,
+        "no_positives": none,
+    }

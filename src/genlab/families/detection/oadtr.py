@@ -24,7 +24,6 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 
-
 class Attention(nn.Module):
     """Multi-head attention; self-attention when `mem` is None, else cross-attention to `mem`."""
 
@@ -41,8 +40,7 @@ class Attention(nn.Module):
         Lk, h = mem.shape[1], self.n_head
         q = self.q(x).view(B, Lq, h, d // h).transpose(1, 2)  # (B, h, Lq, dh)
         k, v = self.kv(mem).view(B, Lk, 2, h, d // h).permute(2, 0, 3, 1, 4)  # each (B, h, Lk, dh)
-        y = F.scaled_dot_product_attention(q, k, v, dropout_p=self.dropout if self.training else 0.0,
-                                           is_causal=causal)
+        y = F.scaled_dot_product_attention(q, k, v, dropout_p=self.dropout if self.training else 0.0, is_causal=causal)
         return self.proj(y.transpose(1, 2).reshape(B, Lq, d))
 
 
@@ -83,8 +81,20 @@ class DecoderLayer(nn.Module):
 
 
 class OadTR(nn.Module):
-    def __init__(self, feat_dim: int, n_classes: int, history: int, d_model: int, n_layer: int, n_head: int,
-                 hidden: int, dec_layers: int, dec_heads: int, future_steps: int, dropout: float):
+    def __init__(
+        self,
+        feat_dim: int,
+        n_classes: int,
+        history: int,
+        d_model: int,
+        n_layer: int,
+        n_head: int,
+        hidden: int,
+        dec_layers: int,
+        dec_heads: int,
+        future_steps: int,
+        dropout: float,
+    ):
         super().__init__()
         d = d_model
         self.history, self.future_steps, self.n_classes = history, future_steps, n_classes
@@ -122,14 +132,16 @@ class OadTR(nn.Module):
 
 
 class RNNDetector(nn.Module):
-    def __init__(self, kind: str, feat_dim: int, n_classes: int, history: int, d_model: int, n_layer: int,
-                 dropout: float):
+    def __init__(
+        self, kind: str, feat_dim: int, n_classes: int, history: int, d_model: int, n_layer: int, dropout: float
+    ):
         super().__init__()
         self.history, self.future_steps, self.n_classes = history, 0, n_classes
         self.embed = nn.Linear(feat_dim, d_model)
         rnn_cls = nn.LSTM if kind == "lstm" else nn.GRU
-        self.rnn = rnn_cls(d_model, d_model, num_layers=n_layer, batch_first=True,
-                           dropout=dropout if n_layer > 1 else 0.0)
+        self.rnn = rnn_cls(
+            d_model, d_model, num_layers=n_layer, batch_first=True, dropout=dropout if n_layer > 1 else 0.0
+        )
         self.norm = nn.LayerNorm(d_model)
         self.drop = nn.Dropout(dropout)
         self.head = nn.Linear(d_model, n_classes)
@@ -146,6 +158,17 @@ class RNNDetector(nn.Module):
 def build_detector(cfg, feat_dim: int, n_classes: int, history: int) -> nn.Module:
     if cfg.arch == "oadtr":
         hidden = cfg.ffn_hidden or cfg.d_model  # the reference uses MLP width = embedding width
-        return OadTR(feat_dim, n_classes, history, cfg.d_model, cfg.n_layer, cfg.n_head, hidden, cfg.dec_layers,
-                     cfg.dec_heads, cfg.future_steps, cfg.dropout)
+        return OadTR(
+            feat_dim,
+            n_classes,
+            history,
+            cfg.d_model,
+            cfg.n_layer,
+            cfg.n_head,
+            hidden,
+            cfg.dec_layers,
+            cfg.dec_heads,
+            cfg.future_steps,
+            cfg.dropout,
+        )
     return RNNDetector(cfg.arch, feat_dim, n_classes, history, cfg.d_model, cfg.n_layer, cfg.dropout)

@@ -20,7 +20,7 @@ distribution.
 
 from __future__ import annotations
 
-from typing import Iterable, Iterator
+from collections.abc import Iterable, Iterator
 
 import numpy as np
 import torch
@@ -34,8 +34,10 @@ def load_detector(run_path: str, device: str = "cpu"):
     """(model in eval mode, class names) of a detection run's newest intact checkpoint."""
     run, cfg, task, model = load_run(run_path, device)
     if cfg.task != "detection":
-        raise GenlabError(f"{run.path} is a {cfg.task!r} run; `genlab detect` needs a detection run "
-                          "(e.g. trained with --preset oadtr-synth)")
+        raise GenlabError(
+            f"{run.path} is a {cfg.task!r} run; `genlab detect` needs a detection run "
+            "(e.g. trained with --preset oadtr-synth)"
+        )
     return model, task.classes
 
 
@@ -80,8 +82,9 @@ class StreamingDetector:
         """One (feat_dim,) frame -> (C,) class probabilities (smoothed scores with smooth > 1)."""
         f = torch.as_tensor(np.asarray(frame, dtype=np.float32), device=self.device)
         if f.shape != (self.feat_dim,):
-            raise GenlabError(f"frame {self.frames} has shape {tuple(f.shape)}; this detector expects "
-                              f"({self.feat_dim},) features")
+            raise GenlabError(
+                f"frame {self.frames} has shape {tuple(f.shape)}; this detector expects ({self.feat_dim},) features"
+            )
         if not torch.isfinite(f).all():
             raise GenlabError(f"frame {self.frames} contains NaN or inf; features must be finite")
         e = self.model.embed(f[None])[0]

@@ -85,8 +85,13 @@ def _action_signal(proto: dict, c: int, d: int) -> np.ndarray:
     n_on = max(1, int(np.ceil(0.3 * d)))
     n_off = max(1, int(np.ceil(0.2 * d))) if d - n_on > 1 else 0
     n_body = d - n_on - n_off
-    return np.concatenate([np.repeat(proto["onset"][c][None], n_on, 0), np.repeat(proto["body"][c][None], n_body, 0),
-                           np.repeat(proto["offset"][c][None], n_off, 0)])
+    return np.concatenate(
+        [
+            np.repeat(proto["onset"][c][None], n_on, 0),
+            np.repeat(proto["body"][c][None], n_body, 0),
+            np.repeat(proto["offset"][c][None], n_off, 0),
+        ]
+    )
 
 
 def make_video(spec: SynthSpec, proto: dict, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
@@ -123,8 +128,12 @@ def make_video(spec: SynthSpec, proto: dict, rng: np.random.Generator) -> tuple[
     for i in range(1, L):
         ar[i] = spec.ar_rho * ar[i - 1] + z[i]
     gain = rng.uniform(*spec.gain_range)
-    x = (rng.standard_normal(F) * spec.video_offset + gain * spec.signal * sig + ar
-         + rng.standard_normal((L, F)) * spec.white_sd)
+    x = (
+        rng.standard_normal(F) * spec.video_offset
+        + gain * spec.signal * sig
+        + ar
+        + rng.standard_normal((L, F)) * spec.white_sd
+    )
     return x.astype(np.float32), labels
 
 

@@ -22,13 +22,13 @@ import torch
 import torch.nn.functional as F
 
 from genlab.config import RunConfig
-from genlab.families.detection.features import FrameData, load_feature_dir
-from genlab.families.detection.synth import SynthSpec, class_names, generate
 from genlab.errors import GenlabError
-from genlab.families.detection.stream import detect_offline
-from genlab.train.task import Task
-from genlab.families.detection.oadtr import build_detector
+from genlab.families.detection.features import FrameData, load_feature_dir
 from genlab.families.detection.metrics import frame_map
+from genlab.families.detection.oadtr import build_detector
+from genlab.families.detection.stream import detect_offline
+from genlab.families.detection.synth import SynthSpec, class_names, generate
+from genlab.train.task import Task
 
 ARTIFACT = "detection.json"
 IGNORE = -100
@@ -40,7 +40,7 @@ class DetectionBatch:
     current: torch.Tensor  # (B,) class ids
     future: torch.Tensor  # (B, future_steps) class ids, IGNORE where unknown
 
-    def to(self, device) -> "DetectionBatch":
+    def to(self, device) -> DetectionBatch:
         return DetectionBatch(self.x.to(device), self.current.to(device), self.future.to(device))
 
     @property
@@ -52,8 +52,11 @@ def make_batch(data: FrameData, frames: np.ndarray, history: int, future_steps: 
     idx = data.window_index(frames, history)  # (B, T); -1 = before the video's start
     x = np.where((idx >= 0)[..., None], data.feats[np.maximum(idx, 0)], np.float32(0))
     fut = data.future_labels(frames, future_steps)
-    return DetectionBatch(torch.from_numpy(x), torch.from_numpy(data.labels[frames].copy()),
-                          torch.from_numpy(np.where(fut < 0, IGNORE, fut)))
+    return DetectionBatch(
+        torch.from_numpy(x),
+        torch.from_numpy(data.labels[frames].copy()),
+        torch.from_numpy(np.where(fut < 0, IGNORE, fut)),
+    )
 
 
 class DetectionTask(Task):
@@ -86,15 +89,23 @@ class DetectionTask(Task):
         if not fresh and run_dir is not None:
             self.load_for_inference(run_dir)
             if (self.train_data.classes, self.train_data.feat_dim) != (self.classes, self.feat_dim):
-                raise GenlabError(f"{run_dir}: the data now has classes/feat_dim different from the run's "
-                                  f"{ARTIFACT}; resume with the data the run started with")
+                raise GenlabError(
+                    f"{run_dir}: the data now has classes/feat_dim different from the run's "
+                    f"{ARTIFACT}; resume with the data the run started with"
+                )
         self.classes, self.feat_dim = self.train_data.classes, self.train_data.feat_dim
         if not (self.train_data.labels >= 0).any():
-            raise GenlabError(f"{self.cfg.data.path or 'the data'}: every training frame is ambiguous; nothing to learn")
+            raise GenlabError(
+                f"{self.cfg.data.path or 'the data'}: every training frame is ambiguous; nothing to learn"
+            )
 
     def save_artifacts(self, run_dir: Path) -> None:
-        info = {"classes": self.classes, "feat_dim": self.feat_dim, "data": self.cfg.data.path or "synthetic",
-                "synthetic_spec": SynthSpec().to_dict() if not self.cfg.data.path else None}
+        info = {
+            "classes": self.classes,
+            "feat_dim": self.feat_dim,
+            "data": self.cfg.data.path or "synthetic",
+            "synthetic_spec": SynthSpec().to_dict() if not self.cfg.data.path else None,
+        }
         (Path(run_dir) / ARTIFACT).write_text(json.dumps(info, indent=1) + "\n")
 
     def load_for_inference(self, run_dir: Path) -> None:
@@ -129,8 +140,10 @@ class DetectionTask(Task):
             epoch, cursor = epoch + 1, 0
             order = self._epoch_order(epoch)
         frames = np.sort(order[cursor : cursor + B])
-        return make_batch(self.train_data, frames, self.cfg.data.history, self.cfg.model.future_steps), \
-            (epoch, cursor + B)
+        return make_batch(self.train_data, frames, self.cfg.data.history, self.cfg.model.future_steps), (
+            epoch,
+            cursor + B,
+        )
 
     def loss(self, model, batch: DetectionBatch) -> tuple[torch.Tensor, int]:
         """Summed loss whose mean over the batch is CE_current + future_weight * CE_future."""
@@ -141,14 +154,14 @@ class DetectionTask(Task):
             fut_t = batch.future[:, : future.shape[1]].reshape(-1)
             n_fut = int((fut_t != IGNORE).sum())
             if n_fut:
-                fut_sum = F.cross_entropy(future.float().reshape(-1, future.shape[-1]), fut_t,
-                                          ignore_index=IGNORE, reduction="sum")
+                fut_sum = F.cross_entropy(
+                    future.float().reshape(-1, future.shape[-1]), fut_t, ignore_index=IGNORE, reduction="sum"
+                )
                 loss_sum = loss_sum + self.cfg.train.future_weight * fut_sum * (n / n_fut)
         return loss_sum, n
 
     @torch.no_grad()
-    def evaluate(self, model, data: FrameData | None = None, max_batches: int | None = None,
-                 device="cpu") -> dict:
+    def evaluate(self, model, data: FrameData | None = None, max_batches: int | None = None, device="cpu") -> dict:
         """val_loss (current-frame CE), val_mAP and val_mcAP; with max_batches, on an evenly
         spaced subset of max_batches x batch_rows frames."""
         data = data if data is not None else self.val_data
@@ -183,11 +196,13 @@ class DetectionTask(Task):
             if data is None:
                 raise GenlabError(f"{run.path}: the data has no test videos; pass --data DIR")
         device = next(model.parameters()).device
-        probs = np.concatenate([detect_offline(model, data.video(v)[0], device=device)
-                                for v in range(len(data.names))])
+        probs = np.concatenate([detect_offline(model, data.video(v)[0], device=device) for v in range(len(data.names))])
         m = frame_map(probs, data.labels, self.classes)
-        return {"data": data_path or ("synthetic test split" if not self.cfg.data.path else "test split"),
-                "videos": len(data.names), **m}
+        return {
+            "data": data_path or ("synthetic test split" if not self.cfg.data.path else "test split"),
+            "videos": len(data.names),
+            **m,
+        }
 
     def info_lines(self, run_path: Path | None) -> list[str]:
         """For `genlab info`: classes, feature size, parameters, forward FLOPs per streamed frame."""
@@ -205,9 +220,11 @@ class DetectionTask(Task):
         with FlopCounterMode(display=False) as fc:  # (its module tracker needs autograd on)
             model.forward_embedded(torch.zeros(1, self.cfg.data.history, self.cfg.model.d_model))
             model.embed(torch.zeros(1, self.feat_dim))  # streaming embeds one new frame per step
-        return [f"classes               {len(self.classes)} ({', '.join(self.classes[:6])}"
-                f"{', ...' if len(self.classes) > 6 else ''}; ambiguous frames have no class)",
-                f"features per frame    {self.feat_dim}",
-                f"window                {self.cfg.data.history} frames",
-                f"parameters            {sum(p.numel() for p in model.parameters()):,}",
-                f"FLOPs/frame streaming {fc.get_total_flops():,} (matmuls, one window forward)"]
+        return [
+            f"classes               {len(self.classes)} ({', '.join(self.classes[:6])}"
+            f"{', ...' if len(self.classes) > 6 else ''}; ambiguous frames have no class)",
+            f"features per frame    {self.feat_dim}",
+            f"window                {self.cfg.data.history} frames",
+            f"parameters            {sum(p.numel() for p in model.parameters()):,}",
+            f"FLOPs/frame streaming {fc.get_total_flops():,} (matmuls, one window forward)",
+        ]

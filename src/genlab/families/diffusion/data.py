@@ -27,8 +27,16 @@ from genlab.errors import GenlabError
 IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff")
 CAPTIONS_FILE = "captions.jsonl"
 NUMBER_WORDS = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
-DIGIT_TEMPLATES = ("a handwritten digit {w}", "a handwritten {n}", "a handwritten {w}", "the digit {n}",
-                   "the number {w}", "a picture of the digit {w}", "digit {n}", "{w}")
+DIGIT_TEMPLATES = (
+    "a handwritten digit {w}",
+    "a handwritten {n}",
+    "a handwritten {w}",
+    "the digit {n}",
+    "the number {w}",
+    "a picture of the digit {w}",
+    "digit {n}",
+    "{w}",
+)
 
 
 def digit_prompt(label: int, template: int = 0) -> str:
@@ -51,10 +59,15 @@ class ImageSet:
             return self.captions[i]
         return digit_prompt(int(self.labels[i]), int(rng.integers(len(DIGIT_TEMPLATES))))
 
-    def subset(self, idx: np.ndarray) -> "ImageSet":
+    def subset(self, idx: np.ndarray) -> ImageSet:
         t = torch.from_numpy(idx)
-        return ImageSet(self.images[t], None if self.labels is None else self.labels[t], self.class_prompts,
-                        None if self.captions is None else [self.captions[i] for i in idx], self.source)
+        return ImageSet(
+            self.images[t],
+            None if self.labels is None else self.labels[t],
+            self.class_prompts,
+            None if self.captions is None else [self.captions[i] for i in idx],
+            self.source,
+        )
 
 
 def _digits_arrays() -> tuple[np.ndarray, np.ndarray]:
@@ -65,8 +78,9 @@ def _digits_arrays() -> tuple[np.ndarray, np.ndarray]:
 
     spec = importlib.util.find_spec("sklearn")
     if spec is None:
-        raise GenlabError("the embedded digits need scikit-learn (pip install scikit-learn), "
-                          "or give data.path = a folder of images")
+        raise GenlabError(
+            "the embedded digits need scikit-learn (pip install scikit-learn), or give data.path = a folder of images"
+        )
     for loc in spec.submodule_search_locations or []:
         f = Path(loc) / "datasets" / "data" / "digits.csv.gz"
         if f.is_file():
@@ -84,8 +98,7 @@ def load_digits_set(size: int, channels: int) -> ImageSet:
     if size != 8:
         x = F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False)
     x = (x.clamp(0, 1) * 2 - 1).repeat(1, channels, 1, 1)
-    return ImageSet(x.contiguous(), torch.from_numpy(target),
-                    [digit_prompt(k) for k in range(10)], None, "digits")
+    return ImageSet(x.contiguous(), torch.from_numpy(target), [digit_prompt(k) for k in range(10)], None, "digits")
 
 
 def read_image(path: Path, size: int, channels: int) -> torch.Tensor:
@@ -97,8 +110,10 @@ def read_image(path: Path, size: int, channels: int) -> torch.Tensor:
             im = im.convert("L" if channels == 1 else "RGB").resize((size, size), Image.BICUBIC)
             a = np.asarray(im, dtype=np.float32) / 127.5 - 1.0
     except (UnidentifiedImageError, OSError, ValueError) as e:
-        raise GenlabError(f"{path}: not a readable image ({type(e).__name__}); allowed: "
-                          f"{', '.join(IMAGE_EXTS)} files that Pillow can open") from None
+        raise GenlabError(
+            f"{path}: not a readable image ({type(e).__name__}); allowed: "
+            f"{', '.join(IMAGE_EXTS)} files that Pillow can open"
+        ) from None
     a = a[None] if a.ndim == 2 else a.transpose(2, 0, 1)
     return torch.from_numpy(np.ascontiguousarray(a)).clamp(-1, 1)
 
@@ -116,8 +131,9 @@ def _load_captions_jsonl(root: Path) -> tuple[list[Path], list[str]]:
         try:
             rec = json.loads(line)
         except ValueError:
-            raise GenlabError(f"{cap_path}:{n}: not valid JSON; each line must be "
-                              '{"file": "NAME.png", "caption": "TEXT"}') from None
+            raise GenlabError(
+                f'{cap_path}:{n}: not valid JSON; each line must be {{"file": "NAME.png", "caption": "TEXT"}}'
+            ) from None
         if not isinstance(rec, dict) or not isinstance(rec.get("file"), str) or not isinstance(rec.get("caption"), str):
             raise GenlabError(f'{cap_path}:{n}: needs string fields "file" and "caption"')
         f = root / rec["file"]
@@ -128,8 +144,10 @@ def _load_captions_jsonl(root: Path) -> tuple[list[Path], list[str]]:
         seen.add(f.resolve())
     uncaptioned = [p.name for p in _image_files(root) if p.resolve() not in seen]
     if uncaptioned:
-        raise GenlabError(f"{root}: image {uncaptioned[0]!r} has no caption in {CAPTIONS_FILE} "
-                          f"({len(uncaptioned)} uncaptioned); add a line for every image")
+        raise GenlabError(
+            f"{root}: image {uncaptioned[0]!r} has no caption in {CAPTIONS_FILE} "
+            f"({len(uncaptioned)} uncaptioned); add a line for every image"
+        )
     return files, captions
 
 
@@ -138,8 +156,10 @@ def load_image_folder(path: str, size: int, channels: int) -> ImageSet:
     if not root.exists():
         raise GenlabError(f"data.path {path!r} does not exist")
     if not root.is_dir():
-        raise GenlabError(f"data.path {path!r} is a file; for task diffusion give a folder of images "
-                          f"(sub-folders named by caption, or images + {CAPTIONS_FILE}), or \"\" for the digits")
+        raise GenlabError(
+            f"data.path {path!r} is a file; for task diffusion give a folder of images "
+            f'(sub-folders named by caption, or images + {CAPTIONS_FILE}), or "" for the digits'
+        )
     labels = None
     if (root / CAPTIONS_FILE).is_file():
         files, captions = _load_captions_jsonl(root)
@@ -147,8 +167,10 @@ def load_image_folder(path: str, size: int, channels: int) -> ImageSet:
     else:
         loose = _image_files(root)
         if loose:
-            raise GenlabError(f"{root}: image {loose[0].name!r} has no caption; put images in sub-folders "
-                              f"named by their caption, or add {CAPTIONS_FILE}")
+            raise GenlabError(
+                f"{root}: image {loose[0].name!r} has no caption; put images in sub-folders "
+                f"named by their caption, or add {CAPTIONS_FILE}"
+            )
         subdirs = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
         files, captions, label_list, class_prompts = [], [], [], []
         for sub in subdirs:
@@ -161,8 +183,10 @@ def load_image_folder(path: str, size: int, channels: int) -> ImageSet:
             label_list += [len(class_prompts) - 1] * len(imgs)
         labels = torch.tensor(label_list, dtype=torch.int64)
     if not files:
-        raise GenlabError(f"{root}: no images found; allowed: {', '.join(IMAGE_EXTS)} in sub-folders named "
-                          f"by caption, or next to a {CAPTIONS_FILE}")
+        raise GenlabError(
+            f"{root}: no images found; allowed: {', '.join(IMAGE_EXTS)} in sub-folders named "
+            f"by caption, or next to a {CAPTIONS_FILE}"
+        )
     if any(not c.strip() for c in captions):
         raise GenlabError(f"{root}: an image has an empty caption; captions must be non-empty text")
     images = torch.stack([read_image(f, size, channels) for f in files])
@@ -192,5 +216,5 @@ class ImageBatch:
     phase: str  # "vae" | "denoiser"
     n_targets: int  # loss elements (pixels or latent values): the trainer divides the summed loss by it
 
-    def to(self, device) -> "ImageBatch":
+    def to(self, device) -> ImageBatch:
         return ImageBatch(self.images.to(device), self.ids.to(device), self.phase, self.n_targets)

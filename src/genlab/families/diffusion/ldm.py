@@ -32,9 +32,20 @@ class Denoiser(nn.Module):
 
 
 class LatentDiffusion(nn.Module):
-    def __init__(self, image_channels: int, image_size: int, latent_channels: int, vae_channels: int,
-                 downsample: int, unet_channels: int, channel_mult: tuple[int, ...], res_blocks: int,
-                 d_text: int, text_layers: int, n_head: int):
+    def __init__(
+        self,
+        image_channels: int,
+        image_size: int,
+        latent_channels: int,
+        vae_channels: int,
+        downsample: int,
+        unet_channels: int,
+        channel_mult: tuple[int, ...],
+        res_blocks: int,
+        d_text: int,
+        text_layers: int,
+        n_head: int,
+    ):
         super().__init__()
         self.image_channels, self.image_size = image_channels, image_size
         self.latent_channels, self.latent_size = latent_channels, image_size // downsample
@@ -56,8 +67,17 @@ class LatentDiffusion(nn.Module):
         return self.vae.decode(z / self.scale_factor).clamp(-1, 1)
 
     @torch.no_grad()
-    def sample(self, prompts: list[str], scheduler, steps: int = 50, guidance: float = 3.0, seed: int = 0,
-               eta: float = 0.0, use_ema: bool = True, batch: int = 256) -> torch.Tensor:
+    def sample(
+        self,
+        prompts: list[str],
+        scheduler,
+        steps: int = 50,
+        guidance: float = 3.0,
+        seed: int = 0,
+        eta: float = 0.0,
+        use_ema: bool = True,
+        batch: int = 256,
+    ) -> torch.Tensor:
         """Images (B, C, H, W) in [-1, 1], one per prompt. Guidance runs the conditional and the
         unconditional ("" prompt) halves as one doubled batch; guidance 1 skips the second half."""
         net = self.ema if use_ema else self.denoiser
@@ -67,8 +87,8 @@ class LatentDiffusion(nn.Module):
         z_all = torch.randn(shape, generator=g) * scheduler.init_noise_sigma
         out = []
         for s in range(0, len(prompts), batch):
-            chunk = prompts[s: s + batch]
-            z = z_all[s: s + len(chunk)].to(device)
+            chunk = prompts[s : s + batch]
+            z = z_all[s : s + len(chunk)].to(device)
             double = guidance != 1.0
             ids = encode_prompts(chunk + [""] * len(chunk) if double else chunk).to(device)
             scheduler.set_timesteps(steps)

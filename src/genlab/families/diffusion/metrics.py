@@ -21,8 +21,14 @@ class Classifier(nn.Module):
 
     def __init__(self, channels: int, size: int, n_classes: int):
         super().__init__()
-        self.conv = nn.Sequential(nn.Conv2d(channels, 32, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
-                                  nn.Conv2d(32, 64, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2))
+        self.conv = nn.Sequential(
+            nn.Conv2d(channels, 32, 3, padding=1),
+            nn.ReLU(),
+            nn.MaxPool2d(2),
+            nn.Conv2d(32, 64, 3, padding=1),
+            nn.ReLU(),
+            nn.MaxPool2d(2),
+        )
         self.fc = nn.Linear(64 * (size // 4) ** 2, 128)
         self.head = nn.Linear(128, n_classes)
 
@@ -33,8 +39,9 @@ class Classifier(nn.Module):
         return self.head(self.features(x))
 
 
-def train_classifier(images: torch.Tensor, labels: torch.Tensor, n_classes: int, steps: int = 400,
-                     batch: int = 64, seed: int = 0) -> Classifier:
+def train_classifier(
+    images: torch.Tensor, labels: torch.Tensor, n_classes: int, steps: int = 400, batch: int = 64, seed: int = 0
+) -> Classifier:
     """Adam, lr 2e-3, random 1-pixel shifts as augmentation; deterministic given the seed."""
     g = torch.Generator().manual_seed(seed)
     torch.manual_seed(seed)
@@ -56,7 +63,7 @@ def predict(clf: Classifier, images: torch.Tensor, batch: int = 512) -> tuple[to
     """(predicted class (N,), features (N, 128) float64)."""
     preds, feats = [], []
     for s in range(0, len(images), batch):
-        f = clf.features(images[s: s + batch])
+        f = clf.features(images[s : s + batch])
         feats.append(f.double().numpy())
         preds.append(clf.head(f).argmax(1))
     return torch.cat(preds), np.concatenate(feats)
@@ -91,7 +98,7 @@ def save_grid(images: torch.Tensor, path: str | Path, nrow: int | None = None, p
     px = ((images.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(0, 2, 3, 1).numpy()
     for i in range(n):
         r, col = divmod(i, nrow)
-        grid[pad + r * (s + pad): pad + r * (s + pad) + s, pad + col * (s + pad): pad + col * (s + pad) + s] = px[i]
+        grid[pad + r * (s + pad) : pad + r * (s + pad) + s, pad + col * (s + pad) : pad + col * (s + pad) + s] = px[i]
     img = Image.fromarray(grid[:, :, 0] if c == 1 else grid)
     img = img.resize((img.width * scale, img.height * scale), Image.NEAREST)
     path = Path(path)

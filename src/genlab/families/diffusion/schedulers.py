@@ -38,12 +38,13 @@ def make_betas(schedule: str, T: int, beta_start: float = 1e-4, beta_end: float 
     if schedule == "linear":
         return torch.linspace(beta_start, beta_end, T, dtype=torch.float32)
     if schedule == "scaled_linear":
-        return torch.linspace(beta_start ** 0.5, beta_end ** 0.5, T, dtype=torch.float32) ** 2
+        return torch.linspace(beta_start**0.5, beta_end**0.5, T, dtype=torch.float32) ** 2
     if schedule == "squaredcos_cap_v2":
+
         def abar(s: float) -> float:
             return math.cos((s + 0.008) / 1.008 * math.pi / 2) ** 2
-        return torch.tensor([min(1 - abar((i + 1) / T) / abar(i / T), 0.999) for i in range(T)],
-                            dtype=torch.float32)
+
+        return torch.tensor([min(1 - abar((i + 1) / T) / abar(i / T), 0.999) for i in range(T)], dtype=torch.float32)
     raise GenlabError(f"beta schedule {schedule!r} is not known; choose one of: {', '.join(BETA_SCHEDULES)}")
 
 
@@ -57,9 +58,18 @@ class _Scheduler:
     order = 1
     init_noise_sigma = 1.0
 
-    def __init__(self, num_train_timesteps: int = 1000, beta_start: float = 1e-4, beta_end: float = 0.02,
-                 beta_schedule: str = "linear", clip_sample: bool = True, clip_sample_range: float = 1.0,
-                 prediction_type: str = "epsilon", timestep_spacing: str = "leading", steps_offset: int = 0):
+    def __init__(
+        self,
+        num_train_timesteps: int = 1000,
+        beta_start: float = 1e-4,
+        beta_end: float = 0.02,
+        beta_schedule: str = "linear",
+        clip_sample: bool = True,
+        clip_sample_range: float = 1.0,
+        prediction_type: str = "epsilon",
+        timestep_spacing: str = "leading",
+        steps_offset: int = 0,
+    ):
         if prediction_type not in PREDICTION_TYPES:
             raise GenlabError(f"prediction_type {prediction_type!r}; choose one of: {', '.join(PREDICTION_TYPES)}")
         if timestep_spacing not in SPACINGS:
@@ -152,8 +162,9 @@ class DDPMScheduler(_Scheduler):
         i = int(idx[0, 0])
         return int(self.timesteps[i + 1]) if i + 1 < len(self.timesteps) else -1
 
-    def step(self, model_output: torch.Tensor, timestep, sample: torch.Tensor, generator=None,
-             return_dict: bool = True):
+    def step(
+        self, model_output: torch.Tensor, timestep, sample: torch.Tensor, generator=None, return_dict: bool = True
+    ):
         t, a, a_prev = self._alphas(timestep, self.one)
         a, a_prev = a.to(sample.device), a_prev.to(sample.device)
         alpha_t = a / a_prev  # effective α over the stride
@@ -179,9 +190,17 @@ class DDIMScheduler(_Scheduler):
         super().__init__(*args, **kw)
         self.final_alpha_cumprod = self.one if set_alpha_to_one else self.alphas_cumprod[0]
 
-    def step(self, model_output: torch.Tensor, timestep, sample: torch.Tensor, eta: float = 0.0,
-             use_clipped_model_output: bool = False, generator=None, variance_noise=None,
-             return_dict: bool = True):
+    def step(
+        self,
+        model_output: torch.Tensor,
+        timestep,
+        sample: torch.Tensor,
+        eta: float = 0.0,
+        use_clipped_model_output: bool = False,
+        generator=None,
+        variance_noise=None,
+        return_dict: bool = True,
+    ):
         if self.num_inference_steps is None:
             raise GenlabError("DDIMScheduler.step needs set_timesteps(N) first")
         _, a, a_prev = self._alphas(timestep, self.final_alpha_cumprod)
@@ -191,7 +210,7 @@ class DDIMScheduler(_Scheduler):
         std = eta * var.sqrt()
         if use_clipped_model_output:
             eps = (sample - a.sqrt() * x0) / (1 - a).sqrt()
-        prev = a_prev.sqrt() * x0 + (1 - a_prev - std ** 2).clamp(min=0).sqrt() * eps
+        prev = a_prev.sqrt() * x0 + (1 - a_prev - std**2).clamp(min=0).sqrt() * eps
         if eta > 0:
             if variance_noise is None:
                 variance_noise = torch.randn(sample.shape, generator=generator, dtype=sample.dtype).to(sample.device)

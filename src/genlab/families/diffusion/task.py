@@ -19,15 +19,15 @@ import numpy as np
 import torch
 
 from genlab.config import RunConfig
-from genlab.families.diffusion.data import ImageBatch, ImageSet, load_images, split
-from genlab.families.diffusion.schedulers import SAMPLERS
 from genlab.errors import GenlabError
 from genlab.families.diffusion import metrics as E
-from genlab.families.diffusion.metrics import save_grid
-from genlab.train.task import Task
-from genlab.families.diffusion.ldm import LatentDiffusion
-from genlab.families.diffusion.text_encoder import MAX_PROMPT_BYTES, encode_prompts
+from genlab.families.diffusion.data import ImageBatch, ImageSet, load_images, split
 from genlab.families.diffusion.ema import ema_copy_, ema_decay, ema_update
+from genlab.families.diffusion.ldm import LatentDiffusion
+from genlab.families.diffusion.metrics import save_grid
+from genlab.families.diffusion.schedulers import SAMPLERS
+from genlab.families.diffusion.text_encoder import MAX_PROMPT_BYTES, encode_prompts
+from genlab.train.task import Task
 
 EVAL_GUIDANCE, EVAL_STEPS, EVAL_PER_PROMPT, EVAL_SAMPLER = 3.0, 50, 50, "ddim"  # `genlab eval` sampling
 CLASSIFIER_STEPS = 400  # Adam steps of the eval classifier on the real training images
@@ -69,14 +69,30 @@ class DiffusionTask(Task):
 
     def scheduler(self, kind: str = "ddpm", clip: bool = False):
         m = self.cfg.model
-        return SAMPLERS[kind](num_train_timesteps=m.diffusion_steps, beta_start=m.beta_start, beta_end=m.beta_end,
-                              beta_schedule=m.beta_schedule, clip_sample=clip)
+        return SAMPLERS[kind](
+            num_train_timesteps=m.diffusion_steps,
+            beta_start=m.beta_start,
+            beta_end=m.beta_end,
+            beta_schedule=m.beta_schedule,
+            clip_sample=clip,
+        )
 
     # ------------------------------------------------------------------ model
     def build_model(self) -> LatentDiffusion:
         m, d = self.cfg.model, self.cfg.data
-        return LatentDiffusion(d.image_channels, d.image_size, m.latent_channels, m.vae_channels, m.downsample,
-                               m.unet_channels, m.mult(), m.res_blocks, m.d_model, m.n_layer, m.n_head)
+        return LatentDiffusion(
+            d.image_channels,
+            d.image_size,
+            m.latent_channels,
+            m.vae_channels,
+            m.downsample,
+            m.unet_channels,
+            m.mult(),
+            m.res_blocks,
+            m.d_model,
+            m.n_layer,
+            m.n_head,
+        )
 
     def initial_state(self):
         return (0, 0, 0)  # (epoch, position in the epoch's order, batches served)
@@ -88,14 +104,18 @@ class DiffusionTask(Task):
         if pos + B > len(ds):
             epoch, pos = epoch + 1, 0
         order = np.random.default_rng([t.seed, epoch]).permutation(len(ds))
-        idx = order[pos: pos + B]
+        idx = order[pos : pos + B]
         rng = np.random.default_rng([t.seed, epoch, pos, 1])
         caps = [ds.caption(int(i), rng) for i in idx]
         caps = ["" if drop else c for c, drop in zip(caps, rng.random(B) < t.cond_drop)]
         phase = "vae" if k // t.grad_accum < t.vae_steps else "denoiser"
         images = ds.images[torch.from_numpy(idx)]
         m = self.cfg.model
-        n = images.numel() if phase == "vae" else B * m.latent_channels * (self.cfg.data.image_size // m.downsample) ** 2
+        n = (
+            images.numel()
+            if phase == "vae"
+            else B * m.latent_channels * (self.cfg.data.image_size // m.downsample) ** 2
+        )
         return ImageBatch(images, encode_prompts(caps), phase, n), (epoch, pos + B, k + 1)
 
     @torch.no_grad()
@@ -175,14 +195,18 @@ class DiffusionTask(Task):
         if test_set is None:
             raise GenlabError(f"{run.path}: the run has no held-out images (data.val_fraction = 0); pass --data PATH")
         if float(model.scale_factor) == 0.0:
-            raise GenlabError(f"{run.path}: the checkpoint is still in the autoencoder phase; train past "
-                              f"train.vae_steps = {self.cfg.train.vae_steps}")
+            raise GenlabError(
+                f"{run.path}: the checkpoint is still in the autoencoder phase; train past "
+                f"train.vae_steps = {self.cfg.train.vae_steps}"
+            )
         res = {"data": data_path or "validation split", "images": len(test_set), **self.evaluate(model, test_set)}
         if test_set.labels is None or train_set.labels is None or len(train_set.class_prompts) < 2:
             return res  # free-text captions: no classes to score
         if test_set.class_prompts != train_set.class_prompts:
-            raise GenlabError(f"{data_path}: its classes {test_set.class_prompts[:3]}... differ from the run's "
-                              f"{train_set.class_prompts[:3]}...")
+            raise GenlabError(
+                f"{data_path}: its classes {test_set.class_prompts[:3]}... differ from the run's "
+                f"{train_set.class_prompts[:3]}..."
+            )
         t0 = time.perf_counter()
         K = len(train_set.class_prompts)
         clf = E.train_classifier(train_set.images, train_set.labels, K, CLASSIFIER_STEPS)
@@ -191,33 +215,42 @@ class DiffusionTask(Task):
         labels = torch.arange(K).repeat_interleave(EVAL_PER_PROMPT)
         gen = model.sample(prompts, self.scheduler(EVAL_SAMPLER), EVAL_STEPS, EVAL_GUIDANCE, seed=0)
         pred_gen, f_gen = E.predict(clf, gen)
-        per_prompt = {p: float((pred_gen[labels == k] == k).float().mean()) for k, p in enumerate(train_set.class_prompts)}
+        per_prompt = {
+            p: float((pred_gen[labels == k] == k).float().mean()) for k, p in enumerate(train_set.class_prompts)
+        }
         # baselines: each image its class's training mean; uniform noise; real training images
         means = torch.stack([train_set.images[train_set.labels == k].mean(0) for k in range(K)])
         base_noise = torch.rand(len(prompts), *gen.shape[1:], generator=torch.Generator().manual_seed(0)) * 2 - 1
-        res.update({
-            "classifier_acc_real": float((pred_real == test_set.labels).float().mean()),
-            "sample_acc": float((pred_gen == labels).float().mean()),
-            "sample_acc_per_prompt": per_prompt,
-            "fid": E.fid_from_features(f_real, f_gen),
-            "fid_baseline_class_means": E.fid_from_features(f_real, E.predict(clf, means[labels])[1]),
-            "fid_baseline_noise": E.fid_from_features(f_real, E.predict(clf, base_noise)[1]),
-            "fid_real_train_vs_test": E.fid_from_features(f_real, E.predict(clf, train_set.images)[1]),
-            "samples": len(prompts), "guidance": EVAL_GUIDANCE, "sampler": EVAL_SAMPLER, "sampler_steps": EVAL_STEPS,
-            "eval_seconds": round(time.perf_counter() - t0, 1),
-        })
+        res.update(
+            {
+                "classifier_acc_real": float((pred_real == test_set.labels).float().mean()),
+                "sample_acc": float((pred_gen == labels).float().mean()),
+                "sample_acc_per_prompt": per_prompt,
+                "fid": E.fid_from_features(f_real, f_gen),
+                "fid_baseline_class_means": E.fid_from_features(f_real, E.predict(clf, means[labels])[1]),
+                "fid_baseline_noise": E.fid_from_features(f_real, E.predict(clf, base_noise)[1]),
+                "fid_real_train_vs_test": E.fid_from_features(f_real, E.predict(clf, train_set.images)[1]),
+                "samples": len(prompts),
+                "guidance": EVAL_GUIDANCE,
+                "sampler": EVAL_SAMPLER,
+                "sampler_steps": EVAL_STEPS,
+                "eval_seconds": round(time.perf_counter() - t0, 1),
+            }
+        )
         return res
 
     def info_lines(self, run_dir: Path | None) -> list[str]:
         """For `genlab info`: parameters per part and the latent shape."""
         m, d = self.build_model(), self.cfg.data
         count = lambda mod: sum(p.numel() for p in mod.parameters())  # noqa: E731
-        return [f"image {d.image_channels}x{d.image_size}x{d.image_size} -> latent "
-                f"{m.latent_channels}x{m.latent_size}x{m.latent_size} (f = {self.cfg.model.downsample})",
-                f"parameters: autoencoder {count(m.vae):,}, text encoder {count(m.denoiser.text):,}, "
-                f"UNet {count(m.denoiser.unet):,} (+ the same again as EMA copy)",
-                f"phases: autoencoder steps 1-{self.cfg.train.vae_steps}, denoiser steps "
-                f"{self.cfg.train.vae_steps + 1}-{self.cfg.train.steps}"]
+        return [
+            f"image {d.image_channels}x{d.image_size}x{d.image_size} -> latent "
+            f"{m.latent_channels}x{m.latent_size}x{m.latent_size} (f = {self.cfg.model.downsample})",
+            f"parameters: autoencoder {count(m.vae):,}, text encoder {count(m.denoiser.text):,}, "
+            f"UNet {count(m.denoiser.unet):,} (+ the same again as EMA copy)",
+            f"phases: autoencoder steps 1-{self.cfg.train.vae_steps}, denoiser steps "
+            f"{self.cfg.train.vae_steps + 1}-{self.cfg.train.steps}",
+        ]
 
     # ------------------------------------------------------------------ sampling
     sample_options = DiffusionSampleOptions
@@ -229,8 +262,9 @@ class DiffusionTask(Task):
         if sampler not in SAMPLERS:
             raise GenlabError(f"--sampler {sampler!r} is not known; choose one of: {', '.join(SAMPLERS)}")
         if not 1 <= steps <= self.cfg.model.diffusion_steps:
-            raise GenlabError(f"--steps {steps} must be from 1 to {self.cfg.model.diffusion_steps} "
-                              "(the run's model.diffusion_steps)")
+            raise GenlabError(
+                f"--steps {steps} must be from 1 to {self.cfg.model.diffusion_steps} (the run's model.diffusion_steps)"
+            )
         if float(model.scale_factor) == 0.0:
             raise GenlabError(f"{run.path}: the checkpoint is still in the autoencoder phase; nothing to sample")
         out = o.out

@@ -23,8 +23,9 @@ def encode_prompts(prompts: list[str], max_len: int = MAX_PROMPT_BYTES + 1) -> t
     return out
 
 
-def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, n_head: int,
-              key_mask: torch.Tensor | None = None) -> torch.Tensor:
+def attention(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, n_head: int, key_mask: torch.Tensor | None = None
+) -> torch.Tensor:
     """Multi-head softmax(QKᵀ/√d)V. q (B, Lq, D), k/v (B, Lk, D), key_mask (B, Lk) True = attend."""
     B, Lq, D = q.shape
     Lk = k.shape[1]

@@ -80,8 +80,16 @@ class Block(nn.Module):
 
 
 class UNet(nn.Module):
-    def __init__(self, in_channels: int, channels: int, mult: tuple[int, ...], res_blocks: int,
-                 d_context: int, n_head: int, sample_size: int):
+    def __init__(
+        self,
+        in_channels: int,
+        channels: int,
+        mult: tuple[int, ...],
+        res_blocks: int,
+        d_context: int,
+        n_head: int,
+        sample_size: int,
+    ):
         super().__init__()
         self.channels, self.n_levels = channels, len(mult)
         emb_dim = 4 * channels

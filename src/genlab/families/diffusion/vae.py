@@ -45,19 +45,26 @@ class KLAutoencoder(nn.Module):
     def __init__(self, in_channels: int = 1, latent_channels: int = 4, channels: int = 32, downsample: int = 2):
         super().__init__()
         n_down = int(math.log2(downsample))
-        assert 2 ** n_down == downsample, "downsample must be a power of two"
+        assert 2**n_down == downsample, "downsample must be a power of two"
         self.downsample, self.latent_channels = downsample, latent_channels
-        widths = [channels * min(2 ** i, 4) for i in range(n_down + 1)]  # e.g. 32, 64, 128
+        widths = [channels * min(2**i, 4) for i in range(n_down + 1)]  # e.g. 32, 64, 128
         enc: list[nn.Module] = [nn.Conv2d(in_channels, widths[0], 3, padding=1)]
         for i in range(n_down):
             enc += [ResBlock(widths[i], widths[i]), nn.Conv2d(widths[i], widths[i + 1], 3, stride=2, padding=1)]
-        enc += [ResBlock(widths[-1], widths[-1]), group_norm(widths[-1]), nn.SiLU(),
-                nn.Conv2d(widths[-1], 2 * latent_channels, 3, padding=1)]
+        enc += [
+            ResBlock(widths[-1], widths[-1]),
+            group_norm(widths[-1]),
+            nn.SiLU(),
+            nn.Conv2d(widths[-1], 2 * latent_channels, 3, padding=1),
+        ]
         self.encoder = nn.Sequential(*enc)
         dec: list[nn.Module] = [nn.Conv2d(latent_channels, widths[-1], 3, padding=1), ResBlock(widths[-1], widths[-1])]
         for i in reversed(range(n_down)):
-            dec += [nn.Upsample(scale_factor=2, mode="nearest"), nn.Conv2d(widths[i + 1], widths[i], 3, padding=1),
-                    ResBlock(widths[i], widths[i])]
+            dec += [
+                nn.Upsample(scale_factor=2, mode="nearest"),
+                nn.Conv2d(widths[i + 1], widths[i], 3, padding=1),
+                ResBlock(widths[i], widths[i]),
+            ]
         dec += [group_norm(widths[0]), nn.SiLU(), nn.Conv2d(widths[0], in_channels, 3, padding=1)]
         self.decoder = nn.Sequential(*dec)
 

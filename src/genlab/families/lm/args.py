@@ -15,8 +15,9 @@ from genlab.train.flops import LayerShapes, attention_shapes, swiglu_shapes
 
 @dataclass
 class LMData(DataConfig):
-    path: str = opt("", "corpus: '' = embedded (pydoc topics + stdlib sources); a .txt file, a directory of "
-                        "text files, or .jsonl")
+    path: str = opt(
+        "", "corpus: '' = embedded (pydoc topics + stdlib sources); a .txt file, a directory of text files, or .jsonl"
+    )
     tokenizer: Literal["bpe", "byte"] = opt("bpe", "byte-level BPE trained on the corpus, or plain bytes (256)")
     vocab_size: int = opt(2048, "BPE vocabulary size (the byte tokenizer always has 256)", 260, 1 << 20)
     packing_length: int = opt(256, "tokens per packed row", 2, 1 << 20)
@@ -26,8 +27,10 @@ class LMData(DataConfig):
 @dataclass
 class LMTrain(TrainConfig):
     objective: Literal["causal", "masked", "any-order"] = opt(
-        "causal", "next token | BERT's masked tokens | random orderings; the last two train a bidirectional "
-                  "Transformer for `genlab sample --infill`")
+        "causal",
+        "next token | BERT's masked tokens | random orderings; the last two train a bidirectional "
+        "Transformer for `genlab sample --infill`",
+    )
     mask_prob: float = opt(0.15, "objective masked: share of each sequence's tokens chosen for prediction", 0.01, 1.0)
 
 
@@ -41,8 +44,10 @@ class DecoderArgs(ModelArgs):
     norm_eps: float = opt(1e-5, "RMSNorm epsilon", 0.0, 1.0)
     tie_embeddings: bool = opt(False, "share the input embedding and the output head")
     attn_backend: Literal["auto", "naive", "sdpa", "flash", "triton"] = opt(
-        "auto", "attention kernel: naive (reference), sdpa (per-document fused), flash (genlab's tiled online "
-                "softmax), triton (GPU kernel); auto picks")
+        "auto",
+        "attention kernel: naive (reference), sdpa (per-document fused), flash (genlab's tiled online "
+        "softmax), triton (GPU kernel); auto picks",
+    )
     init_std: float = opt(0.02, "std of the normal initialisation", 0.0, 10.0)
 
     def ffn_width(self) -> int:
@@ -56,8 +61,10 @@ class LMArgs(DecoderArgs):
 
     def check(self, cfg) -> None:
         if cfg.train.objective != "causal" and self.arch != "transformer":
-            raise GenlabError(f"train.objective = {cfg.train.objective!r} needs model.arch = 'transformer' (a "
-                              f"bidirectional model); this run has {self.arch!r}; or use train.objective=causal")
+            raise GenlabError(
+                f"train.objective = {cfg.train.objective!r} needs model.arch = 'transformer' (a "
+                f"bidirectional model); this run has {self.arch!r}; or use train.objective=causal"
+            )
         if self.arch != "transformer":
             return
         check_heads(self.d_model, self.n_head)

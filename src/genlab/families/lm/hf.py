@@ -17,8 +17,10 @@ def take(sd: dict, key: str, path) -> torch.Tensor:
 
 
 def dense_from_hf(sd: dict, cfg, path) -> dict:
-    out = {"embed.weight": take(sd, "model.embed_tokens.weight", path),
-           "norm.weight": take(sd, "model.norm.weight", path)}
+    out = {
+        "embed.weight": take(sd, "model.embed_tokens.weight", path),
+        "norm.weight": take(sd, "model.norm.weight", path),
+    }
     out["head.weight"] = sd.pop("lm_head.weight", out["embed.weight"])
     for i in range(cfg.n_layer):
         s, d = f"model.layers.{i}.", f"blocks.{i}."
@@ -26,7 +28,8 @@ def dense_from_hf(sd: dict, cfg, path) -> dict:
         out[d + "mlp_norm.weight"] = take(sd, s + "post_attention_layernorm.weight", path)
         out[d + "attn.qkv.weight"] = torch.cat([take(sd, f"{s}self_attn.{n}_proj.weight", path) for n in "qkv"])
         out[d + "attn.proj.weight"] = take(sd, s + "self_attn.o_proj.weight", path)
-        out[d + "mlp.gate_up.weight"] = torch.cat((take(sd, s + "mlp.gate_proj.weight", path),
-                                                   take(sd, s + "mlp.up_proj.weight", path)))
+        out[d + "mlp.gate_up.weight"] = torch.cat(
+            (take(sd, s + "mlp.gate_proj.weight", path), take(sd, s + "mlp.up_proj.weight", path))
+        )
         out[d + "mlp.down.weight"] = take(sd, s + "mlp.down_proj.weight", path)
     return out

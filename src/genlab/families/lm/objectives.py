@@ -56,8 +56,15 @@ def _rank_within_sequence(seq: torch.Tensor, predictable: torch.Tensor, g: torch
     return rank, n_pred
 
 
-def apply_objective(batch: Batch, objective: str, mask_id: int, vocab_size: int, g: torch.Generator,
-                    mask_prob: float = 0.15, bos_id: int | None = None) -> Batch:
+def apply_objective(
+    batch: Batch,
+    objective: str,
+    mask_id: int,
+    vocab_size: int,
+    g: torch.Generator,
+    mask_prob: float = 0.15,
+    bos_id: int | None = None,
+) -> Batch:
     """The batch rewritten for `objective`: corrupted inputs, targets only where the loss is defined,
     and (any-order) per-token loss weights with the sequence-token count as the normaliser."""
     if objective == "causal":
@@ -83,6 +90,7 @@ def apply_objective(batch: Batch, objective: str, mask_id: int, vocab_size: int,
         inputs = torch.where(chosen, torch.full_like(ids, mask_id), ids)
         targets = torch.where(chosen, ids, torch.full_like(ids, IGNORE))
         weights = torch.where(chosen, (n.double() / k.double())[seq], torch.zeros(T, dtype=torch.float64))
-        return replace(batch, input_ids=inputs, targets=targets, weights=weights.float(),
-                       target_count=int(n_pred.sum()))
+        return replace(
+            batch, input_ids=inputs, targets=targets, weights=weights.float(), target_count=int(n_pred.sum())
+        )
     raise ValueError(f"unknown objective {objective!r}; choose one of: {', '.join(OBJECTIVES)}")

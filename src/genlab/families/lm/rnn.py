@@ -12,7 +12,6 @@ import torch.nn as nn
 from torch.nn.utils.rnn import pack_sequence
 
 
-
 class RNNCache:
     def __init__(self):
         self.state = None

@@ -25,6 +25,7 @@ from genlab.train.task import Task
 
 TOKENIZER_FILE = "tokenizer.json"
 
+
 @dataclass(frozen=True)
 class LMSampleOptions:
     """`genlab sample` for language models (the CLI's flags of the same names)."""
@@ -73,12 +74,19 @@ class LMTask(Task):
         else:
             self.tokenizer = build_tokenizer(d.tokenizer, train_docs, d.vocab_size)
         t = self.cfg.train
-        self.train_data = TokenDataset(self.encode_docs(train_docs), d.packing_length, t.batch_rows,
-                                       seed=t.seed, buffer=d.pack_buffer)
+        self.train_data = TokenDataset(
+            self.encode_docs(train_docs), d.packing_length, t.batch_rows, seed=t.seed, buffer=d.pack_buffer
+        )
         self.val_data = None
         if val_docs:
-            self.val_data = TokenDataset(self.encode_docs(val_docs), d.packing_length, t.batch_rows,
-                                         mode="packed", buffer=d.pack_buffer, shuffle=False)
+            self.val_data = TokenDataset(
+                self.encode_docs(val_docs),
+                d.packing_length,
+                t.batch_rows,
+                mode="packed",
+                buffer=d.pack_buffer,
+                shuffle=False,
+            )
 
     def save_artifacts(self, run_dir: Path) -> None:
         self.tokenizer.save(Path(run_dir) / TOKENIZER_FILE)
@@ -88,8 +96,14 @@ class LMTask(Task):
 
     def eval_dataset(self, path: str) -> TokenDataset:
         docs = load_corpus(path)
-        return TokenDataset(self.encode_docs(docs), self.cfg.data.packing_length, self.cfg.train.batch_rows,
-                            mode="packed", buffer=self.cfg.data.pack_buffer, shuffle=False)
+        return TokenDataset(
+            self.encode_docs(docs),
+            self.cfg.data.packing_length,
+            self.cfg.train.batch_rows,
+            mode="packed",
+            buffer=self.cfg.data.pack_buffer,
+            shuffle=False,
+        )
 
     # ------------------------------------------------------------------ model and loss
     @property
@@ -102,8 +116,12 @@ class LMTask(Task):
         return None if self.objective == "causal" else self.tokenizer.vocab_size
 
     def build_model(self) -> torch.nn.Module:
-        return self.cfg.family.build_model(self.cfg.model, model_vocab(self.tokenizer.vocab_size, self.objective),
-                                           self.cfg.data.packing_length, causal=self.objective == "causal")
+        return self.cfg.family.build_model(
+            self.cfg.model,
+            model_vocab(self.tokenizer.vocab_size, self.objective),
+            self.cfg.data.packing_length,
+            causal=self.objective == "causal",
+        )
 
     def initial_state(self):
         return (0, 0)
@@ -112,8 +130,15 @@ class LMTask(Task):
         if self.objective == "causal":
             return batch
         g = torch.Generator().manual_seed(seed)
-        return apply_objective(batch, self.objective, self.mask_id, self.tokenizer.vocab_size, g,
-                               self.cfg.train.mask_prob, self.tokenizer.bos_id)
+        return apply_objective(
+            batch,
+            self.objective,
+            self.mask_id,
+            self.tokenizer.vocab_size,
+            g,
+            self.cfg.train.mask_prob,
+            self.tokenizer.bos_id,
+        )
 
     def next_batch(self, state) -> tuple[Batch, tuple[int, int]]:
         batch, new_state = self.train_data.batch_at(state)
@@ -144,8 +169,9 @@ class LMTask(Task):
         return loss_sum, batch.n_targets
 
     @torch.no_grad()
-    def evaluate(self, model, data: TokenDataset | None = None, max_batches: int | None = None,
-                 device="cpu") -> dict[str, float]:
+    def evaluate(
+        self, model, data: TokenDataset | None = None, max_batches: int | None = None, device="cpu"
+    ) -> dict[str, float]:
         data = data if data is not None else self.val_data
         if data is None:
             return {}
@@ -171,8 +197,12 @@ class LMTask(Task):
         if n == 0:
             return {}
         loss = nll / n
-        return {"val_loss": loss, "val_ppl": math.exp(min(loss, 700)),
-                "val_bpb": nll / math.log(2) / max(nbytes, 1.0), "val_tokens": n}
+        return {
+            "val_loss": loss,
+            "val_ppl": math.exp(min(loss, 700)),
+            "val_bpb": nll / math.log(2) / max(nbytes, 1.0),
+            "val_tokens": n,
+        }
 
     # ------------------------------------------------------------------ CLI entry points
     def eval_report(self, run, model, data_path: str | None) -> dict:
@@ -194,8 +224,9 @@ class LMTask(Task):
             vocab = 256 if d.tokenizer == "byte" else d.vocab_size
         vocab = model_vocab(vocab, self.objective)  # masked / any-order runs add a <mask> token
         with torch.device("meta"):
-            model = self.cfg.family.build_model(self.cfg.model, vocab, d.packing_length,
-                                                causal=self.objective == "causal")
+            model = self.cfg.family.build_model(
+                self.cfg.model, vocab, d.packing_length, causal=self.objective == "causal"
+            )
         lines = [f"vocab size            {vocab:,}"]
         n = count_params(model)
         lines += model.info_lines() or [f"parameters            {n['total']:,} (non-embedding {n['non_embedding']:,})"]
@@ -204,7 +235,8 @@ class LMTask(Task):
             f"FLOPs/token forward   {fl['fwd_flops_per_token']:,.0f}",
             f"FLOPs/token training  {fl['train_flops_per_token']:,.0f}  (M, non-embedding: {fl['M']:,.0f})",
             f"6N1 / 6N2             {fl['6N1']:,.0f} / {fl['6N2']:,.0f}  (6N1/M {fl['6N1'] / fl['M']:.2f}, "
-            f"6N2/M {fl['6N2'] / fl['M']:.2f}; see docs/scaling.md)"]
+            f"6N2/M {fl['6N2'] / fl['M']:.2f}; see docs/scaling.md)",
+        ]
 
     sample_options = LMSampleOptions
 
@@ -218,8 +250,11 @@ class LMTask(Task):
                 raise GenlabError("--speculative needs a deepseek run with model.mtp_depth >= 1")
             out, st = speculative_greedy(model, ids, s.max_new_tokens, stop_id=self.tokenizer.bos_id)
             print(o.prompt + self.tokenizer.decode(out), flush=True)
-            print(f"speculative greedy: acceptance {st['acceptance']:.2f} ({st['accepted']}/{st['drafted']} drafts), "
-                  f"{st['tokens_per_s']:.1f} tokens/s, {st['main_forwards']} main-model forwards", file=sys.stderr)
+            print(
+                f"speculative greedy: acceptance {st['acceptance']:.2f} ({st['accepted']}/{st['drafted']} drafts), "
+                f"{st['tokens_per_s']:.1f} tokens/s, {st['main_forwards']} main-model forwards",
+                file=sys.stderr,
+            )
             return
         print(o.prompt, end="", flush=True)
         self.stream(model, ids, s, use_cache=not o.no_cache)
@@ -240,8 +275,10 @@ class LMTask(Task):
         """`--infill TEXT`: fill its <mask> spans. A masked / any-order run without --infill continues
         --prompt by filling `--max-new-tokens` masks after it, left to right."""
         if self.objective == "causal":
-            raise GenlabError("--infill needs a run trained with train.objective = masked or any-order (this run is "
-                              "causal: it only continues text); train one with --set train.objective=any-order")
+            raise GenlabError(
+                "--infill needs a run trained with train.objective = masked or any-order (this run is "
+                "causal: it only continues text); train one with --set train.objective=any-order"
+            )
         if o.speculative:
             raise GenlabError("--speculative is for causal deepseek runs with MTP, not infilling")
         text = o.infill if o.infill is not None else o.prompt + f"<mask:{s.max_new_tokens}>"
@@ -251,8 +288,10 @@ class LMTask(Task):
         n_holes = ids.count(self.mask_id)
         out = infill(model, ids, self.mask_id, s, o.order)
         print(self.tokenizer.decode(out), flush=True)
-        print(f"filled {n_holes} tokens in {n_spans} span(s), order {o.order}, objective {self.objective}",
-              file=sys.stderr)
+        print(
+            f"filled {n_holes} tokens in {n_spans} span(s), order {o.order}, objective {self.objective}",
+            file=sys.stderr,
+        )
 
     # ------------------------------------------------------------------ sampling
     def prompt_ids(self, prompt: str) -> list[int]:

@@ -78,9 +78,9 @@ class KVCache:
 
     def update(self, layer: int, k: torch.Tensor, v: torch.Tensor):
         n = k.shape[0]
-        self.k[layer, self.len:self.len + n] = k
-        self.v[layer, self.len:self.len + n] = v
-        return self.k[layer, :self.len + n], self.v[layer, :self.len + n]
+        self.k[layer, self.len : self.len + n] = k
+        self.v[layer, self.len : self.len + n] = v
+        return self.k[layer, : self.len + n], self.v[layer, : self.len + n]
 
 
 class Attention(nn.Module):
@@ -113,9 +113,13 @@ class Attention(nn.Module):
         mask = None
         if T > 1:  # query i sits at absolute position past + i and sees keys 0..past + i
             mask = torch.arange(S, device=q.device)[None, :] <= (past + torch.arange(T, device=q.device))[:, None]
-        y = F.scaled_dot_product_attention(q.transpose(0, 1)[None], k_all.transpose(0, 1)[None],
-                                           v_all.transpose(0, 1)[None], attn_mask=mask,
-                                           enable_gqa=self.n_kv != self.n_head)
+        y = F.scaled_dot_product_attention(
+            q.transpose(0, 1)[None],
+            k_all.transpose(0, 1)[None],
+            v_all.transpose(0, 1)[None],
+            attn_mask=mask,
+            enable_gqa=self.n_kv != self.n_head,
+        )
         return y[0].transpose(0, 1)
 
 
@@ -266,5 +270,6 @@ class Transformer(DecoderLM):
 
     def new_cache(self, max_len: int) -> KVCache:
         w = self.embed.weight
-        return KVCache(self.cfg.n_layer, max_len, self.cfg.n_kv_head or self.cfg.n_head, self.head_dim,
-                       w.device, w.dtype)
+        return KVCache(
+            self.cfg.n_layer, max_len, self.cfg.n_kv_head or self.cfg.n_head, self.head_dim, w.device, w.dtype
+        )
