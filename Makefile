@@ -18,6 +18,9 @@ demo: $(STAMP)
 	$(BIN)/genlab demo
 
 test: $(STAMP)
+	$(BIN)/ruff check src tests scripts
+	$(BIN)/ruff format --check src tests scripts
+	$(BIN)/lint-imports
 	$(BIN)/python -m pytest tests
 
 bench: $(STAMP)

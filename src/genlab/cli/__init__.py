@@ -128,8 +128,10 @@ def _add_scaling_parsers(sub) -> None:
 
 
 def _bench_names() -> list[str]:
-    """Every module in genlab/bench/ with a run() is a benchmark (common.py holds helpers)."""
-    return sorted(m.name for m in pkgutil.iter_modules(genlab.bench.__path__) if m.name != "common")
+    """Every public module in genlab/bench/ is a benchmark with a run(); common.py holds helpers and
+    _*.py are exploration scripts (`python -m genlab.bench._NAME`)."""
+    modules = pkgutil.iter_modules(genlab.bench.__path__)
+    return sorted(m.name for m in modules if m.name != "common" and not m.name.startswith("_"))
 
 
 def build_parser() -> argparse.ArgumentParser:

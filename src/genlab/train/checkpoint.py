@@ -8,6 +8,7 @@ manifest.json holds each file's size and SHA-256; a checkpoint whose files do no
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import os
@@ -56,9 +57,28 @@ def save(run_dir: Path, step: int, model: torch.nn.Module, state: dict, keep: in
     """A whole-model checkpoint: model.safetensors + state.pt, staged (see `staging`)."""
     with staging(run_dir, step, keep) as tmp:
         save_model(model, str(tmp / "model.safetensors"))
+        check_safetensors(tmp / "model.safetensors")
         _fault_point(step)
         write_state(state, tmp / "state.pt")
     return path_of(run_dir, step)
+
+
+def check_safetensors(path: Path) -> None:
+    """Raise OSError (EIO) unless the file is as long as its own header says. safetensors' writer can
+    report success on a full disk (seen on /dev/full), which would leave a short file behind."""
+    size = path.stat().st_size
+    with open(path, "rb") as f:
+        head = f.read(8)
+        n = int.from_bytes(head, "little") if len(head) == 8 else -1
+        try:
+            header = json.loads(f.read(n)) if 0 < n <= size - 8 else None
+        except ValueError:
+            header = None
+    if not isinstance(header, dict):
+        raise OSError(errno.EIO, f"{path.name} was written incomplete (no readable header)")
+    end = max((v["data_offsets"][1] for k, v in header.items() if k != "__metadata__"), default=0)
+    if size != 8 + n + end:
+        raise OSError(errno.EIO, f"{path.name} was written incomplete ({size} of {8 + n + end} bytes)")
 
 
 def path_of(run_dir: Path, step: int) -> Path:

@@ -65,6 +65,7 @@ def _full_weights(model) -> dict:
 def _write_full(tmp: Path, full: dict, state: dict, step: int) -> None:
     """Rank 0: model.safetensors (tied weights under both names) and state.pt into `tmp`."""
     save_file({k: v.detach().clone().contiguous() for k, v in full.items()}, str(tmp / "model.safetensors"))
+    checkpoint.check_safetensors(tmp / "model.safetensors")
     checkpoint._fault_point(step)
     checkpoint.write_state(state, tmp / "state.pt")
 

@@ -1,7 +1,7 @@
 """Profile one training step of genlab's Transformer at `genlab bench train`'s shape (d 512, 8 layers,
 8 heads, SwiGLU 1376, vocab 8192, 8 rows x 512 tokens; fp32, 2 threads): step time, then torch.profiler's
 operators by self CPU time. The breakdown quoted in docs/benchmarks.md (GEMMs vs SDPA vs elementwise)
-comes from this script.   Usage: .venv/bin/python scripts/profile_train_step.py
+comes from this script.   Usage: .venv/bin/python -m genlab.bench._profile_train_step
 """
 
 import time
@@ -17,8 +17,9 @@ from genlab.families.lm.transformer import Transformer
 
 torch.set_num_threads(2)
 p = FULL
-cfg = LMArgs(d_model=p["d_model"], n_layer=p["n_layer"], n_head=p["n_head"], ffn_hidden=p["ffn_hidden"],
-                  tie_embeddings=False)
+cfg = LMArgs(
+    d_model=p["d_model"], n_layer=p["n_layer"], n_head=p["n_head"], ffn_hidden=p["ffn_hidden"], tie_embeddings=False
+)
 model = Transformer(cfg, p["vocab"], p["seq_len"]).train()
 R, L = p["rows"], p["seq_len"]
 ids = torch.randint(0, p["vocab"], (R, L))
