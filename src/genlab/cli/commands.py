@@ -88,18 +88,12 @@ def _report(run, last: dict) -> None:
 
 # ---------------------------------------------------------------------------- sample
 def cmd_sample(args) -> int:
-    run, cfg, task, model = load_run(args.run)
-    if task.sample_options is None:
-        raise GenlabError(
-            f"{run.path} is a {cfg.family.name} run; it does not sample"
-            + (
-                f". Stream features through it with `genlab detect {run.path} --features FILE.npy`"
-                if cfg.task == "detection"
-                else ""
-            )
-        )
-    fields = {f.name for f in dataclasses.fields(task.sample_options)}
-    task.sample(run, model, task.sample_options(**{k: v for k, v in vars(args).items() if k in fields}))
+    run, _, task, model = load_run(args.run)
+    options = None  # a family without a sampler says so in its own words (Task.sample)
+    if task.sample_options is not None:
+        fields = {f.name for f in dataclasses.fields(task.sample_options)}
+        options = task.sample_options(**{k: v for k, v in vars(args).items() if k in fields})
+    task.sample(run, model, options)
     return 0
 
 

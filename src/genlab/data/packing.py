@@ -34,7 +34,7 @@ class Batch:
     n_real: int  # real (non-padding) tokens
     capacity: int  # rows * L: the token slots the batch occupies
     n_rows: int
-    # any-order objective (data/objectives.py): per-token loss weights, and the count the summed
+    # any-order objective (families/lm/objectives.py): per-token loss weights, and the count the summed
     # loss is divided by (the sequences' tokens rather than the predicted ones)
     weights: torch.Tensor | None = None
     target_count: int | None = None

@@ -168,11 +168,17 @@ def load_corpus(path: str) -> list[str]:
     return docs
 
 
+def split_score(doc: str) -> float:
+    """A document's place in [0, 1): the first 8 bytes of SHA-256(UTF-8 text) / 2^64. Documents
+    scoring below val_fraction are validation documents."""
+    return int.from_bytes(hashlib.sha256(doc.encode("utf-8")).digest()[:8], "big") / 2**64
+
+
 def split_documents(docs: list[str], val_fraction: float) -> tuple[list[str], list[str]]:
     """Deterministic split by a hash of each document's text; validation gets >= 1 doc when possible."""
     if val_fraction <= 0 or len(docs) < 2:
         return list(docs), []
-    scores = [int.from_bytes(hashlib.sha256(d.encode("utf-8")).digest()[:8], "big") / 2**64 for d in docs]
+    scores = [split_score(d) for d in docs]
     val_idx = {i for i, s in enumerate(scores) if s < val_fraction}
     if not val_idx:  # tiny corpus: hold out the document with the smallest hash
         val_idx = {min(range(len(docs)), key=scores.__getitem__)}

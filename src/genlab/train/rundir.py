@@ -119,6 +119,10 @@ class RunDir:
         if pid is not None:
             raise runlock.in_use_error(self.path, pid)
 
+    def write_config(self, cfg: RunConfig) -> None:
+        """config.toml, atomically (e.g. a resume with --set)."""
+        _atomic_write(self.path / CONFIG, to_toml(cfg))
+
     def config(self) -> RunConfig:
         return from_toml_file(self.path / CONFIG)
 

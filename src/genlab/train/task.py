@@ -93,5 +93,6 @@ class Task(ABC):
     sample_options: type | None = None  # the dataclass `sample` takes; None = the family has no sampler
 
     def sample(self, run, model: torch.nn.Module, options: Any) -> None:
-        """`genlab sample`: draw from the model with a `sample_options` instance, print or write files."""
-        raise GenlabError(f"{self.cfg.family.name} runs have nothing to sample")
+        """`genlab sample`: draw from the model with a `sample_options` instance, print or write files.
+        Families without a sampler (sample_options None) raise a GenlabError saying what to do instead."""
+        raise GenlabError(f"{run.path} is a {self.cfg.family.name} run; it has nothing to sample")

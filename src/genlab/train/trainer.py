@@ -1,5 +1,6 @@
-"""The one training loop. It knows a task only through: prepare, save_artifacts, build_model,
-initial_state, next_batch, loss (summed loss, count) and evaluate."""
+"""The one training loop. It knows a task only through the Task protocol (train/task.py): prepare,
+build_model, initial_state, next_batch, batch_units, loss (summed loss, count), on_optimizer_step,
+after_step, evaluate and model_flops_per_token; RunDir.create calls save_artifacts."""
 
 from __future__ import annotations
 
@@ -12,15 +13,15 @@ from pathlib import Path
 
 import torch
 
-from genlab.config import RunConfig, apply_overrides, to_toml
+from genlab.config import RunConfig, apply_overrides
 from genlab.errors import GenlabError
 from genlab.ops.fp8 import convert_to_fp8
+from genlab.progress import TrainProgress
 from genlab.train import checkpoint, distributed, parallel, sharded_checkpoint
 from genlab.train.activation_checkpoint import apply_activation_checkpointing
 from genlab.train.flops import measured_peak_flops
 from genlab.train.guards import SpikeGuard
 from genlab.train.optim import build_optimizer, lr_factor, set_lr
-from genlab.train.progress import TrainProgress
 from genlab.train.rundir import BEST_DIR, QuietRunDir, RunDir
 
 
@@ -328,7 +329,7 @@ def prepare_training(
             cfg = apply_overrides(run.config(), overrides or []).validate()
             trainer = Trainer(cfg, run, resume=True, progress=progress, log=log)
             if overrides and distributed.is_main():
-                (run.path / "config.toml").write_text(to_toml(cfg))
+                run.write_config(cfg)
         except BaseException:
             run.release()
             raise

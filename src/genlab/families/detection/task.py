@@ -228,3 +228,9 @@ class DetectionTask(Task):
             f"parameters            {sum(p.numel() for p in model.parameters()):,}",
             f"FLOPs/frame streaming {fc.get_total_flops():,} (matmuls, one window forward)",
         ]
+
+    def sample(self, run, model, options) -> None:
+        raise GenlabError(
+            f"{run.path} is an action detection run; it does not sample. Stream features through it with "
+            f"`genlab detect {run.path} --features FILE.npy`"
+        )

@@ -160,7 +160,7 @@ class LMTask(Task):
     @staticmethod
     def loss(model, batch: Batch) -> tuple[torch.Tensor, int]:
         """Summed cross-entropy (nats) where targets are defined, and the count it is a sum over
-        (predicted tokens; for any-order, the sequences' tokens, see data/objectives.py)."""
+        (predicted tokens; for any-order, the sequences' tokens, see families/lm/objectives.py)."""
         h = model(batch.input_ids, batch.position_ids, batch.cu_seqlens, batch.max_seqlen)
         loss_sum = head_loss(model.head, h, batch.targets, batch.weights)
         extra = model.aux_loss(batch, h)  # MoE balance, MTP (training); None for models without extras
