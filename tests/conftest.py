@@ -1,5 +1,6 @@
 import os
 
+import numpy as np
 import pytest
 import torch
 
@@ -28,7 +29,22 @@ def tiny_corpus(tmp_path):
     return p
 
 
-def tiny_overrides(path, steps=6, extra=()):
+@pytest.fixture
+def npz16(tmp_path):
+    """A MADE-format .npz of 16-dim rows (4 x 4 images) with structure: two prototypes plus noise."""
+    rng = np.random.RandomState(0)
+    protos = (rng.rand(2, 16) < 0.5)
+
+    def make(n):
+        x = protos[rng.randint(2, size=n)] ^ (rng.rand(n, 16) < 0.05)
+        return x.astype(np.float32)
+
+    p = tmp_path / "toy.npz"
+    np.savez(p, inputsize=16, train_data=make(200), valid_data=make(40), test_data=make(60))
+    return p
+
+
+def _tiny_overrides(path, steps=6, extra=()):
     gqa = [] if "model.arch=deepseek" in extra else ["model.n_kv_head=2"]  # a dense-Transformer key
     return [f"data.path={path}", "data.tokenizer=byte", "data.packing_length=64", "model.d_model=32",
             "model.n_layer=2", "model.n_head=4", *gqa, f"train.steps={steps}", "train.batch_rows=4",
@@ -36,7 +52,15 @@ def tiny_overrides(path, steps=6, extra=()):
             "train.warmup_steps=2", "train.lr=3e-3", *extra]
 
 
-def watch_updates(trainer) -> dict:
+@pytest.fixture(scope="session")
+def tiny_overrides():
+    """`tiny_overrides(corpus, steps=6, extra=())`: --set overrides of a tiny byte-level LM run on `corpus`
+    (2 x 32, packing length 64, eval and checkpoint every 3 steps). Session-scoped, so module-scoped
+    fixtures can use it too."""
+    return _tiny_overrides
+
+
+def _watch_updates(trainer) -> dict:
     """Wrap trainer.train_step; the returned dict fills with {step: did this step change any weight}."""
     changed, step_fn = {}, trainer.train_step
 
@@ -48,3 +72,10 @@ def watch_updates(trainer) -> dict:
 
     trainer.train_step = watched
     return changed
+
+
+@pytest.fixture
+def watch_updates():
+    """`changed = watch_updates(trainer)`: wraps trainer.train_step; `changed` fills with
+    {step: did this step change any weight}."""
+    return _watch_updates

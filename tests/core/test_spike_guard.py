@@ -13,7 +13,6 @@ from genlab.errors import GenlabError
 from genlab.train import checkpoint
 from genlab.train.guards import SpikeGuard
 from genlab.train.trainer import prepare_training, train
-from conftest import tiny_overrides, watch_updates
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # conftest.py: tiny shapes, 1 thread
 
@@ -36,7 +35,7 @@ def test_guard_unit():
             g.check(1e6, 1.0)
 
 
-def test_injected_spike_is_skipped_and_nothing_else(tiny_corpus, tmp_path):
+def test_injected_spike_is_skipped_and_nothing_else(tiny_overrides, watch_updates, tiny_corpus, tmp_path):
     spike_step = 6  # the 6th update (after steps 0..4 and a full window of 4)
     cfg = resolve(None, None, tiny_overrides(tiny_corpus, steps=9, extra=["train.spike_window=4",
                                                                          "train.spike_factor=10"]))
@@ -65,7 +64,7 @@ def _losses(run_dir):
             for r in map(json.loads, Path(run_dir, "metrics.jsonl").read_text().splitlines())]
 
 
-def test_resume_with_an_active_guard_is_bitwise_exact(tiny_corpus, tmp_path):
+def test_resume_with_an_active_guard_is_bitwise_exact(tiny_overrides, tiny_corpus, tmp_path):
     # A hair-trigger guard (window 2, factor 1.01) skips many steps; resuming from step 4 must make the
     # same decisions, which needs the saved windows (fresh windows would judge nothing for 2 steps).
     extra = ["train.spike_window=2", "train.spike_factor=1.01", "train.ckpt_every=4", "train.keep_ckpts=5", "train.lr=3e-2"]

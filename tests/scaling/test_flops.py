@@ -6,7 +6,6 @@ from pathlib import Path
 
 import pytest
 
-from conftest import tiny_overrides
 from genlab.config import resolve
 from genlab.families.lm.args import LMArgs
 from genlab.train.flops import (LayerShapes, attention_shapes, deepseek_M, flops_from_layers, flops_per_token,
@@ -86,7 +85,7 @@ def test_layer_shapes_add_and_match_dense_attention():
     assert a == LayerShapes(4 * 64 * 64 + 3 * 64 * 100, 64, 64)
 
 
-def test_trainer_reports_mfu_from_M(tiny_corpus, tmp_path):
+def test_trainer_reports_mfu_from_M(tiny_overrides, tiny_corpus, tmp_path):
     from genlab.train.trainer import train
 
     cfg = resolve(None, None, tiny_overrides(tiny_corpus, steps=4, extra=["train.peak_flops=1e9"]))

@@ -17,7 +17,6 @@ from genlab.config import resolve
 from genlab.errors import GenlabError
 from genlab.train import checkpoint
 from genlab.train.trainer import prepare_training, train
-from conftest import tiny_overrides, watch_updates
 
 QUIET = dict(progress=False, log=lambda *a, **k: None)
 
@@ -45,7 +44,7 @@ def _poisoned(trainer, bad_steps, kind):
 
 
 @pytest.mark.parametrize("kind", ["loss", "grad"])
-def test_nonfinite_step_is_skipped_and_logged(tiny_corpus, tmp_path, kind):
+def test_nonfinite_step_is_skipped_and_logged(tiny_overrides, watch_updates, tiny_corpus, tmp_path, kind):
     cfg = resolve(None, None, tiny_overrides(tiny_corpus, steps=6, extra=["train.spike_window=0"]))
     run, trainer = prepare_training(cfg, tmp_path / "r", **QUIET)
     _poisoned(trainer, {2}, kind)
@@ -63,7 +62,7 @@ def test_nonfinite_step_is_skipped_and_logged(tiny_corpus, tmp_path, kind):
     assert trainer.guard.nonfinite == 1
 
 
-def test_repeated_nonfinite_steps_stop_the_run(tiny_corpus, tmp_path):
+def test_repeated_nonfinite_steps_stop_the_run(tiny_overrides, tiny_corpus, tmp_path):
     cfg = resolve(None, None, tiny_overrides(tiny_corpus, steps=8, extra=["train.nan_patience=3"]))
     run, trainer = prepare_training(cfg, tmp_path / "r", **QUIET)
     _poisoned(trainer, {1, 3, 4, 5, 6}, "loss")  # 1 alone is forgiven; 3, 4, 5 in a row stop it
@@ -77,9 +76,15 @@ STEPS = 24
 ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
 
 
-def _overrides(corpus):
-    return tiny_overrides(corpus, steps=STEPS, extra=["train.ckpt_every=4", "train.keep_ckpts=3",
-                                                      "train.eval_every=1000", "train.peak_flops=1e12"])
+@pytest.fixture
+def overrides(tiny_overrides):
+    """`overrides(corpus)`: the tiny run of the kill-and-resume test (STEPS steps, checkpoints every 4)."""
+
+    def make(corpus):
+        return tiny_overrides(corpus, steps=STEPS, extra=["train.ckpt_every=4", "train.keep_ckpts=3",
+                                                          "train.eval_every=1000", "train.peak_flops=1e12"])
+
+    return make
 
 
 def _train_cmd(*args):
@@ -90,11 +95,11 @@ def _losses(run_dir):
     return [(r["step"], r["loss"]) for r in _records(run_dir)]
 
 
-def test_sigkill_in_a_checkpoint_write_and_mid_run_then_resume(tiny_corpus, tmp_path):
+def test_sigkill_in_a_checkpoint_write_and_mid_run_then_resume(overrides, tiny_corpus, tmp_path):
     """Killed inside the write of step 12 (fault hook), resumed, killed again mid-run (leaving a cut
     metrics line), resumed again: the losses are those of an uninterrupted run."""
     out, ckpts = tmp_path / "run", tmp_path / "run" / checkpoint.CKPT_DIR
-    sets = [f"--set={o}" for o in _overrides(tiny_corpus)]
+    sets = [f"--set={o}" for o in overrides(tiny_corpus)]
     r = subprocess.run(_train_cmd("--out", str(out), *sets), capture_output=True,
                        env={**ENV, checkpoint.FAULT_ENV: "12"}, timeout=300)
     assert r.returncode == -signal.SIGKILL
@@ -120,11 +125,11 @@ def test_sigkill_in_a_checkpoint_write_and_mid_run_then_resume(tiny_corpus, tmp_
     assert all(line.endswith("}") for line in metrics.read_text().splitlines())  # rewritten cleanly
     assert not (ckpts / "step_00000012.tmp").exists() and checkpoint.verify(ckpts / f"step_{STEPS:08d}") is None
 
-    ref, _ = train(resolve(None, None, _overrides(tiny_corpus)), tmp_path / "ref", **QUIET)
+    ref, _ = train(resolve(None, None, overrides(tiny_corpus)), tmp_path / "ref", **QUIET)
     assert _losses(out) == _losses(ref.path)
 
 
-def test_pickle_that_runs_code_is_refused(tiny_corpus, tmp_path):
+def test_pickle_that_runs_code_is_refused(tiny_overrides, tiny_corpus, tmp_path):
     cfg = resolve(None, None, tiny_overrides(tiny_corpus, steps=3))
     run, trainer = prepare_training(cfg, tmp_path / "r", **QUIET)
     trainer.fit()

@@ -220,9 +220,8 @@ def test_eval_and_state_dict_unchanged():
         torch.testing.assert_close(m(ids, pos, cu, mx), before)
 
 
-def test_trainer_applies_policy_precision_and_flash_backend(tiny_corpus, tmp_path):
+def test_trainer_applies_policy_precision_and_flash_backend(tiny_corpus, tiny_overrides, tmp_path):
     """Through the trainer: fp8 + selective checkpointing + the flash backend are applied and train."""
-    from conftest import tiny_overrides
     from genlab.config import resolve
     from genlab.ops.fp8 import FP8Linear
     from genlab.train.trainer import prepare_training

@@ -17,21 +17,6 @@ from genlab.train.trainer import train
 pytestmark = pytest.mark.usefixtures("one_thread")  # conftest.py: tiny shapes, 1 thread
 
 
-@pytest.fixture
-def npz16(tmp_path):
-    """A MADE-format .npz of 16-dim rows (4 x 4 images) with structure: two prototypes plus noise."""
-    rng = np.random.RandomState(0)
-    protos = (rng.rand(2, 16) < 0.5)
-
-    def make(n):
-        x = protos[rng.randint(2, size=n)] ^ (rng.rand(n, 16) < 0.05)
-        return x.astype(np.float32)
-
-    p = tmp_path / "toy.npz"
-    np.savez(p, inputsize=16, train_data=make(200), valid_data=make(40), test_data=make(60))
-    return p
-
-
 def _quiet(*a):
     pass
 
@@ -135,26 +120,3 @@ def test_optimizers_and_inverse_schedule():
     assert ada.defaults["rho"] == 0.95 and ada.defaults["eps"] == 1e-5
     t = TrainConfig(schedule="inverse", lr_decay=0.01, warmup_steps=0, steps=1000)
     assert lr_factor(0, t) == 1.0 and lr_factor(100, t) == pytest.approx(0.5)
-
-
-def test_bench_density_quick(tmp_path, monkeypatch, npz16):
-    from genlab.bench import density
-
-    uci = tmp_path / "uci"
-    uci.mkdir()
-    (uci / "dna.npz").write_bytes(npz16.read_bytes())  # stands in for the real file: the paths are exercised
-    (uci / "adult.npz").write_bytes(npz16.read_bytes())  # adult: MADE runs the authors' command (tanh, SGD)
-    monkeypatch.setenv("GENLAB_UCI_DIR", str(uci))
-    torch.set_num_threads(2)
-    r = density.run(quick=True, out_dir=tmp_path / "bench")
-    assert torch.get_num_threads() == 2  # the presets' one thread does not leak out
-    json.dumps(r)
-    assert [m["model"] for m in r["models"]] == [name for name, _, _ in density.DIGITS_MODELS]
-    for m in r["models"]:
-        assert m["steps"] <= 4 and m["examples_per_s"] > 0 and np.isfinite(m["test_nll"])
-        assert m["test_bpd"] == pytest.approx(m["test_nll"] / (64 * np.log(2)))
-    assert set(r["margins"]) == {"nade_minus_mixture_nats", "made_minus_mixture_nats"}
-    assert [(u["dataset"], u["paper_nll"]) for u in r["uci"]] == [("adult", 13.19), ("adult", 13.12),
-                                                                  ("dna", 84.81), ("dna", 79.66)]
-    assert "model.hidden_activation=tanh" in r["uci"][1]["overrides"]  # MADE on adult
-    assert not any("tanh" in o for o in r["uci"][3]["overrides"])  # MADE on dna: the preset as is

@@ -8,7 +8,8 @@ import torch
 import torch.nn.functional as F
 
 from genlab.data.packing import IGNORE, Batch
-from test_deepseek_mla import build
+
+from .helpers import build
 
 
 def _batch(docs):
@@ -78,8 +79,7 @@ def test_speculative_decoding_accepts_when_mtp_copies_the_main_model():
     assert out == [0] * 10 and stats["acceptance"] == 1.0 and stats["main_forwards"] <= 6
 
 
-def test_trainer_trains_deepseek_updates_bias_and_resumes(tiny_corpus, tmp_path):
-    from conftest import tiny_overrides
+def test_trainer_trains_deepseek_updates_bias_and_resumes(tiny_overrides, tiny_corpus, tmp_path):
     from genlab.config import resolve
     from genlab.train import checkpoint
     from genlab.train.trainer import train

@@ -19,7 +19,6 @@ from genlab.ops.loss import head_cross_entropy, weighted_cross_entropy
 from genlab.families.lm.task import LMTask
 from genlab.generate import SamplingSettings, infill, parse_infill
 from genlab.train.trainer import train
-from conftest import tiny_overrides
 
 BOS = 0
 
@@ -263,7 +262,7 @@ def test_infill_samples_the_model_conditionals_chi_square():
 
 
 # ----------------------------------------------------------------------------- trainer and CLI
-def test_any_order_run_trains_and_its_val_loss_is_a_per_token_nll(tiny_corpus, tmp_path):
+def test_any_order_run_trains_and_its_val_loss_is_a_per_token_nll(tiny_overrides, tiny_corpus, tmp_path):
     cfg = resolve(None, None, tiny_overrides(tiny_corpus, steps=6, extra=["train.objective=any-order"]))
     run, last = train(cfg, tmp_path / "ao", progress=False, log=lambda *a: None)
     # an untrained model over 256 bytes + <mask> starts near log(257) per token
@@ -277,7 +276,7 @@ def _cli(*args):
     return subprocess.run([sys.executable, "-m", "genlab", *map(str, args)], capture_output=True, text=True)
 
 
-def test_cli_infill_and_its_errors(tiny_corpus, tmp_path):
+def test_cli_infill_and_its_errors(tiny_overrides, tiny_corpus, tmp_path):
     sets = [x for o in tiny_overrides(tiny_corpus, steps=3) for x in ("--set", o)]
     r = _cli("train", "--no-progress", "--out", tmp_path / "m", *sets, "--set", "train.objective=masked")
     assert r.returncode == 0, r.stderr

@@ -14,7 +14,6 @@ from genlab.train import checkpoint
 from genlab.train.optim import lr_factor
 from genlab.train.trainer import train
 from genlab.config import TrainConfig
-from conftest import tiny_overrides
 
 
 def _losses(run_dir):
@@ -22,7 +21,7 @@ def _losses(run_dir):
 
 
 @pytest.mark.parametrize("objective", ["causal", "masked", "any-order"])
-def test_resume_is_bitwise_exact(tiny_corpus, tmp_path, objective):
+def test_resume_is_bitwise_exact(tiny_overrides, tiny_corpus, tmp_path, objective):
     cfg = resolve(None, None, tiny_overrides(tiny_corpus, steps=6, extra=["train.grad_accum=2",
                                                                           f"train.objective={objective}"]))
     full, _ = train(cfg, tmp_path / "full", progress=False, log=lambda *a: None)
@@ -39,7 +38,7 @@ def test_resume_is_bitwise_exact(tiny_corpus, tmp_path, objective):
     assert len(_losses(full.path)) == 6
 
 
-def test_corrupted_latest_checkpoint_is_skipped(tiny_corpus, tmp_path):
+def test_corrupted_latest_checkpoint_is_skipped(tiny_overrides, tiny_corpus, tmp_path):
     cfg = resolve(None, None, tiny_overrides(tiny_corpus, steps=6))
     run, _ = train(cfg, tmp_path / "r", progress=False, log=lambda *a: None)
     cks = checkpoint.list_checkpoints(run.path)
@@ -85,7 +84,7 @@ def test_weight_decay_only_on_matrices():
     assert opt.defaults["betas"] == (0.9, 0.95)
 
 
-def test_ctrl_c_writes_checkpoint_and_resume_matches(tiny_corpus, tmp_path):
+def test_ctrl_c_writes_checkpoint_and_resume_matches(tiny_overrides, tiny_corpus, tmp_path):
     """A real process gets SIGINT mid-run, saves, exits 130; resuming gives the uninterrupted losses."""
     steps = 400
     args = [f"--set={o}" for o in tiny_overrides(tiny_corpus, steps=steps, extra=["train.ckpt_every=1000",

@@ -17,7 +17,6 @@ from genlab.cli import main
 from genlab.config import resolve
 from genlab.train import checkpoint
 from genlab.train.trainer import train
-from conftest import tiny_overrides
 
 STEPS = 20
 ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
@@ -26,10 +25,17 @@ QUIET = dict(progress=False, log=lambda *a, **k: None)
 pytestmark = pytest.mark.usefixtures("one_thread")  # conftest.py: tiny shapes, 1 thread
 
 
-def _overrides(corpus, extra=()):
-    return tiny_overrides(corpus, steps=STEPS, extra=["train.batch_rows=2", "train.grad_accum=2", "train.ckpt_every=10",
-                                                      "train.keep_ckpts=3", "train.eval_every=1000",
-                                                      "train.peak_flops=1e12", "train.device=cpu", *extra])
+@pytest.fixture(scope="module")
+def overrides(tiny_overrides):
+    """`overrides(corpus, extra=())`: the tiny run of this module (STEPS steps, 2 rows x 2 micro-batches)."""
+
+    def make(corpus, extra=()):
+        return tiny_overrides(corpus, steps=STEPS, extra=["train.batch_rows=2", "train.grad_accum=2",
+                                                          "train.ckpt_every=10", "train.keep_ckpts=3",
+                                                          "train.eval_every=1000", "train.peak_flops=1e12",
+                                                          "train.device=cpu", *extra])
+
+    return make
 
 
 def _losses(run_dir):
@@ -50,23 +56,23 @@ def _close(a, b, tol=1e-5):
 
 
 @pytest.fixture(scope="module")
-def runs(tmp_path_factory):
+def runs(tmp_path_factory, overrides):
     """The 1-process reference (in this process) and a 2-process run through `genlab train --nproc 2`."""
     root = tmp_path_factory.mktemp("ddp")
     texts = [f"document {i}: " + "the quick brown fox jumps over the lazy dog. " * (1 + i % 5) for i in range(40)]
     corpus = root / "corpus.jsonl"
     corpus.write_text("".join(json.dumps({"text": t}) + "\n" for t in texts))
-    single, _ = train(resolve(None, None, _overrides(corpus)), root / "single", **QUIET)
-    _nproc(2, "--out", str(root / "two"), *[f"--set={o}" for o in _overrides(corpus)])
+    single, _ = train(resolve(None, None, overrides(corpus)), root / "single", **QUIET)
+    _nproc(2, "--out", str(root / "two"), *[f"--set={o}" for o in overrides(corpus)])
     return corpus, single.path, root / "two"
 
 
-def test_two_process_gloo_equals_single_process(runs):
+def test_two_process_gloo_equals_single_process(runs, overrides):
     corpus, single, two = runs
     _close(_losses(two), _losses(single))
     assert json.loads((two / "run.json").read_text())["status"] == "finished"
     # a different global batch (one micro-batch per step) does differ: the comparison can fail
-    other, _ = train(resolve(None, None, _overrides(corpus, ["train.grad_accum=1", "train.steps=3"])),
+    other, _ = train(resolve(None, None, overrides(corpus, ["train.grad_accum=1", "train.steps=3"])),
                      two.parent / "other", **QUIET)
     assert abs(_losses(other.path)[1][1] - _losses(single)[1][1]) > 1e-3
 
@@ -80,7 +86,7 @@ def test_ddp_checkpoint_resumes_on_one_process(runs, tmp_path):
     _close(_losses(dst), _losses(single))
 
 
-def test_nproc_bad_input_is_one_line(tiny_corpus, tmp_path, capsys):
+def test_nproc_bad_input_is_one_line(tiny_overrides, tiny_corpus, tmp_path, capsys):
     sets = [f"--set={o}" for o in tiny_overrides(tiny_corpus, extra=["train.grad_accum=3"])]
     assert main(["train", "--nproc", "2", "--out", str(tmp_path / "r"), *sets]) == 2
     err = capsys.readouterr().err.strip()
@@ -126,7 +132,7 @@ def test_fsdp2_resume_1_to_2_sharded_checkpoints_2_to_1_and_consolidation(runs, 
     assert checkpoint.latest_valid(fsdp, warn=lambda m: None).name == "step_00000010"  # 15 is skipped
 
 
-def test_ctrl_c_under_torchrun_stops_every_rank_at_one_step_with_a_checkpoint(tiny_corpus, tmp_path):
+def test_ctrl_c_under_torchrun_stops_every_rank_at_one_step_with_a_checkpoint(overrides, tiny_corpus, tmp_path):
     """A terminal Ctrl-C reaches the whole process group (genlab, torchrun, both workers; torchrun
     forwards it to the workers once more): both ranks stop after the same step, a complete
     checkpoint of that step is written, the exit status is 130 without a traceback, and the run
@@ -135,7 +141,7 @@ def test_ctrl_c_under_torchrun_stops_every_rank_at_one_step_with_a_checkpoint(ti
     import time
 
     out = tmp_path / "run"
-    sets = [f"--set={o}" for o in _overrides(tiny_corpus)] + ["--set=train.steps=100000", "--set=train.ckpt_every=100000"]
+    sets = [f"--set={o}" for o in overrides(tiny_corpus)] + ["--set=train.steps=100000", "--set=train.ckpt_every=100000"]
     proc = subprocess.Popen([sys.executable, "-m", "genlab", "train", "--no-progress", "--nproc", "2", "--out", str(out),
                              *sets], stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=ENV, start_new_session=True)
     metrics = out / "metrics.jsonl"
@@ -160,7 +166,7 @@ def test_ctrl_c_under_torchrun_stops_every_rank_at_one_step_with_a_checkpoint(ti
     assert [s for s, _ in _losses(out)][-3:] == [stopped, stopped + 1, stopped + 2]
 
 
-def test_fsdp2_early_stopping_saves_the_best_whole_model(tiny_corpus, tmp_path):
+def test_fsdp2_early_stopping_saves_the_best_whole_model(overrides, tiny_corpus, tmp_path):
     """FSDP2 + train.early_stop_patience: the best weights go to RUN/best/ as one whole-model
     checkpoint (gathered from the shards by every rank, written by rank 0); `genlab eval`'s loader
     picks them, and they reproduce the best val_loss that metrics.jsonl recorded."""
@@ -168,7 +174,7 @@ def test_fsdp2_early_stopping_saves_the_best_whole_model(tiny_corpus, tmp_path):
     from genlab.train.rundir import BEST_DIR
 
     out = tmp_path / "run"
-    _nproc(2, "--out", str(out), *[f"--set={o}" for o in _overrides(tiny_corpus, ["train.parallel=fsdp",
+    _nproc(2, "--out", str(out), *[f"--set={o}" for o in overrides(tiny_corpus, ["train.parallel=fsdp",
                                                                                    "train.eval_every=4",
                                                                                    "train.early_stop_patience=2"])])
     recs = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]

@@ -8,7 +8,6 @@ import sys
 import pytest
 
 from genlab.cli import main
-from conftest import tiny_overrides
 
 
 def _run(capsys, argv):
@@ -112,7 +111,7 @@ def test_nonexistent_run_dir(capsys, tmp_path, cmd):
 
 
 @pytest.fixture(scope="module")
-def trained_run(tmp_path_factory):
+def trained_run(tmp_path_factory, tiny_overrides):
     import tempfile
     from pathlib import Path
 

@@ -63,8 +63,7 @@ def test_hf_to_genlab_same_logits(tmp_path, yarn, q_lora_rank):
         assert torch.allclose(genlab_logits(model2, ids), got, atol=1e-6)
 
 
-def test_genlab_export_loads_in_transformers_with_same_logits(tmp_path, tiny_corpus):
-    from conftest import tiny_overrides
+def test_genlab_export_loads_in_transformers_with_same_logits(tiny_overrides, tmp_path, tiny_corpus):
     from genlab.cli import main
     from genlab.config import resolve
     from genlab.interop.hf import from_pretrained
