@@ -28,10 +28,15 @@ def test_bench_density_quick(tmp_path, monkeypatch, npz16):
     for m in r["models"]:  # 64 binary pixels: better than uniform (64 ln 2 nats) after 4 steps
         assert 0 < m["test_nll"] < 64 * np.log(2), m["model"]
     nll = {m["model"]: m["test_nll"] for m in r["models"]}
-    assert r["margins"] == pytest.approx({f"{w}_minus_mixture_nats": nll[density.MIXTURE] - nll[w]
-                                          for w in ("nade", "made")})
-    assert [(u["dataset"], u["paper_nll"]) for u in r["uci"]] == [("adult", 13.19), ("adult", 13.12),
-                                                                  ("dna", 84.81), ("dna", 79.66)]
+    assert r["margins"] == pytest.approx(
+        {f"{w}_minus_mixture_nats": nll[density.MIXTURE] - nll[w] for w in ("nade", "made")}
+    )
+    assert [(u["dataset"], u["paper_nll"]) for u in r["uci"]] == [
+        ("adult", 13.19),
+        ("adult", 13.12),
+        ("dna", 84.81),
+        ("dna", 79.66),
+    ]
     assert "model.hidden_activation=tanh" in r["uci"][1]["overrides"]  # MADE on adult
     assert not any("tanh" in o for o in r["uci"][3]["overrides"])  # MADE on dna: the preset as is
     for u in r["uci"]:  # the 16-dim stand-in: better than uniform (16 ln 2 nats), and `reached` says so

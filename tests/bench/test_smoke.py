@@ -84,6 +84,7 @@ def test_bench_moe_quick():
     assert bal["aux_free"]["val_loss"] != bal["none"]["val_loss"]
 
 
+@pytest.mark.slow
 def test_bench_attention_quick_times_and_memory_from_separate_processes():
     import json
 
@@ -106,6 +107,7 @@ def test_bench_attention_quick_times_and_memory_from_separate_processes():
     assert by["naive", 512]["peak_fwd_mib"] > by["naive", 256]["peak_fwd_mib"] + 2
 
 
+@pytest.mark.slow
 def test_bench_checkpoint_quick():
     """`genlab bench checkpoint --quick`: every policy measured (memory and interleaved time), full
     keeps the least, and the per-block accounting shows selective keeping less than none."""

@@ -39,13 +39,29 @@ def test_preset_resolves_validates_and_round_trips_through_toml(name, tmp_path):
     assert type(back.model) is type(cfg.model)
 
 
-NASTY = 'a "quoted" path\\with\\backslashes\nand a newline\tand a tab, \'single\' too, ünïcödé 🎉'
+NASTY = "a \"quoted\" path\\with\\backslashes\nand a newline\tand a tab, 'single' too, ünïcödé 🎉"
 NON_DEFAULT = {  # an lm run with non-default values of every type
     "data": {"path": NASTY, "val_fraction": 0.125, "tokenizer": "byte", "packing_length": 96},
-    "model": {"d_model": 48, "n_head": 6, "n_kv_head": 3, "tie_embeddings": True, "rope_theta": 5e5,
-              "norm_eps": 1e-6, "attn_backend": "flash", "init_std": 0.01},
-    "train": {"steps": 12, "lr": 3.5e-4, "schedule": "cosine", "grad_clip": 0.5, "seed": 7, "warmup_steps": 0,
-              "activation_checkpointing": "every:2", "min_lr_ratio": 0.0},
+    "model": {
+        "d_model": 48,
+        "n_head": 6,
+        "n_kv_head": 3,
+        "tie_embeddings": True,
+        "rope_theta": 5e5,
+        "norm_eps": 1e-6,
+        "attn_backend": "flash",
+        "init_std": 0.01,
+    },
+    "train": {
+        "steps": 12,
+        "lr": 3.5e-4,
+        "schedule": "cosine",
+        "grad_clip": 0.5,
+        "seed": 7,
+        "warmup_steps": 0,
+        "activation_checkpointing": "every:2",
+        "min_lr_ratio": 0.0,
+    },
 }
 
 

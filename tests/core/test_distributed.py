@@ -67,6 +67,7 @@ def runs(tmp_path_factory, overrides):
     return corpus, single.path, root / "two"
 
 
+@pytest.mark.slow
 def test_two_process_gloo_equals_single_process(runs, overrides):
     corpus, single, two = runs
     _close(_losses(two), _losses(single))
@@ -77,6 +78,7 @@ def test_two_process_gloo_equals_single_process(runs, overrides):
     assert abs(_losses(other.path)[1][1] - _losses(single)[1][1]) > 1e-3
 
 
+@pytest.mark.slow
 def test_ddp_checkpoint_resumes_on_one_process(runs, tmp_path):
     corpus, single, two = runs
     dst = tmp_path / "two_to_one"
@@ -97,6 +99,7 @@ def test_nproc_bad_input_is_one_line(tiny_overrides, tiny_corpus, tmp_path, caps
     assert main(["train", "--nproc", "0", "--out", str(tmp_path / "r")]) == 2
 
 
+@pytest.mark.slow
 def test_fsdp2_resume_1_to_2_sharded_checkpoints_2_to_1_and_consolidation(runs, tmp_path):
     """The 1-process run's whole checkpoint of step 10 resumes as FSDP2 (fully_shard per block) on 2 gloo
     ranks with the same losses; its sharded dcp/ checkpoints (steps 15, 20) resume on 1 process; the
@@ -132,6 +135,7 @@ def test_fsdp2_resume_1_to_2_sharded_checkpoints_2_to_1_and_consolidation(runs, 
     assert checkpoint.latest_valid(fsdp, warn=lambda m: None).name == "step_00000010"  # 15 is skipped
 
 
+@pytest.mark.slow
 def test_ctrl_c_under_torchrun_stops_every_rank_at_one_step_with_a_checkpoint(overrides, tiny_corpus, tmp_path):
     """A terminal Ctrl-C reaches the whole process group (genlab, torchrun, both workers; torchrun
     forwards it to the workers once more): both ranks stop after the same step, a complete
@@ -166,6 +170,7 @@ def test_ctrl_c_under_torchrun_stops_every_rank_at_one_step_with_a_checkpoint(ov
     assert [s for s, _ in _losses(out)][-3:] == [stopped, stopped + 1, stopped + 2]
 
 
+@pytest.mark.slow
 def test_fsdp2_early_stopping_saves_the_best_whole_model(overrides, tiny_corpus, tmp_path):
     """FSDP2 + train.early_stop_patience: the best weights go to RUN/best/ as one whole-model
     checkpoint (gathered from the shards by every rank, written by rank 0); `genlab eval`'s loader

@@ -146,6 +146,7 @@ def test_conversion_keeps_head_embedding_router_in_high_precision():
     assert list(model.state_dict()) == keys  # checkpoints are unchanged
 
 
+@pytest.mark.slow
 def test_fp8_training_tracks_fp32():
     """The tiny MoE model (deepseek-tiny, shrunk: MLA + 8 experts top-2) for 200 steps from the same
     weights on the same data (a bigram source, ~1.98 nats entropy): final loss within 2% of fp32."""

@@ -95,6 +95,7 @@ def _losses(run_dir):
     return [(r["step"], r["loss"]) for r in _records(run_dir)]
 
 
+@pytest.mark.slow
 def test_sigkill_in_a_checkpoint_write_and_mid_run_then_resume(overrides, tiny_corpus, tmp_path):
     """Killed inside the write of step 12 (fault hook), resumed, killed again mid-run (leaving a cut
     metrics line), resumed again: the losses are those of an uninterrupted run."""

@@ -50,6 +50,7 @@ def _refused(r, path: Path, pid: int):
                      "wait for it to finish or stop it"]
 
 
+@pytest.mark.slow
 def test_resume_of_a_run_in_use_is_refused_then_a_dead_holders_lock_is_taken_over(tiny_corpus, tmp_path):
     run, _ = train(resolve(None, None, _sets(tiny_corpus)), tmp_path / "run", **QUIET)
     assert not (run.path / ".lock").exists()  # released at the end of the run

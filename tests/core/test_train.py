@@ -84,6 +84,7 @@ def test_weight_decay_only_on_matrices():
     assert opt.defaults["betas"] == (0.9, 0.95)
 
 
+@pytest.mark.slow
 def test_ctrl_c_writes_checkpoint_and_resume_matches(tiny_overrides, tiny_corpus, tmp_path):
     """A real process gets SIGINT mid-run, saves, exits 130; resuming gives the uninterrupted losses."""
     steps = 400

@@ -276,6 +276,7 @@ def _cli(*args):
     return subprocess.run([sys.executable, "-m", "genlab", *map(str, args)], capture_output=True, text=True)
 
 
+@pytest.mark.slow
 def test_cli_infill_and_its_errors(tiny_overrides, tiny_corpus, tmp_path):
     sets = [x for o in tiny_overrides(tiny_corpus, steps=3) for x in ("--set", o)]
     r = _cli("train", "--no-progress", "--out", tmp_path / "m", *sets, "--set", "train.objective=masked")
