@@ -127,6 +127,68 @@ def _add_scaling_parsers(sub) -> None:
     ft.add_argument("--json", action="store_true")
 
 
+def _unit_fraction(s: str) -> float:
+    v = _nonneg_float(s)
+    if v > 0.5:
+        raise argparse.ArgumentTypeError(f"{s!r} must be between 0 and 0.5")
+    return v
+
+
+def _add_data_parsers(sub) -> None:
+    """genlab prepare / data stats (genlab.data.shards, genlab.data.stats; see docs/data-format.md)."""
+    pp = sub.add_parser(
+        "prepare",
+        help="tokenize corpora once into memory-mapped shards (a DATA_DIR for data.path); resumable",
+        description="Tokenize SRC... into DATA_DIR: token-id shards, document index, manifest.json "
+        "(docs/data-format.md). Re-running the same command continues an interrupted prepare.",
+    )
+    pp.add_argument(
+        "sources",
+        nargs="+",
+        metavar="SRC",
+        help="a .txt/.md/.py file, .jsonl(.gz/.zst), .parquet, a Hugging Face save_to_disk directory, "
+        "a directory of these, or 'embedded' (the embedded corpus)",
+    )
+    pp.add_argument("--out", required=True, metavar="DATA_DIR", help="output directory (new, or this command's)")
+    pp.add_argument(
+        "--tokenizer",
+        metavar="PATH",
+        help="a tokenizer.json, a directory holding one (Hugging Face model dir, genlab run dir), or 'byte' "
+        "(default: train byte-level BPE)",
+    )
+    pp.add_argument(
+        "--vocab-size",
+        type=_positive_int,
+        metavar="N",
+        help="vocabulary of the BPE trained on a bounded sample of the training documents (default 2048)",
+    )
+    pp.add_argument("--text-field", default="text", metavar="NAME", help="jsonl field / column of the text")
+    pp.add_argument(
+        "--workers", type=_positive_int, metavar="N", help="tokenizer processes (default: the number of CPUs)"
+    )
+    pp.add_argument(
+        "--val-fraction",
+        type=_unit_fraction,
+        default=0.05,
+        metavar="F",
+        help="share of documents in the validation split, chosen by a hash of their text (default 0.05)",
+    )
+    pp.add_argument("--shard-tokens", type=_positive_int, metavar="N", help="tokens per training shard (default 2^26)")
+    pp.add_argument("--no-progress", action="store_true", help="no live progress bar")
+
+    d = sub.add_parser("data", help="inspect a prepared DATA_DIR")
+    dsub = d.add_subparsers(dest="data_cmd", required=True, parser_class=_Parser)
+    ds = dsub.add_parser(
+        "stats", help="documents, tokens, bytes per token, splits, per-source shares, a length histogram PNG"
+    )
+    ds.add_argument("data_dir", metavar="DATA_DIR")
+    ds.add_argument("--json", action="store_true", help="print the statistics as one JSON object")
+    ds.add_argument(
+        "--verify", action="store_true", help="also check every shard's SHA-256 against the manifest (reads all)"
+    )
+    ds.add_argument("--out", metavar="PNG", help="the length histogram (default DATA_DIR/length_hist.png)")
+
+
 def _bench_names() -> list[str]:
     """Every public module in genlab/bench/ is a benchmark with a run(); common.py holds helpers and
     _*.py are exploration scripts (`python -m genlab.bench._NAME`)."""
@@ -237,6 +299,7 @@ def build_parser() -> argparse.ArgumentParser:
     dt.add_argument("--json", action="store_true", help="one JSON object per frame (JSON lines)")
     dt.add_argument("--out", help="also write the (frames, classes) scores to this .npy or .csv file")
 
+    _add_data_parsers(sub)
     _add_scaling_parsers(sub)
 
     b = sub.add_parser("bench", help="benchmarks (see docs/benchmarks.md)")

@@ -13,6 +13,8 @@ from pathlib import Path
 import numpy as np
 
 from genlab import config as C
+from genlab.data.shards import PrepareSpec, prepare, read_manifest
+from genlab.data.stats import HIST_PNG, data_stats, format_stats, plot_lengths
 from genlab.errors import GenlabError
 from genlab.families.detection.features import load_feature_file
 from genlab.families.detection.stream import StreamingDetector, load_detector
@@ -261,6 +263,78 @@ def cmd_export(args) -> int:
 
 def cmd_import(args) -> int:
     _print(f"imported {args.hf_dir} -> run dir {import_hf(args.hf_dir, args.out)}")
+    return 0
+
+
+# ---------------------------------------------------------------------------- prepare, data stats
+def cmd_prepare(args) -> int:
+    if args.tokenizer and args.vocab_size:
+        raise GenlabError("--vocab-size sizes the BPE that genlab trains; with --tokenizer it does not apply")
+    default = PrepareSpec(sources=())
+    spec = PrepareSpec(
+        sources=tuple(args.sources),
+        tokenizer=args.tokenizer or "",
+        vocab_size=args.vocab_size or default.vocab_size,
+        text_field=args.text_field,
+        val_fraction=args.val_fraction,
+        shard_tokens=args.shard_tokens or default.shard_tokens,
+    )
+    workers = args.workers or os.cpu_count() or 2
+    out = Path(args.out)
+    before = _bytes_prepared(out)
+    t0 = time.perf_counter()
+    try:
+        prepare(spec, out, workers=workers, progress=not args.no_progress, log=_print)
+    except KeyboardInterrupt:
+        _print(
+            f"interrupted: finished chunks are kept in {out}; run the same command again to continue",
+            file=sys.stderr,
+        )
+        raise
+    seconds = time.perf_counter() - t0
+    m = read_manifest(out)
+    c, tok = m["counts"], m["tokenizer"]
+    done = c["bytes"] - before
+    n_src = len(m["sources"])
+    _print(
+        f"prepared {out}: {c['documents']:,} documents ({c['train_documents']:,} train, {c['val_documents']:,} "
+        f"validation) from {n_src} source{'s' * (n_src != 1)}, {c['tokens']:,} tokens "
+        f"({c['bytes'] / max(1, c['tokens']):.2f} bytes per token; {tok['kind']} tokenizer, vocabulary "
+        f"{tok['vocab_size']:,}, {m['dtype']}) in {len(m['shards'])} shards; "
+        + (
+            f"{_size(done)} of text tokenized in {seconds:.1f} s ({done / 1e6 / max(seconds, 1e-9):,.1f} MB/s, "
+            f"{workers} worker{'s' * (workers != 1)})"
+            + (f", continuing after {_size(before)} prepared before" if before else "")
+            if done
+            else f"already prepared, nothing to do ({seconds:.1f} s)"
+        )
+        + f". Train on it with --set data.path={out}; inspect it with `genlab data stats {out}`."
+    )
+    return 0
+
+
+def _size(n: int) -> str:
+    return f"{n / 1e6:,.1f} MB" if n >= 1e5 else f"{n / 1e3:,.1f} kB"
+
+
+def _bytes_prepared(out: Path) -> int:
+    """Text bytes already in finished shards of `out` (a complete DATA_DIR: all of them)."""
+    try:
+        m = read_manifest(out, allow_incomplete=True)
+    except GenlabError:  # none there yet, or not a manifest: prepare() says what is wrong
+        return 0
+    return sum(sh.get("bytes", 0) for sh in m.get("shards", []))
+
+
+def cmd_data(args) -> int:
+    """genlab data stats DATA_DIR: counts, shares and a document-length histogram."""
+    stats = data_stats(args.data_dir, verify="full" if args.verify else "size")
+    stats["plot"] = str(plot_lengths(stats, args.out or Path(args.data_dir) / HIST_PNG))
+    if args.json:
+        _print(json.dumps(stats))
+    else:
+        _print(format_stats(stats))
+        _print(f"length histogram: {stats['plot']}")
     return 0
 
 
