@@ -31,6 +31,7 @@ def _finished_shards(out) -> int:
         return 0
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGKILL])
 def test_killed_prepare_resumes_to_the_same_shards(tmp_path, sig):
     docs = make_docs(400, seed=3)
