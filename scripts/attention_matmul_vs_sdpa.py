@@ -32,7 +32,7 @@ def sdpa():
 
 
 def matmul():
-    s = (q @ k.transpose(-1, -2)) * D ** -0.5
+    s = (q @ k.transpose(-1, -2)) * D**-0.5
     torch.softmax(s.masked_fill(~allowed, float("-inf")), -1).matmul(v).backward(grad)
 
 

@@ -22,8 +22,12 @@ def tiny_corpus(tmp_path):
     """A small .jsonl corpus with CJK and emoji, enough documents for a split."""
     import json
 
-    texts = [f"document {i}: " + ("the quick brown fox jumps over the lazy dog. " * (1 + i % 5))
-             + ("日本語のテキスト 🎉 " if i % 3 == 0 else "") for i in range(40)]
+    texts = [
+        f"document {i}: "
+        + ("the quick brown fox jumps over the lazy dog. " * (1 + i % 5))
+        + ("日本語のテキスト 🎉 " if i % 3 == 0 else "")
+        for i in range(40)
+    ]
     p = tmp_path / "corpus.jsonl"
     p.write_text("".join(json.dumps({"text": t}, ensure_ascii=False) + "\n" for t in texts), encoding="utf-8")
     return p
@@ -33,7 +37,7 @@ def tiny_corpus(tmp_path):
 def npz16(tmp_path):
     """A MADE-format .npz of 16-dim rows (4 x 4 images) with structure: two prototypes plus noise."""
     rng = np.random.RandomState(0)
-    protos = (rng.rand(2, 16) < 0.5)
+    protos = rng.rand(2, 16) < 0.5
 
     def make(n):
         x = protos[rng.randint(2, size=n)] ^ (rng.rand(n, 16) < 0.05)
@@ -46,10 +50,24 @@ def npz16(tmp_path):
 
 def _tiny_overrides(path, steps=6, extra=()):
     gqa = [] if "model.arch=deepseek" in extra else ["model.n_kv_head=2"]  # a dense-Transformer key
-    return [f"data.path={path}", "data.tokenizer=byte", "data.packing_length=64", "model.d_model=32",
-            "model.n_layer=2", "model.n_head=4", *gqa, f"train.steps={steps}", "train.batch_rows=4",
-            "train.log_every=1", "train.eval_every=3", "train.eval_batches=2", "train.ckpt_every=3",
-            "train.warmup_steps=2", "train.lr=3e-3", *extra]
+    return [
+        f"data.path={path}",
+        "data.tokenizer=byte",
+        "data.packing_length=64",
+        "model.d_model=32",
+        "model.n_layer=2",
+        "model.n_head=4",
+        *gqa,
+        f"train.steps={steps}",
+        "train.batch_rows=4",
+        "train.log_every=1",
+        "train.eval_every=3",
+        "train.eval_batches=2",
+        "train.ckpt_every=3",
+        "train.warmup_steps=2",
+        "train.lr=3e-3",
+        *extra,
+    ]
 
 
 @pytest.fixture(scope="session")

@@ -14,8 +14,20 @@ def test_bench_train_quick():
     threads = torch.get_num_threads()
     r = train.run(quick=True)
     assert torch.get_num_threads() == threads  # restored
-    for key in ("machine", "shape", "optimizer", "flops_per_token", "peak", "equivalence", "results",
-                "ratio_genlab_vs_hf", "target_ratio", "target_met", "ratio_paired_median", "ratio_cpu_time"):
+    for key in (
+        "machine",
+        "shape",
+        "optimizer",
+        "flops_per_token",
+        "peak",
+        "equivalence",
+        "results",
+        "ratio_genlab_vs_hf",
+        "target_ratio",
+        "target_met",
+        "ratio_paired_median",
+        "ratio_cpu_time",
+    ):
         assert key in r, key
     assert {"cpu", "torch", "date", "threads"} <= set(r["machine"])
     assert set(r["results"]) == {"genlab", "hf", "genlab_packed"}
@@ -28,8 +40,9 @@ def test_bench_train_quick():
     for key in ("ratio_genlab_vs_hf", "ratio_paired_median", "ratio_cpu_time"):  # values, not speed claims
         assert math.isfinite(r[key]) and r[key] > 0, key
     assert r["target_met"] == (r["ratio_genlab_vs_hf"] >= r["target_ratio"])
-    assert r["ratio_genlab_vs_hf"] == pytest.approx(r["results"]["genlab"]["tokens_per_s"]
-                                                    / r["results"]["hf"]["tokens_per_s"])
+    assert r["ratio_genlab_vs_hf"] == pytest.approx(
+        r["results"]["genlab"]["tokens_per_s"] / r["results"]["hf"]["tokens_per_s"]
+    )
     assert r["peak"]["peak_gflops"] >= r["peak"]["weighted_gflops"] > 0
     # the two models compute the same function from the same weights, and train alike
     assert r["equivalence"]["ok"]
@@ -92,8 +105,9 @@ def test_bench_attention_quick_times_and_memory_from_separate_processes():
 
     r = attention.run(quick=True)
     json.dumps(r)
-    assert {(x["backend"], x["n"]) for x in r["results"]} == {(b, n) for b in ("naive", "flash", "sdpa")
-                                                              for n in (256, 512)}
+    assert {(x["backend"], x["n"]) for x in r["results"]} == {
+        (b, n) for b in ("naive", "flash", "sdpa") for n in (256, 512)
+    }
     for x in r["results"]:
         assert "error" not in x, x
         assert x["fwd_bwd_s"] >= x["fwd_s"] > 0

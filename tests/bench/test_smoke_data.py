@@ -14,8 +14,17 @@ def test_bench_packing_quick():
     r = packing.run(quick=True)
     assert torch.get_num_threads() == threads  # the thread setting is restored
     json.dumps(r)  # JSON-able
-    for key in ("benchmark", "machine", "config", "corpus", "modes", "ratio_real_tokens_per_s", "targets",
-                "best_fit_decreasing", "embedded_corpus"):
+    for key in (
+        "benchmark",
+        "machine",
+        "config",
+        "corpus",
+        "modes",
+        "ratio_real_tokens_per_s",
+        "targets",
+        "best_fit_decreasing",
+        "embedded_corpus",
+    ):
         assert key in r
     assert {"torch", "date"} <= set(r["machine"])
     pk, pd = r["modes"]["packed"], r["modes"]["padded"]
@@ -50,8 +59,8 @@ def test_skewed_corpus_deterministic_and_skewed():
 
 
 def test_match_width_formula_and_tolerance():
-    from genlab.families.lm.args import LMArgs
     from genlab.families import build_lm
+    from genlab.families.lm.args import LMArgs
     from genlab.families.lm.model import count_params
 
     target = 3_344_384

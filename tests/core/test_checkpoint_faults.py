@@ -21,10 +21,24 @@ STEPS, FAULT_STEP = 12, 8
 
 
 def _sets(corpus):
-    return [f"--set={s}" for s in (
-        f"data.path={corpus}", "data.tokenizer=byte", "data.packing_length=64", "model.d_model=32",
-        "model.n_layer=2", "model.n_head=4", "model.n_kv_head=2", f"train.steps={STEPS}", "train.batch_rows=4",
-        "train.log_every=1", "train.eval_every=1000", "train.ckpt_every=4", "train.warmup_steps=2")]
+    return [
+        f"--set={s}"
+        for s in (
+            f"data.path={corpus}",
+            "data.tokenizer=byte",
+            "data.packing_length=64",
+            "model.d_model=32",
+            "model.n_layer=2",
+            "model.n_head=4",
+            "model.n_kv_head=2",
+            f"train.steps={STEPS}",
+            "train.batch_rows=4",
+            "train.log_every=1",
+            "train.eval_every=1000",
+            "train.ckpt_every=4",
+            "train.warmup_steps=2",
+        )
+    ]
 
 
 def _disk_error(monkeypatch, code: int, step: int):
@@ -47,9 +61,11 @@ def test_write_error_in_a_checkpoint_then_resume_exactly(tiny_corpus, tmp_path, 
         _disk_error(m, code, FAULT_STEP)
         assert cli.main(["train", "--no-progress", "--out", str(out), *_sets(tiny_corpus)]) == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert err == [f"genlab: error: checkpoint step {FAULT_STEP} could not be written to {out / 'checkpoints'}: "
-                   f"{os.strerror(code)}; the last complete checkpoint (step 4) is intact; free space and run "
-                   f"`genlab train --out {out} --resume`"]
+    assert err == [
+        f"genlab: error: checkpoint step {FAULT_STEP} could not be written to {out / 'checkpoints'}: "
+        f"{os.strerror(code)}; the last complete checkpoint (step 4) is intact; free space and run "
+        f"`genlab train --out {out} --resume`"
+    ]
     assert [p.name for p in (out / "checkpoints").iterdir()] == ["step_00000004"]  # no .tmp left
     assert checkpoint.verify(out / "checkpoints" / "step_00000004") is None
     assert RunDir(out).status() | {"time": None} == {"status": "failed", "step": FAULT_STEP, "time": None}
@@ -67,8 +83,11 @@ def test_write_error_in_a_checkpoint_then_resume_exactly(tiny_corpus, tmp_path, 
 def test_staging_failure_keeps_earlier_checkpoints(tmp_path):
     model = torch.nn.Linear(3, 2)
     checkpoint.save(tmp_path, 1, model, {"step": 1}, keep=2)
-    with pytest.raises(GenlabError, match=r"checkpoint step 2 could not be written to .*: Input/output error; "
-                                          r"the last complete checkpoint \(step 1\) is intact"):
+    with pytest.raises(
+        GenlabError,
+        match=r"checkpoint step 2 could not be written to .*: Input/output error; "
+        r"the last complete checkpoint \(step 1\) is intact",
+    ):
         with checkpoint.staging(tmp_path, 2, keep=2) as tmp:
             (tmp / "model.safetensors").write_bytes(b"x")
             raise OSError(errno.EIO, os.strerror(errno.EIO))

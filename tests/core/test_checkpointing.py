@@ -8,7 +8,8 @@ import pytest
 import torch
 import torch.nn as nn
 
-from genlab.config import RunConfig, apply_overrides, preset as preset_config
+from genlab.config import RunConfig, apply_overrides
+from genlab.config import preset as preset_config
 from genlab.errors import GenlabError
 from genlab.families import build_lm
 from genlab.ops import recompute
@@ -40,16 +41,18 @@ def _grads(model, policy):
     h = m(ids, pos, cu, mx)
     loss = torch.nn.functional.cross_entropy(m.head(h), ids.roll(-1))
     if hasattr(m, "aux_loss"):  # MoE balance loss and the MTP loss (through MTP blocks outside m.blocks)
-        extra = m.aux_loss(SimpleNamespace(input_ids=ids, targets=ids.roll(-1), cu_seqlens=cu, position_ids=pos,
-                                           max_seqlen=mx), h)
+        extra = m.aux_loss(
+            SimpleNamespace(input_ids=ids, targets=ids.roll(-1), cu_seqlens=cu, position_ids=pos, max_seqlen=mx), h
+        )
         loss = loss + (extra if extra is not None else 0)
     loss.backward()
     return m, {n: p.grad for n, p in m.named_parameters() if p.grad is not None}
 
 
-@pytest.mark.parametrize("preset,extra", [("lm-tiny", ()),
-                                          ("deepseek-tiny", ("model.n_layer=2", "model.balance=seq_aux",
-                                                             "model.balance_alpha=0.01"))])
+@pytest.mark.parametrize(
+    "preset,extra",
+    [("lm-tiny", ()), ("deepseek-tiny", ("model.n_layer=2", "model.balance=seq_aux", "model.balance_alpha=0.01"))],
+)
 def test_every_policy_gives_the_gradients_of_none(preset, extra):
     model = _lm(preset, extra)
     ref_model, ref = _grads(model, "none")
@@ -148,6 +151,7 @@ def test_selective_keeps_projections_and_rebuilds_norms_activations_rope_router(
             elif r.untyped_storage().data_ptr() not in weights:
                 kept[r.untyped_storage().data_ptr()] = r.untyped_storage().nbytes()
             return r
+
         monkeypatch.setattr(recompute, "_pack", pack)
         hooks = torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t) if policy == "none" else None
         if hooks:
@@ -167,7 +171,11 @@ def test_selective_keeps_projections_and_rebuilds_norms_activations_rope_router(
     inner_total = sum(kept.values())
     assert inner_total < 0.75 * sum(kept_none.values()), (inner_total, sum(kept_none.values()))
     h.sum().backward()
-    left = [(r.entry.fn, r.entry.pending, r.entry.cache is None) for r in recipes if r.entry.pending or r.entry.cache is not None]
+    left = [
+        (r.entry.fn, r.entry.pending, r.entry.cache is None)
+        for r in recipes
+        if r.entry.pending or r.entry.cache is not None
+    ]
     assert not left, left  # all used, nothing held
 
 
@@ -226,8 +234,15 @@ def test_trainer_applies_policy_precision_and_flash_backend(tiny_corpus, tiny_ov
     from genlab.ops.fp8 import FP8Linear
     from genlab.train.trainer import prepare_training
 
-    cfg = resolve(None, None, tiny_overrides(tiny_corpus, steps=2, extra=[
-        "train.activation_checkpointing=selective", "train.precision=fp8", "model.attn_backend=flash"]))
+    cfg = resolve(
+        None,
+        None,
+        tiny_overrides(
+            tiny_corpus,
+            steps=2,
+            extra=["train.activation_checkpointing=selective", "train.precision=fp8", "model.attn_backend=flash"],
+        ),
+    )
     run, trainer = prepare_training(cfg, tmp_path / "run", progress=False, log=lambda *a: None)
     m = trainer.model
     assert all(hasattr(b, "_genlab_plain_forward") for b in m.blocks)
@@ -255,6 +270,7 @@ def test_selective_rebuilds_under_the_forward_autocast_state():
         return w1.grad.clone(), w2.grad.clone()
 
     import contextlib
+
     ref = run(contextlib.nullcontext())
     got = run(SelectiveScope())
     for a, b in zip(got, ref):

@@ -29,18 +29,21 @@ def _train_argv(out, *sets):
     return ["train", "--no-progress", "--out", str(out), *[f"--set={s}" for s in sets]]
 
 
-@pytest.mark.parametrize("sets,words", [
-    (["data.path=/nonexistent/corpus.txt"], ["does not exist"]),
-    (["model.d_modle=3"], ["unknown config key", "d_model"]),
-    (["nosection.x=1"], ["unknown config key"]),
-    (["train.lr=fast"], ["train.lr", "must be a number"]),
-    (["train.steps=-5"], ["train.steps", "out of range"]),
-    (["data.packing_length=1"], ["data.packing_length", "allowed"]),
-    (["data.tokenizer=words"], ["data.tokenizer", "bpe, byte"]),
-    (["model.n_head=5"], ["divisible"]),
-    (["train.lr=nan"], ["finite"]),
-    (["train.steps"], ["key=value"]),
-])
+@pytest.mark.parametrize(
+    "sets,words",
+    [
+        (["data.path=/nonexistent/corpus.txt"], ["does not exist"]),
+        (["model.d_modle=3"], ["unknown config key", "d_model"]),
+        (["nosection.x=1"], ["unknown config key"]),
+        (["train.lr=fast"], ["train.lr", "must be a number"]),
+        (["train.steps=-5"], ["train.steps", "out of range"]),
+        (["data.packing_length=1"], ["data.packing_length", "allowed"]),
+        (["data.tokenizer=words"], ["data.tokenizer", "bpe, byte"]),
+        (["model.n_head=5"], ["divisible"]),
+        (["train.lr=nan"], ["finite"]),
+        (["train.steps"], ["key=value"]),
+    ],
+)
 def test_bad_config_values(capsys, tmp_path, sets, words):
     code, _, err = _run(capsys, _train_argv(tmp_path / "run", *sets))
     _assert_one_line_error(code, err, *words)
@@ -117,8 +120,10 @@ def trained_run(tmp_path_factory, tiny_overrides):
 
     base = tmp_path_factory.mktemp("cli")
     corpus = base / "c.jsonl"
-    corpus.write_text("".join(json.dumps({"text": f"line {i} " * 20 + "日本 🎉"}, ensure_ascii=False) + "\n"
-                              for i in range(30)), encoding="utf-8")
+    corpus.write_text(
+        "".join(json.dumps({"text": f"line {i} " * 20 + "日本 🎉"}, ensure_ascii=False) + "\n" for i in range(30)),
+        encoding="utf-8",
+    )
     out = base / "run"
     assert main(_train_argv(out, *tiny_overrides(corpus, steps=6))) == 0
     del tempfile, Path
@@ -142,8 +147,9 @@ def test_commands_on_a_trained_run(capsys, trained_run):
     code, out, _ = _run(capsys, ["eval", str(trained_run), "--data", str(other), "--json"])
     n = len("a different text to score. " * 40)  # byte tokens, cut into chunks of 64: one target lost per chunk
     assert code == 0 and json.loads(out)["val_tokens"] == n - -(-n // 64)
-    code, out, _ = _run(capsys, ["sample", str(trained_run), "--prompt", "line 日本", "--max-new-tokens", "12",
-                                 "--seed", "1"])
+    code, out, _ = _run(
+        capsys, ["sample", str(trained_run), "--prompt", "line 日本", "--max-new-tokens", "12", "--seed", "1"]
+    )
     assert code == 0 and out.startswith("line 日本")
     code, out, _ = _run(capsys, ["info", str(trained_run)])
     assert code == 0 and "parameters" in out and "FLOPs/token" in out
@@ -170,8 +176,12 @@ def test_corrupted_and_truncated_checkpoint(capsys, trained_run, tmp_path):
 
 
 def test_real_process_exit_code_and_no_traceback(tmp_path):
-    r = subprocess.run([sys.executable, "-m", "genlab", "train", "--set", "data.packing_length=1", "--out",
-                        str(tmp_path / "r")], capture_output=True, text=True, timeout=120)
+    r = subprocess.run(
+        [sys.executable, "-m", "genlab", "train", "--set", "data.packing_length=1", "--out", str(tmp_path / "r")],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert r.returncode == 2 and "Traceback" not in r.stderr
     assert r.stderr.strip().count("\n") == 0 and "packing_length" in r.stderr
     assert not (tmp_path / "r").exists()

@@ -30,10 +30,20 @@ def overrides(tiny_overrides):
     """`overrides(corpus, extra=())`: the tiny run of this module (STEPS steps, 2 rows x 2 micro-batches)."""
 
     def make(corpus, extra=()):
-        return tiny_overrides(corpus, steps=STEPS, extra=["train.batch_rows=2", "train.grad_accum=2",
-                                                          "train.ckpt_every=10", "train.keep_ckpts=3",
-                                                          "train.eval_every=1000", "train.peak_flops=1e12",
-                                                          "train.device=cpu", *extra])
+        return tiny_overrides(
+            corpus,
+            steps=STEPS,
+            extra=[
+                "train.batch_rows=2",
+                "train.grad_accum=2",
+                "train.ckpt_every=10",
+                "train.keep_ckpts=3",
+                "train.eval_every=1000",
+                "train.peak_flops=1e12",
+                "train.device=cpu",
+                *extra,
+            ],
+        )
 
     return make
 
@@ -43,8 +53,12 @@ def _losses(run_dir):
 
 
 def _nproc(n, *args):
-    r = subprocess.run([sys.executable, "-m", "genlab", "train", "--no-progress", "--nproc", str(n), *args],
-                       capture_output=True, env=ENV, timeout=300)
+    r = subprocess.run(
+        [sys.executable, "-m", "genlab", "train", "--no-progress", "--nproc", str(n), *args],
+        capture_output=True,
+        env=ENV,
+        timeout=300,
+    )
     assert r.returncode == 0, (r.stdout + r.stderr).decode()[-3000:]
     return r
 
@@ -73,8 +87,9 @@ def test_two_process_gloo_equals_single_process(runs, overrides):
     _close(_losses(two), _losses(single))
     assert json.loads((two / "run.json").read_text())["status"] == "finished"
     # a different global batch (one micro-batch per step) does differ: the comparison can fail
-    other, _ = train(resolve(None, None, overrides(corpus, ["train.grad_accum=1", "train.steps=3"])),
-                     two.parent / "other", **QUIET)
+    other, _ = train(
+        resolve(None, None, overrides(corpus, ["train.grad_accum=1", "train.steps=3"])), two.parent / "other", **QUIET
+    )
     assert abs(_losses(other.path)[1][1] - _losses(single)[1][1]) > 1e-3
 
 
@@ -145,9 +160,17 @@ def test_ctrl_c_under_torchrun_stops_every_rank_at_one_step_with_a_checkpoint(ov
     import time
 
     out = tmp_path / "run"
-    sets = [f"--set={o}" for o in overrides(tiny_corpus)] + ["--set=train.steps=100000", "--set=train.ckpt_every=100000"]
-    proc = subprocess.Popen([sys.executable, "-m", "genlab", "train", "--no-progress", "--nproc", "2", "--out", str(out),
-                             *sets], stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=ENV, start_new_session=True)
+    sets = [f"--set={o}" for o in overrides(tiny_corpus)] + [
+        "--set=train.steps=100000",
+        "--set=train.ckpt_every=100000",
+    ]
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "genlab", "train", "--no-progress", "--nproc", "2", "--out", str(out), *sets],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env=ENV,
+        start_new_session=True,
+    )
     metrics = out / "metrics.jsonl"
     deadline = time.time() + 120
     while time.time() < deadline and (not metrics.exists() or len(metrics.read_text().splitlines()) < 3):
@@ -175,13 +198,20 @@ def test_fsdp2_early_stopping_saves_the_best_whole_model(overrides, tiny_corpus,
     """FSDP2 + train.early_stop_patience: the best weights go to RUN/best/ as one whole-model
     checkpoint (gathered from the shards by every rank, written by rank 0); `genlab eval`'s loader
     picks them, and they reproduce the best val_loss that metrics.jsonl recorded."""
-    from genlab.train.rundir import load_run
-    from genlab.train.rundir import BEST_DIR
+    from genlab.train.rundir import BEST_DIR, load_run
 
     out = tmp_path / "run"
-    _nproc(2, "--out", str(out), *[f"--set={o}" for o in overrides(tiny_corpus, ["train.parallel=fsdp",
-                                                                                   "train.eval_every=4",
-                                                                                   "train.early_stop_patience=2"])])
+    _nproc(
+        2,
+        "--out",
+        str(out),
+        *[
+            f"--set={o}"
+            for o in overrides(
+                tiny_corpus, ["train.parallel=fsdp", "train.eval_every=4", "train.early_stop_patience=2"]
+            )
+        ],
+    )
     recs = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     evals = [(r["val_loss"], r["step"]) for r in recs if "val_loss" in r]
     best_loss, best_step = min(evals)

@@ -36,13 +36,19 @@ def _compare(lens, H, Hkv, D, Dv, causal, window, block, tol=1e-5, seed=0):
     got = torch.autograd.grad(out, (q, k, v), g)
     want = torch.autograd.grad(ref, (q, k, v), g)
     for a, b, name in zip(got, want, "qkv"):
-        torch.testing.assert_close(a, b, atol=tol, rtol=tol, msg=lambda m: f"d{name}: {m}")
+        torch.testing.assert_close(a, b, atol=tol, rtol=tol, msg=lambda m, name=name: f"d{name}: {m}")
 
 
 @settings(max_examples=15, deadline=None)
-@given(lens=st.lists(st.integers(0, 24), min_size=1, max_size=4).filter(lambda l: sum(l) > 0),
-       hkv=st.sampled_from([1, 2]), rep=st.sampled_from([1, 2]), dims=st.sampled_from([(8, 8), (12, 8), (8, 4)]),
-       causal=st.booleans(), window=st.sampled_from([None, 1, 2, 5]), block=st.sampled_from([4, 7, 16]))
+@given(
+    lens=st.lists(st.integers(0, 24), min_size=1, max_size=4).filter(lambda l: sum(l) > 0),
+    hkv=st.sampled_from([1, 2]),
+    rep=st.sampled_from([1, 2]),
+    dims=st.sampled_from([(8, 8), (12, 8), (8, 4)]),
+    causal=st.booleans(),
+    window=st.sampled_from([None, 1, 2, 5]),
+    block=st.sampled_from([4, 7, 16]),
+)
 def test_flash_matches_naive_random(lens, hkv, rep, dims, causal, window, block):
     _compare(lens, hkv * rep, hkv, dims[0], dims[1], causal, window, block)
 

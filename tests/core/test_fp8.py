@@ -4,13 +4,22 @@ import pytest
 import torch
 import torch.nn as nn
 
-from genlab.ops.fp8 import (E4M3, E4M3_MAX, FP8Linear, convert_to_fp8, dequantize, fp8_gemm, gemm_mode,
-                            quantize_blocks, quantize_tiles)
+from genlab.ops.fp8 import (
+    E4M3,
+    E4M3_MAX,
+    FP8Linear,
+    convert_to_fp8,
+    dequantize,
+    fp8_gemm,
+    gemm_mode,
+    quantize_blocks,
+    quantize_tiles,
+)
 
 
 def _bound(x, scale_full):
     """E4M3 round-to-nearest: relative error <= 2^-4 for normals, absolute <= 2^-10 * scale (subnormals)."""
-    return torch.maximum(x.abs() / 16, scale_full * 2.0 ** -10) * (1 + 1e-6) + 1e-30
+    return torch.maximum(x.abs() / 16, scale_full * 2.0**-10) * (1 + 1e-6) + 1e-30
 
 
 def test_tile_quantizer_shapes_scales_and_error_bound():
@@ -201,7 +210,7 @@ def test_routed_experts_run_fp8_gemms_against_an_emulated_reference():
     for e, n in enumerate(counts.tolist()):
         if not n:
             continue
-        x, go = xs[start:start + n].detach(), gy[start:start + n]
+        x, go = xs[start : start + n].detach(), gy[start : start + n]
         h = qdq_tiles(x) @ qdq_blocks(w13[e].detach()).t()
         gate, up = h.chunk(2, -1)
         act = torch.nn.functional.silu(gate) * up

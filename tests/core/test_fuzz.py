@@ -8,8 +8,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from genlab.cli import main
 from genlab import config as C
+from genlab.cli import main
 from genlab.config import RunConfig, apply_overrides, apply_settings
 from genlab.data.packing import TokenDataset
 from genlab.data.text import load_corpus
@@ -18,17 +18,30 @@ from genlab.errors import GenlabError
 
 FUZZ = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 
-toml_scalars = st.one_of(st.integers(-10**12, 10**12), st.floats(allow_nan=True), st.booleans(),
-                         st.text(max_size=20), st.lists(st.integers(), max_size=3))
+toml_scalars = st.one_of(
+    st.integers(-(10**12), 10**12),
+    st.floats(allow_nan=True),
+    st.booleans(),
+    st.text(max_size=20),
+    st.lists(st.integers(), max_size=3),
+)
 
 
-ALL_KEYS = sorted({"task", "preset"} | {i.key for f in C.families() for keys in C.section_keys(f).values()
-                                         for i in keys.values()})
+ALL_KEYS = sorted(
+    {"task", "preset"} | {i.key for f in C.families() for keys in C.section_keys(f).values() for i in keys.values()}
+)
 
 
 @FUZZ
-@given(st.lists(st.tuples(st.sampled_from(ALL_KEYS + ["model.nope", "x", "train.", ".lr", "data.path.x"]),
-                          st.text(string.printable, max_size=12)), max_size=6))
+@given(
+    st.lists(
+        st.tuples(
+            st.sampled_from(ALL_KEYS + ["model.nope", "x", "train.", ".lr", "data.path.x"]),
+            st.text(string.printable, max_size=12),
+        ),
+        max_size=6,
+    )
+)
 def test_overrides_never_crash(pairs):
     try:
         apply_overrides(RunConfig(), [f"{k}={v}" for k, v in pairs]).validate()
@@ -37,9 +50,13 @@ def test_overrides_never_crash(pairs):
 
 
 @FUZZ
-@given(st.dictionaries(st.sampled_from(["task", "preset", "data", "model", "train", "junk"]),
-                       st.one_of(toml_scalars, st.dictionaries(st.text(max_size=15), toml_scalars, max_size=4)),
-                       max_size=4))
+@given(
+    st.dictionaries(
+        st.sampled_from(["task", "preset", "data", "model", "train", "junk"]),
+        st.one_of(toml_scalars, st.dictionaries(st.text(max_size=15), toml_scalars, max_size=4)),
+        max_size=4,
+    )
+)
 def test_config_tables_never_crash(table):
     try:
         apply_settings(RunConfig(), table, "fuzz.toml").validate()
@@ -84,8 +101,12 @@ def test_tokenizer_file_never_crashes(tmp_path_factory, data):
 
 
 @FUZZ
-@given(st.lists(st.lists(st.integers(0, 500), max_size=90), min_size=1, max_size=30), st.integers(2, 70),
-       st.integers(1, 6), st.sampled_from(["packed", "padded"]))
+@given(
+    st.lists(st.lists(st.integers(0, 500), max_size=90), min_size=1, max_size=30),
+    st.integers(2, 70),
+    st.integers(1, 6),
+    st.sampled_from(["packed", "padded"]),
+)
 def test_packer_never_loses_tokens(docs, L, rows, mode):
     if not any(docs):
         with pytest.raises(ValueError):
@@ -96,9 +117,35 @@ def test_packer_never_loses_tokens(docs, L, rows, mode):
     assert n == sum(map(len, docs))
 
 
-ARG_WORDS = ["train", "sample", "eval", "info", "plot", "presets", "bench", "--preset", "--set", "--steps",
-             "--out", "--resume", "--prompt", "--top-k", "--top-p", "--temperature", "--json", "-1", "0", "nan",
-             "x=y", "lm-tiny", "/nonexistent", "", "--", "=", "train.steps=0"]
+ARG_WORDS = [
+    "train",
+    "sample",
+    "eval",
+    "info",
+    "plot",
+    "presets",
+    "bench",
+    "--preset",
+    "--set",
+    "--steps",
+    "--out",
+    "--resume",
+    "--prompt",
+    "--top-k",
+    "--top-p",
+    "--temperature",
+    "--json",
+    "-1",
+    "0",
+    "nan",
+    "x=y",
+    "lm-tiny",
+    "/nonexistent",
+    "",
+    "--",
+    "=",
+    "train.steps=0",
+]
 
 
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
@@ -118,7 +165,7 @@ def test_cli_arguments_never_traceback(capsys, argv):
 
 
 def test_jsonl_with_every_bad_line_shape(tmp_path):
-    for line in ['[1, 2]', '{"text": 3}', '"text"', '{"text": null}', "{", "\x00"]:
+    for line in ["[1, 2]", '{"text": 3}', '"text"', '{"text": null}', "{", "\x00"]:
         p = tmp_path / "c.jsonl"
         p.write_text(json.dumps({"text": "fine"}) + "\n" + line + "\n")
         with pytest.raises(GenlabError, match=":2:"):

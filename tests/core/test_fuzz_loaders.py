@@ -11,12 +11,16 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from genlab.errors import GenlabError
 from genlab.families.density.data import load_binary
 from genlab.families.detection.features import load_feature_file
 from genlab.families.diffusion.data import load_image_folder
-from genlab.errors import GenlabError
 
-FUZZ = settings(max_examples=int(os.environ.get("GENLAB_FUZZ_EXAMPLES", "120")), deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+FUZZ = settings(
+    max_examples=int(os.environ.get("GENLAB_FUZZ_EXAMPLES", "120")),
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture],
+)
 
 
 def _npy(a) -> bytes:
@@ -93,7 +97,11 @@ def test_feature_files_never_crash(tmp_path_factory, blob):
         _one_line(e)
 
 
-@settings(max_examples=int(os.environ.get("GENLAB_FUZZ_EXAMPLES", "120")) // 3, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(
+    max_examples=int(os.environ.get("GENLAB_FUZZ_EXAMPLES", "120")) // 3,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture],
+)
 @given(mutated(".png"))
 def test_image_folders_never_crash(tmp_path_factory, blob):
     d = tmp_path_factory.mktemp("img")
@@ -128,8 +136,10 @@ def test_pickled_arrays_and_hf_bin_are_refused(tmp_path, monkeypatch):
 
     hf = tmp_path / "hf"
     hf.mkdir()
-    (hf / "config.json").write_text('{"model_type": "llama", "hidden_size": 32, "num_hidden_layers": 1, '
-                                    '"num_attention_heads": 4, "vocab_size": 256, "intermediate_size": 64}')
+    (hf / "config.json").write_text(
+        '{"model_type": "llama", "hidden_size": 32, "num_hidden_layers": 1, '
+        '"num_attention_heads": 4, "vocab_size": 256, "intermediate_size": 64}'
+    )
     torch.save({"w": _Evil()}, hf / "pytorch_model.bin")
     with pytest.raises(GenlabError, match="not read"):
         _read_hf(hf)

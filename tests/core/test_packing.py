@@ -4,10 +4,10 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from genlab.data.packing import IGNORE, TokenDataset, best_fit_decreasing, chunk_spans, make_batch, pack_rows
 from genlab.families.lm.args import LMArgs
-from genlab.data.packing import IGNORE, TokenDataset, best_fit_decreasing, make_batch, pack_rows, chunk_spans
-from genlab.families.lm.transformer import Transformer
 from genlab.families.lm.task import LMTask
+from genlab.families.lm.transformer import Transformer
 
 
 @settings(max_examples=100, deadline=None)
@@ -52,8 +52,8 @@ def test_every_token_kept_exactly_once(mode):
             real = ids[:n].numpy()
             assert pos[:n].tolist() == list(range(n))  # positions restart at every sequence
             assert np.all(np.diff(real) == 1) and len(set(doc_of[real])) == 1  # one piece of one document
-            assert torch.equal(tgt[:n - 1], ids[1:n])  # next token, same piece
-            assert torch.all(tgt[n - 1:] == IGNORE)  # nothing predicted across the boundary or on padding
+            assert torch.equal(tgt[: n - 1], ids[1:n])  # next token, same piece
+            assert torch.all(tgt[n - 1 :] == IGNORE)  # nothing predicted across the boundary or on padding
             kept.append(real)
         if mode == "packed":
             assert batch.input_ids.numel() == batch.n_real  # no padding in the stream
@@ -73,8 +73,8 @@ def test_packed_fraction_high_on_skewed_lengths():
     lengths = np.minimum(g.lognormal(4, 1, size=3000).astype(int) + 1, 2000)
     docs = [[1] * int(n) for n in lengths]
     ds = TokenDataset(docs, 512, batch_rows=8, buffer=1000)
-    rows = ds.rows(0)
-    fill = sum(e - s for r in rows for s, e in r) / (len(rows) * 512)
+    rows = ds.epoch_rows(0)
+    fill = sum(e - s for r in rows for _, s, e in r) / (len(rows) * 512)
     assert fill > 0.99
 
 

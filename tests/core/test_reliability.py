@@ -81,8 +81,11 @@ def overrides(tiny_overrides):
     """`overrides(corpus)`: the tiny run of the kill-and-resume test (STEPS steps, checkpoints every 4)."""
 
     def make(corpus):
-        return tiny_overrides(corpus, steps=STEPS, extra=["train.ckpt_every=4", "train.keep_ckpts=3",
-                                                          "train.eval_every=1000", "train.peak_flops=1e12"])
+        return tiny_overrides(
+            corpus,
+            steps=STEPS,
+            extra=["train.ckpt_every=4", "train.keep_ckpts=3", "train.eval_every=1000", "train.peak_flops=1e12"],
+        )
 
     return make
 
@@ -101,16 +104,18 @@ def test_sigkill_in_a_checkpoint_write_and_mid_run_then_resume(overrides, tiny_c
     metrics line), resumed again: the losses are those of an uninterrupted run."""
     out, ckpts = tmp_path / "run", tmp_path / "run" / checkpoint.CKPT_DIR
     sets = [f"--set={o}" for o in overrides(tiny_corpus)]
-    r = subprocess.run(_train_cmd("--out", str(out), *sets), capture_output=True,
-                       env={**ENV, checkpoint.FAULT_ENV: "12"}, timeout=300)
+    r = subprocess.run(
+        _train_cmd("--out", str(out), *sets), capture_output=True, env={**ENV, checkpoint.FAULT_ENV: "12"}, timeout=300
+    )
     assert r.returncode == -signal.SIGKILL
     assert (ckpts / "step_00000012.tmp" / "model.safetensors").is_file()  # killed half-way through the write
     assert not (ckpts / "step_00000012.tmp" / "manifest.json").exists()
     assert checkpoint.latest_valid(out).name == "step_00000008"
 
     metrics = out / "metrics.jsonl"
-    proc = subprocess.Popen(_train_cmd("--resume", "--out", str(out)), stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, env=ENV)
+    proc = subprocess.Popen(
+        _train_cmd("--resume", "--out", str(out)), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=ENV
+    )
     deadline = time.time() + 120
     while time.time() < deadline and len(metrics.read_text().splitlines()) < 15:
         time.sleep(0.01)
@@ -144,8 +149,10 @@ def test_pickle_that_runs_code_is_refused(tiny_overrides, tiny_corpus, tmp_path)
     torch.save({"step": 3, "x": Evil()}, ckpt / "state.pt")
     # a forger can rewrite the manifest too: the refusal must come from the loader, not the checksum
     man = json.loads((ckpt / "manifest.json").read_text())
-    man["files"]["state.pt"] = {"bytes": (ckpt / "state.pt").stat().st_size,
-                                "sha256": checkpoint._sha256(ckpt / "state.pt")}
+    man["files"]["state.pt"] = {
+        "bytes": (ckpt / "state.pt").stat().st_size,
+        "sha256": checkpoint._sha256(ckpt / "state.pt"),
+    }
     (ckpt / "manifest.json").write_text(json.dumps(man))
     with pytest.raises(GenlabError, match="state.pt cannot be loaded safely"):
         checkpoint.load(ckpt, trainer.model)

@@ -17,27 +17,48 @@ from genlab.train.rundir import RunDir
 from genlab.train.trainer import prepare_training, train
 
 QUIET = dict(progress=False, log=lambda *a, **k: None)
-ENV = {**os.environ, "OMP_NUM_THREADS": "1",
-       "PYTHONPATH": os.pathsep.join([str(Path(__file__).parents[2] / "src"), os.environ.get("PYTHONPATH", "")])}
+ENV = {
+    **os.environ,
+    "OMP_NUM_THREADS": "1",
+    "PYTHONPATH": os.pathsep.join([str(Path(__file__).parents[2] / "src"), os.environ.get("PYTHONPATH", "")]),
+}
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # conftest.py: tiny shapes, 1 thread
 
 
 def _sets(corpus, steps=3):
-    return [f"data.path={corpus}", "data.tokenizer=byte", "data.packing_length=64", "model.d_model=32",
-            "model.n_layer=2", "model.n_head=4", "model.n_kv_head=2", f"train.steps={steps}",
-            "train.batch_rows=4", "train.eval_every=1000", "train.ckpt_every=3", "train.warmup_steps=1"]
+    return [
+        f"data.path={corpus}",
+        "data.tokenizer=byte",
+        "data.packing_length=64",
+        "model.d_model=32",
+        "model.n_layer=2",
+        "model.n_head=4",
+        "model.n_kv_head=2",
+        f"train.steps={steps}",
+        "train.batch_rows=4",
+        "train.eval_every=1000",
+        "train.ckpt_every=3",
+        "train.warmup_steps=1",
+    ]
 
 
 def _genlab_train(*args):
-    return subprocess.run([sys.executable, "-m", "genlab", "train", "--no-progress", *args],
-                          capture_output=True, text=True, env=ENV, timeout=300)
+    return subprocess.run(
+        [sys.executable, "-m", "genlab", "train", "--no-progress", *args],
+        capture_output=True,
+        text=True,
+        env=ENV,
+        timeout=300,
+    )
 
 
 def _hold(path: Path):
     """A second process that holds RUN/.lock (taken as the trainer takes it) until killed."""
-    code = ("import sys, time; from genlab.train import runlock; "
-            "runlock.RunLock.acquire(sys.argv[1]); print('held', flush=True); time.sleep(600)")
+    code = (
+        "import sys, time; from genlab.train import runlock; "
+        "runlock.RunLock.acquire(sys.argv[1]); print('held', flush=True); time.sleep(600)"
+    )
     proc = subprocess.Popen([sys.executable, "-c", code, str(path)], stdout=subprocess.PIPE, text=True, env=ENV)
     assert proc.stdout.readline().strip() == "held"
     return proc
@@ -46,8 +67,9 @@ def _hold(path: Path):
 def _refused(r, path: Path, pid: int):
     assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr
     lines = r.stderr.strip().splitlines()
-    assert lines == [f"genlab: error: {path} is in use by genlab process {pid} ({path / '.lock'}); "
-                     "wait for it to finish or stop it"]
+    assert lines == [
+        f"genlab: error: {path} is in use by genlab process {pid} ({path / '.lock'}); wait for it to finish or stop it"
+    ]
 
 
 @pytest.mark.slow

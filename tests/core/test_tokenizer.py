@@ -4,8 +4,14 @@ from hypothesis import strategies as st
 from genlab.data.text import embedded_corpus
 from genlab.data.tokenizer import BPETokenizer, ByteTokenizer, load_tokenizer
 
-SAMPLES = ["héllo wörld", "日本語のテキストと中文", "emoji 🎉🧪👩‍👩‍👧 flags 🇯🇵", "\x00\t\r\n  trailing  ",
-           "mixed: def f(x):\n    return x ** 2  # ±∞", "text that spells <|endoftext|> is still text"]
+SAMPLES = [
+    "héllo wörld",
+    "日本語のテキストと中文",
+    "emoji 🎉🧪👩‍👩‍👧 flags 🇯🇵",
+    "\x00\t\r\n  trailing  ",
+    "mixed: def f(x):\n    return x ** 2  # ±∞",
+    "text that spells <|endoftext|> is still text",
+]
 
 _BPE = None
 

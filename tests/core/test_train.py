@@ -9,11 +9,10 @@ from pathlib import Path
 
 import pytest
 
-from genlab.config import resolve
+from genlab.config import TrainConfig, resolve
 from genlab.train import checkpoint
 from genlab.train.optim import lr_factor
 from genlab.train.trainer import train
-from genlab.config import TrainConfig
 
 
 def _losses(run_dir):
@@ -22,8 +21,9 @@ def _losses(run_dir):
 
 @pytest.mark.parametrize("objective", ["causal", "masked", "any-order"])
 def test_resume_is_bitwise_exact(tiny_overrides, tiny_corpus, tmp_path, objective):
-    cfg = resolve(None, None, tiny_overrides(tiny_corpus, steps=6, extra=["train.grad_accum=2",
-                                                                          f"train.objective={objective}"]))
+    cfg = resolve(
+        None, None, tiny_overrides(tiny_corpus, steps=6, extra=["train.grad_accum=2", f"train.objective={objective}"])
+    )
     full, _ = train(cfg, tmp_path / "full", progress=False, log=lambda *a: None)
     # Make a copy that stopped at step 3: drop the later checkpoint and metrics, then resume.
     part = tmp_path / "part"
@@ -31,8 +31,11 @@ def test_resume_is_bitwise_exact(tiny_overrides, tiny_corpus, tmp_path, objectiv
     for ck in checkpoint.list_checkpoints(part):
         if ck.name != "step_00000003":
             shutil.rmtree(ck)
-    (part / "metrics.jsonl").write_text("".join(
-        line + "\n" for line in (part / "metrics.jsonl").read_text().splitlines() if json.loads(line)["step"] <= 3))
+    (part / "metrics.jsonl").write_text(
+        "".join(
+            line + "\n" for line in (part / "metrics.jsonl").read_text().splitlines() if json.loads(line)["step"] <= 3
+        )
+    )
     train(None, part, resume=True, progress=False, log=lambda *a: None)
     assert _losses(part) == _losses(full.path)  # exact float equality, every step
     assert len(_losses(full.path)) == 6
@@ -88,12 +91,15 @@ def test_weight_decay_only_on_matrices():
 def test_ctrl_c_writes_checkpoint_and_resume_matches(tiny_overrides, tiny_corpus, tmp_path):
     """A real process gets SIGINT mid-run, saves, exits 130; resuming gives the uninterrupted losses."""
     steps = 400
-    args = [f"--set={o}" for o in tiny_overrides(tiny_corpus, steps=steps, extra=["train.ckpt_every=1000",
-                                                                                   "train.eval_every=1000"])]
+    args = [
+        f"--set={o}"
+        for o in tiny_overrides(tiny_corpus, steps=steps, extra=["train.ckpt_every=1000", "train.eval_every=1000"])
+    ]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     cmd = [sys.executable, "-m", "genlab", "train", "--no-progress", *args]
-    proc = subprocess.Popen(cmd + ["--out", str(tmp_path / "int")], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            env=env)
+    proc = subprocess.Popen(
+        cmd + ["--out", str(tmp_path / "int")], stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env
+    )
     metrics = tmp_path / "int" / "metrics.jsonl"
     deadline = time.time() + 120
     while time.time() < deadline and (not metrics.exists() or len(metrics.read_text().splitlines()) < 20):
@@ -104,8 +110,12 @@ def test_ctrl_c_writes_checkpoint_and_resume_matches(tiny_overrides, tiny_corpus
     assert b"Traceback" not in err
     status = json.loads((tmp_path / "int" / "run.json").read_text())
     assert status["status"] == "interrupted" and 0 < status["step"] < steps
-    r = subprocess.run([sys.executable, "-m", "genlab", "train", "--no-progress", "--resume", "--out",
-                        str(tmp_path / "int")], capture_output=True, env=env, timeout=300)
+    r = subprocess.run(
+        [sys.executable, "-m", "genlab", "train", "--no-progress", "--resume", "--out", str(tmp_path / "int")],
+        capture_output=True,
+        env=env,
+        timeout=300,
+    )
     assert r.returncode == 0, r.stderr.decode()
     r = subprocess.run(cmd + ["--out", str(tmp_path / "full")], capture_output=True, env=env, timeout=300)
     assert r.returncode == 0, r.stderr.decode()

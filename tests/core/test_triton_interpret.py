@@ -32,13 +32,16 @@ def _cu(lens):
     return torch.tensor([0, *torch.tensor(lens).cumsum(0).tolist()], dtype=torch.int32)
 
 
-@pytest.mark.parametrize("lens,H,Hkv,D,Dv,causal,window", [
-    ([5, 7, 7, 3], 4, 2, 8, 6, True, None),  # varlen, GQA, Dv != D
-    ([10, 0, 21], 2, 1, 8, 8, True, 3),  # an empty sequence, window across tile edges
-    ([9, 9], 2, 2, 4, 4, False, 2),  # bidirectional window
-    ([37], 3, 1, 12, 8, False, None),  # non-power-of-two head dim, MQA
-    ([20, 1, 17], 2, 2, 8, 8, True, 1),  # window 1: only itself
-])
+@pytest.mark.parametrize(
+    "lens,H,Hkv,D,Dv,causal,window",
+    [
+        ([5, 7, 7, 3], 4, 2, 8, 6, True, None),  # varlen, GQA, Dv != D
+        ([10, 0, 21], 2, 1, 8, 8, True, 3),  # an empty sequence, window across tile edges
+        ([9, 9], 2, 2, 4, 4, False, 2),  # bidirectional window
+        ([37], 3, 1, 12, 8, False, None),  # non-power-of-two head dim, MQA
+        ([20, 1, 17], 2, 2, 8, 8, True, 1),  # window 1: only itself
+    ],
+)
 def test_triton_kernel_matches_naive(lens, H, Hkv, D, Dv, causal, window):
     g = torch.Generator().manual_seed(0)
     T = sum(lens)

@@ -8,8 +8,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from genlab.errors import GenlabError
-from genlab.ops.window_max import (SlidingMax, causal_window_max, window_max, window_max_brute,
-                                   window_max_deque)
+from genlab.ops.window_max import SlidingMax, causal_window_max, window_max, window_max_brute, window_max_deque
 
 
 @st.composite
@@ -21,8 +20,11 @@ def arrays_and_k(draw, nan=False):
         vals = draw(st.lists(st.integers(-3, 3), min_size=n * int(np.prod(lead)), max_size=n * int(np.prod(lead))))
         a = np.array(vals, dtype=np.float64)
     else:
-        elems = st.floats(-1e6, 1e6, allow_nan=False) if not nan else st.one_of(
-            st.floats(-1e6, 1e6, allow_nan=False), st.just(float("nan")))
+        elems = (
+            st.floats(-1e6, 1e6, allow_nan=False)
+            if not nan
+            else st.one_of(st.floats(-1e6, 1e6, allow_nan=False), st.just(float("nan")))
+        )
         a = np.array(draw(st.lists(elems, min_size=n * int(np.prod(lead)), max_size=n * int(np.prod(lead)))))
     return a.reshape(*lead, n), k
 

@@ -14,23 +14,50 @@ transformers = pytest.importorskip("transformers")
 def hf_config(yarn=False, q_lora_rank=16):
     rope = {"rope_type": "default", "rope_theta": 10000.0}
     if yarn:
-        rope = {"rope_type": "yarn", "rope_theta": 10000.0, "factor": 4.0, "original_max_position_embeddings": 16,
-                "beta_fast": 32.0, "beta_slow": 1.0, "mscale": 0.9, "mscale_all_dim": 0.8}
+        rope = {
+            "rope_type": "yarn",
+            "rope_theta": 10000.0,
+            "factor": 4.0,
+            "original_max_position_embeddings": 16,
+            "beta_fast": 32.0,
+            "beta_slow": 1.0,
+            "mscale": 0.9,
+            "mscale_all_dim": 0.8,
+        }
     return transformers.DeepseekV3Config(
-        vocab_size=256, hidden_size=32, intermediate_size=64, moe_intermediate_size=16, num_hidden_layers=3,
-        num_attention_heads=4, num_key_value_heads=4, n_shared_experts=1, n_routed_experts=8,
-        routed_scaling_factor=2.5, kv_lora_rank=16, q_lora_rank=q_lora_rank, qk_rope_head_dim=8, v_head_dim=8,
-        qk_nope_head_dim=8, n_group=4, topk_group=2, num_experts_per_tok=3, first_k_dense_replace=1,
-        max_position_embeddings=64, rms_norm_eps=1e-6, rope_parameters=rope, tie_word_embeddings=False)
+        vocab_size=256,
+        hidden_size=32,
+        intermediate_size=64,
+        moe_intermediate_size=16,
+        num_hidden_layers=3,
+        num_attention_heads=4,
+        num_key_value_heads=4,
+        n_shared_experts=1,
+        n_routed_experts=8,
+        routed_scaling_factor=2.5,
+        kv_lora_rank=16,
+        q_lora_rank=q_lora_rank,
+        qk_rope_head_dim=8,
+        v_head_dim=8,
+        qk_nope_head_dim=8,
+        n_group=4,
+        topk_group=2,
+        num_experts_per_tok=3,
+        first_k_dense_replace=1,
+        max_position_embeddings=64,
+        rms_norm_eps=1e-6,
+        rope_parameters=rope,
+        tie_word_embeddings=False,
+    )
 
 
 def hf_model(cfg, seed=0):
     torch.manual_seed(seed)
     m = transformers.DeepseekV3ForCausalLM(cfg).float().eval()
     with torch.no_grad():
-        for name, p in m.named_parameters():
+        for _name, p in m.named_parameters():
             p.normal_(std=0.15) if p.dim() >= 2 else p.normal_(1.0, 0.1)
-        for layer in m.model.layers[cfg.first_k_dense_replace:]:
+        for layer in m.model.layers[cfg.first_k_dense_replace :]:
             layer.mlp.gate.e_score_correction_bias.normal_(std=0.05)  # selection bias, fp32
     return m
 
@@ -69,12 +96,27 @@ def test_genlab_export_loads_in_transformers_with_same_logits(tiny_overrides, tm
     from genlab.interop.hf import from_pretrained
     from genlab.train.trainer import train
 
-    sets = tiny_overrides(tiny_corpus, steps=3, extra=[
-        "model.arch=deepseek", "model.q_lora_rank=16", "model.kv_lora_rank=16",
-        "model.qk_nope_head_dim=8", "model.qk_rope_head_dim=4", "model.v_head_dim=8", "model.ffn_hidden=64",
-        "model.n_routed_experts=4", "model.num_experts_per_tok=2", "model.n_group=2", "model.topk_group=1",
-        "model.moe_intermediate_size=16", "model.mtp_depth=1", "model.balance_gamma=0.0123",
-        "model.routed_scaling_factor=1.5"])
+    sets = tiny_overrides(
+        tiny_corpus,
+        steps=3,
+        extra=[
+            "model.arch=deepseek",
+            "model.q_lora_rank=16",
+            "model.kv_lora_rank=16",
+            "model.qk_nope_head_dim=8",
+            "model.qk_rope_head_dim=4",
+            "model.v_head_dim=8",
+            "model.ffn_hidden=64",
+            "model.n_routed_experts=4",
+            "model.num_experts_per_tok=2",
+            "model.n_group=2",
+            "model.topk_group=1",
+            "model.moe_intermediate_size=16",
+            "model.mtp_depth=1",
+            "model.balance_gamma=0.0123",
+            "model.routed_scaling_factor=1.5",
+        ],
+    )
     run, _ = train(resolve(None, None, sets), tmp_path / "run", progress=False, log=lambda *a: None)
     assert main(["export", str(run.path), str(tmp_path / "hf"), "--format", "hf"]) == 0
     hc = json.loads((tmp_path / "hf" / "config.json").read_text())
@@ -99,9 +141,17 @@ def test_genlab_export_loads_in_transformers_with_same_logits(tiny_overrides, tm
 def test_llama_import_same_logits(tmp_path):
     import genlab
 
-    cfg = transformers.LlamaConfig(vocab_size=256, hidden_size=32, intermediate_size=48, num_hidden_layers=2,
-                                   num_attention_heads=4, num_key_value_heads=2, rms_norm_eps=1e-5,
-                                   max_position_embeddings=64, tie_word_embeddings=False)
+    cfg = transformers.LlamaConfig(
+        vocab_size=256,
+        hidden_size=32,
+        intermediate_size=48,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        rms_norm_eps=1e-5,
+        max_position_embeddings=64,
+        tie_word_embeddings=False,
+    )
     torch.manual_seed(0)
     hf = transformers.LlamaForCausalLM(cfg).float().eval()
     hf.save_pretrained(tmp_path / "llama")

@@ -38,15 +38,20 @@ def test_packed_documents_do_not_see_each_other(q_lora_rank):
 
 @pytest.mark.parametrize("rope_scaling", ["none", "yarn"])
 def test_absorbed_latent_cache_equals_naive_attention(rope_scaling):
-    model = build(rope_scaling=rope_scaling, rope_factor=4.0, rope_original_max_position_embeddings=8,
-                  rope_mscale=0.8, rope_mscale_all_dim=0.7)
+    model = build(
+        rope_scaling=rope_scaling,
+        rope_factor=4.0,
+        rope_original_max_position_embeddings=8,
+        rope_mscale=0.8,
+        rope_mscale_all_dim=0.7,
+    )
     ids = torch.randint(0, 50, (11,))
     ref = _fwd(model, ids, [11])  # naive: full recompute, per-head K/V, the attention backend
     for mode in ("latent", "full"):
         cache = model.new_cache(16, mode)
         outs = [model(ids[:4], torch.arange(4), torch.tensor([0, 4], dtype=torch.int32), 4, cache)]  # a prompt
         for t in range(4, 11):
-            outs.append(model(ids[t:t + 1], torch.tensor([t]), torch.tensor([0, 1], dtype=torch.int32), 1, cache))
+            outs.append(model(ids[t : t + 1], torch.tensor([t]), torch.tensor([0, 1], dtype=torch.int32), 1, cache))
         assert torch.allclose(torch.cat(outs), ref, atol=1e-4), (mode, (torch.cat(outs) - ref).abs().max())
 
 
@@ -67,17 +72,21 @@ def test_softmax_scale_and_yarn_mscale():
     from genlab.families.deepseek.mla import softmax_scale
 
     cfg = ds_cfg(qk_nope_head_dim=128, qk_rope_head_dim=64).model
-    assert abs(softmax_scale(cfg) - 192 ** -0.5) < 1e-12
+    assert abs(softmax_scale(cfg) - 192**-0.5) < 1e-12
     cfg.rope_scaling, cfg.rope_factor, cfg.rope_mscale_all_dim = "yarn", 40.0, 1.0
-    assert abs(softmax_scale(cfg) / 192 ** -0.5 - (0.1 * math.log(40) + 1) ** 2) < 1e-9
+    assert abs(softmax_scale(cfg) / 192**-0.5 - (0.1 * math.log(40) + 1) ** 2) < 1e-9
 
 
 def test_deepseek_config_errors_name_the_problem():
     from genlab.errors import GenlabError
 
-    for kw, word in [({"num_experts_per_tok": 9}, "n_routed_experts"), ({"n_group": 3}, "divisible"),
-                     ({"topk_group": 3}, "n_group"), ({"qk_rope_head_dim": 5}, "even"),
-                     ({"balance": "seq_aux", "balance_alpha": 0.0}, "balance_alpha")]:
+    for kw, word in [
+        ({"num_experts_per_tok": 9}, "n_routed_experts"),
+        ({"n_group": 3}, "divisible"),
+        ({"topk_group": 3}, "n_group"),
+        ({"qk_rope_head_dim": 5}, "even"),
+        ({"balance": "seq_aux", "balance_alpha": 0.0}, "balance_alpha"),
+    ]:
         with pytest.raises(GenlabError, match=word):
             ds_cfg(**kw)
 

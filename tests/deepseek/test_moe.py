@@ -1,7 +1,6 @@
 """DeepSeekMoE: routing invariants against a brute-force router, grouped dispatch against the
 per-expert loop, balance bias and losses, load counting."""
 
-
 import pytest
 import torch
 from torch.utils.checkpoint import checkpoint
@@ -17,7 +16,7 @@ def brute_route(scores, bias, k, n_group, topk_group, scaling):
     idx, gates = [], []
     for t in range(T):
         sel = [float(scores[t, e] + bias[e]) for e in range(E)]
-        gscore = [sum(sorted(sel[g * gs:(g + 1) * gs], reverse=True)[:min(2, gs)]) for g in range(n_group)]
+        gscore = [sum(sorted(sel[g * gs : (g + 1) * gs], reverse=True)[: min(2, gs)]) for g in range(n_group)]
         kept = sorted(range(n_group), key=lambda g: -gscore[g])[:topk_group]
         cand = [e for e in range(E) if e // gs in kept]
         chosen = sorted(cand, key=lambda e: -sel[e])[:k]
@@ -110,9 +109,10 @@ def test_fused_gather_and_combine_equal_the_separate_path_and_keep_no_pair_sized
         xi, a, b, gi = leaves
         saved = []
 
-        def pack(t):
+        def pack(t, saved=saved):
             saved.append(tuple(t.shape))
             return t
+
         with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
             if fused:
                 y = dispatch_experts(xi, token_of, a, b, counts, gi)
@@ -142,14 +142,14 @@ def test_load_counted_once_per_forward_with_checkpointing_and_not_in_eval():
 
 def test_bias_update_once_per_step_sign_and_gamma_zero_freezes():
     m = _moe()
-    m.load.copy_(torch.tensor([10., 0., 5., 5., 3., 7.]))  # mean 5
+    m.load.copy_(torch.tensor([10.0, 0.0, 5.0, 5.0, 3.0, 7.0]))  # mean 5
     res = m.update_bias(0.01)
-    assert torch.allclose(m.bias, torch.tensor([-0.01, 0.01, 0., 0., 0.01, -0.01]))
+    assert torch.allclose(m.bias, torch.tensor([-0.01, 0.01, 0.0, 0.0, 0.01, -0.01]))
     assert abs(res["maxvio"] - 1.0) < 1e-6 and float(m.load.sum()) == 0  # counts reset
     m.load.fill_(1.0)
     m.load[0] = 9.0
     m.update_bias(0.0)
-    assert torch.allclose(m.bias, torch.tensor([-0.01, 0.01, 0., 0., 0.01, -0.01]))
+    assert torch.allclose(m.bias, torch.tensor([-0.01, 0.01, 0.0, 0.0, 0.01, -0.01]))
 
 
 def test_balancing_drives_maxvio_down_on_skewed_router():

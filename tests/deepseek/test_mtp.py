@@ -39,7 +39,7 @@ def test_mtp_losses_stay_inside_documents_and_match_per_document_reference():
                 h = m(h, model.embed(emb_ids), cos, sin, one.cu_seqlens, T)
             logits = model.head(model.mtp[k - 1].norm(h))
             for i in range(len(d) - k - 1):
-                tot += float(F.cross_entropy(logits[i:i + 1], d[i + k + 1:i + k + 2]).detach())
+                tot += float(F.cross_entropy(logits[i : i + 1], d[i + k + 1 : i + k + 2]).detach())
                 n += 1
         assert abs(float(packed[k - 1].detach()) - tot / n) < 1e-4, (k, tot / n)
 
@@ -84,11 +84,26 @@ def test_trainer_trains_deepseek_updates_bias_and_resumes(tiny_overrides, tiny_c
     from genlab.train import checkpoint
     from genlab.train.trainer import train
 
-    sets = tiny_overrides(tiny_corpus, steps=3, extra=[
-        "model.arch=deepseek", "model.q_lora_rank=16", "model.kv_lora_rank=16",
-        "model.qk_nope_head_dim=8", "model.qk_rope_head_dim=4", "model.v_head_dim=8", "model.ffn_hidden=64",
-        "model.n_routed_experts=4", "model.num_experts_per_tok=2", "model.moe_intermediate_size=16",
-        "model.mtp_depth=1", "model.balance_gamma=0.01", "train.grad_accum=2", "train.eval_every=3"])
+    sets = tiny_overrides(
+        tiny_corpus,
+        steps=3,
+        extra=[
+            "model.arch=deepseek",
+            "model.q_lora_rank=16",
+            "model.kv_lora_rank=16",
+            "model.qk_nope_head_dim=8",
+            "model.qk_rope_head_dim=4",
+            "model.v_head_dim=8",
+            "model.ffn_hidden=64",
+            "model.n_routed_experts=4",
+            "model.num_experts_per_tok=2",
+            "model.moe_intermediate_size=16",
+            "model.mtp_depth=1",
+            "model.balance_gamma=0.01",
+            "train.grad_accum=2",
+            "train.eval_every=3",
+        ],
+    )
     run, last = train(resolve(None, None, sets), tmp_path / "run", progress=False, log=lambda *a: None)
     recs = [json.loads(line) for line in (run.path / "metrics.jsonl").read_text().splitlines()]
     assert "maxvio/L1" in recs[-1] and "load/L1" in recs[-1] and "mtp_loss_1" in recs[-1]
@@ -103,8 +118,9 @@ def test_trainer_trains_deepseek_updates_bias_and_resumes(tiny_overrides, tiny_c
 
 
 def test_gamma_and_lambda_schedules_follow_optimizer_steps():
-    model = build(mtp_depth=1, mtp_lambda=0.3, mtp_lambda_late=0.1, mtp_lambda_until=2, balance_gamma=0.01,
-                  balance_gamma_until=1).train()
+    model = build(
+        mtp_depth=1, mtp_lambda=0.3, mtp_lambda_late=0.1, mtp_lambda_until=2, balance_gamma=0.01, balance_gamma_until=1
+    ).train()
     moe = model.blocks[1].mlp
     assert model.mtp_lambda() == 0.3
     moe.load.copy_(torch.arange(8.0))

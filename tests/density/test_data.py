@@ -5,8 +5,8 @@ import numpy as np
 import pytest
 
 from genlab.cli import main
-from genlab.families.density.data import image_shape, load_binary, load_digits_binary, load_eval_rows
 from genlab.errors import GenlabError
+from genlab.families.density.data import image_shape, load_binary, load_digits_binary, load_eval_rows
 
 
 @pytest.fixture(autouse=True)
@@ -32,8 +32,16 @@ def test_digits_fixed_binarized_split():
 
 def test_made_npz_and_plain_npz(tmp_path):
     p = tmp_path / "dna.npz"
-    np.savez(p, inputsize=12, train_data=rows(30, 12), valid_data=rows(5, 12, 1), test_data=rows(7, 12, 2),
-             train_length=30, valid_length=5, test_length=7)
+    np.savez(
+        p,
+        inputsize=12,
+        train_data=rows(30, 12),
+        valid_data=rows(5, 12, 1),
+        test_data=rows(7, 12, 2),
+        train_length=30,
+        valid_length=5,
+        test_length=7,
+    )
     d = load_binary(str(p))
     assert (d.train.shape, d.valid.shape, d.test.shape) == ((30, 12), (5, 12), (7, 12))
     assert np.array_equal(d.test, rows(7, 12, 2))
@@ -72,17 +80,20 @@ def _npz(tmp_path, **arrays):
     return str(p)
 
 
-@pytest.mark.parametrize("arrays,words", [
-    (dict(train_data=np.full((4, 3), 0.5), valid_data=rows(2, 3), test_data=rows(2, 3)), ["non-binary", "0.5"]),
-    (dict(train_data=np.where(rows(4, 3) > 0, np.nan, 0), valid_data=rows(2, 3), test_data=rows(2, 3)), ["NaN"]),
-    (dict(train_data=np.ones(5), valid_data=rows(2, 3), test_data=rows(2, 3)), ["2-D", "(5,)"]),
-    (dict(train_data=rows(4, 3), valid_data=np.zeros((0, 3)), test_data=rows(2, 3)), ["valid split", "empty"]),
-    (dict(train_data=rows(4, 3), valid_data=rows(2, 4), test_data=rows(2, 3)), ["different dimensions"]),
-    (dict(train_data=rows(4, 3), valid_data=rows(2, 3)), ["test_data"]),
-    (dict(train_data=rows(4, 3), valid_data=rows(2, 3), test_data=rows(2, 3), inputsize=5), ["inputsize 5"]),
-    (dict(a=rows(4, 3), b=rows(4, 3)), ["do not form a dataset"]),
-    (dict(train_data=np.array(["0", "1"]), valid_data=rows(2, 3), test_data=rows(2, 3)), ["not numeric"]),
-])
+@pytest.mark.parametrize(
+    "arrays,words",
+    [
+        (dict(train_data=np.full((4, 3), 0.5), valid_data=rows(2, 3), test_data=rows(2, 3)), ["non-binary", "0.5"]),
+        (dict(train_data=np.where(rows(4, 3) > 0, np.nan, 0), valid_data=rows(2, 3), test_data=rows(2, 3)), ["NaN"]),
+        (dict(train_data=np.ones(5), valid_data=rows(2, 3), test_data=rows(2, 3)), ["2-D", "(5,)"]),
+        (dict(train_data=rows(4, 3), valid_data=np.zeros((0, 3)), test_data=rows(2, 3)), ["valid split", "empty"]),
+        (dict(train_data=rows(4, 3), valid_data=rows(2, 4), test_data=rows(2, 3)), ["different dimensions"]),
+        (dict(train_data=rows(4, 3), valid_data=rows(2, 3)), ["test_data"]),
+        (dict(train_data=rows(4, 3), valid_data=rows(2, 3), test_data=rows(2, 3), inputsize=5), ["inputsize 5"]),
+        (dict(a=rows(4, 3), b=rows(4, 3)), ["do not form a dataset"]),
+        (dict(train_data=np.array(["0", "1"]), valid_data=rows(2, 3), test_data=rows(2, 3)), ["not numeric"]),
+    ],
+)
 def test_bad_npz(tmp_path, arrays, words):
     with pytest.raises(GenlabError) as e:
         load_binary(_npz(tmp_path, **arrays))

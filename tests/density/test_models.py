@@ -9,8 +9,15 @@ import torch
 from scipy.stats import chi2
 
 from genlab.families.density.args import DensityArgs
-from genlab.families.density.model import (FVSBN, MADE, NADE, AutoregressiveModel, BinaryTransformer,
-                                   IndependentBernoulli, MixtureOfBernoullis)
+from genlab.families.density.model import (
+    FVSBN,
+    MADE,
+    NADE,
+    AutoregressiveModel,
+    BinaryTransformer,
+    IndependentBernoulli,
+    MixtureOfBernoullis,
+)
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # conftest.py: tiny shapes, 1 thread
 
@@ -52,8 +59,21 @@ def make(name, n):
     }[name]()
 
 
-ALL = ["bernoulli", "mixture", "fvsbn", "fvsbn-order", "nade", "nade-order", "made-1hl", "made-2hl-masks",
-       "made-direct-ordering", "made-connectivity", "made-tanh-direct", "transformer", "transformer-order"]
+ALL = [
+    "bernoulli",
+    "mixture",
+    "fvsbn",
+    "fvsbn-order",
+    "nade",
+    "nade-order",
+    "made-1hl",
+    "made-2hl-masks",
+    "made-direct-ordering",
+    "made-connectivity",
+    "made-tanh-direct",
+    "transformer",
+    "transformer-order",
+]
 AUTOREGRESSIVE = [m for m in ALL if m not in ("bernoulli", "mixture")]
 
 
@@ -114,7 +134,7 @@ def test_autoregressive_property_by_gradients(name):
     model = randomized(make(name, n))
     x = (torch.rand(3, n, generator=torch.Generator().manual_seed(1)) < 0.5).double()
     for s in range(getattr(model, "n_masks", 1)):
-        jac = torch.autograd.functional.jacobian(lambda v: model.logits(v, s).sum(0), x)  # (n, 3, n)
+        jac = torch.autograd.functional.jacobian(lambda v, s=s: model.logits(v, s).sum(0), x)  # (n, 3, n)
         jac = jac.abs().sum(1)  # (n outputs, n inputs)
         step = _steps(model, s)
         forbidden = step[None, :] >= step[:, None]  # input j not strictly before output i
@@ -147,7 +167,7 @@ def test_autoregressive_property_transformer(name):
         (g,) = torch.autograd.grad(logits[:, d].sum(), emb, retain_graph=True)
         per_pos = g.view(2, n, -1).abs().sum((0, 2))  # (n,) by position
         k = int(step[d])
-        assert float(per_pos[k + 1:].sum()) == 0.0 and float(per_pos[:k + 1].sum()) > 0
+        assert float(per_pos[k + 1 :].sum()) == 0.0 and float(per_pos[: k + 1].sum()) > 0
     # and by flipping bits: outputs at or before a dimension's step ignore that dimension's value
     with torch.no_grad():
         base = model.logits(x)
@@ -188,20 +208,30 @@ def _chi_square(model, probs, n_samples, seed):
     assert set(x.unique().tolist()) <= {0.0, 1.0}
     n = x.shape[1]
     idx = (x.long() * (2 ** torch.arange(n - 1, -1, -1))).sum(1)  # the row of all_vectors(n)
-    counts = torch.bincount(idx, minlength=2 ** n).double()
+    counts = torch.bincount(idx, minlength=2**n).double()
     expected = probs * n_samples
     return float(((counts - expected) ** 2 / expected).sum())
 
 
-@pytest.mark.parametrize("name", ["bernoulli", "mixture", "fvsbn-order", "nade-order", "made-2hl-masks",
-                                  "made-direct-ordering", "transformer-order"])
+@pytest.mark.parametrize(
+    "name",
+    [
+        "bernoulli",
+        "mixture",
+        "fvsbn-order",
+        "nade-order",
+        "made-2hl-masks",
+        "made-direct-ordering",
+        "transformer-order",
+    ],
+)
 def test_sample_frequencies_match_probabilities(name):
     n, n_samples = 3, 6000
     model = randomized(make(name, n), seed=5)
     with torch.no_grad():
         probs = model.log_prob(all_vectors(n)).exp()
         other = randomized(make(name, n), seed=6).log_prob(all_vectors(n)).exp()
-    critical = chi2.ppf(1 - 1e-4, df=2 ** n - 1)
+    critical = chi2.ppf(1 - 1e-4, df=2**n - 1)
     assert _chi_square(model, probs, n_samples, seed=11) < critical
     assert _chi_square(model, other, n_samples, seed=11) > critical  # a different model's probabilities fail
 

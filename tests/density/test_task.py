@@ -22,16 +22,44 @@ def _quiet(*a):
 
 
 def _cfg(path, *extra):
-    return resolve("made-digits", None, [f"data.path={path}", "model.d_model=24", "model.n_masks=3",
-                                         "train.batch_rows=20", "train.eval_every=5", "train.log_every=5",
-                                         "train.ckpt_every=5", *extra])
+    return resolve(
+        "made-digits",
+        None,
+        [
+            f"data.path={path}",
+            "model.d_model=24",
+            "model.n_masks=3",
+            "train.batch_rows=20",
+            "train.eval_every=5",
+            "train.log_every=5",
+            "train.ckpt_every=5",
+            *extra,
+        ],
+    )
 
 
 def test_train_eval_sample_cli(npz16, tmp_path, capsys):
     out = tmp_path / "run"
-    code = main(["train", "--no-progress", "--preset", "made-digits", "--set", f"data.path={npz16}", "--set",
-                 "model.d_model=24", "--set", "train.batch_rows=20", "--set", "train.eval_every=10", "--steps", "30",
-                 "--out", str(out)])
+    code = main(
+        [
+            "train",
+            "--no-progress",
+            "--preset",
+            "made-digits",
+            "--set",
+            f"data.path={npz16}",
+            "--set",
+            "model.d_model=24",
+            "--set",
+            "train.batch_rows=20",
+            "--set",
+            "train.eval_every=10",
+            "--steps",
+            "30",
+            "--out",
+            str(out),
+        ]
+    )
     assert code == 0
     capsys.readouterr()
     assert json.loads((out / "density.json").read_text())["n_dims"] == 16
@@ -90,8 +118,9 @@ def test_early_stopping_keeps_best_and_eval_uses_it(npz16, tmp_path):
 def test_resume_is_exact_with_masks(npz16, tmp_path):
     cfg = _cfg(npz16, "train.steps=10", "train.early_stop_patience=0")
     full, _ = train(cfg, tmp_path / "full", progress=False, log=_quiet)
-    part, _ = train(_cfg(npz16, "train.steps=5", "train.early_stop_patience=0"), tmp_path / "part",
-                    progress=False, log=_quiet)
+    part, _ = train(
+        _cfg(npz16, "train.steps=5", "train.early_stop_patience=0"), tmp_path / "part", progress=False, log=_quiet
+    )
     train(None, part.path, resume=True, progress=False, overrides=["train.steps=10"], log=_quiet)
     losses = lambda run: [(r["step"], r["loss"]) for r in run.metrics()]  # noqa: E731
     assert losses(part) == losses(full) and len(losses(full)) == 2
@@ -112,8 +141,12 @@ def test_epochs_cover_every_example_once(npz16):
 
 def test_optimizers_and_inverse_schedule():
     model = torch.nn.Linear(3, 2)
-    kinds = {"adamw": torch.optim.AdamW, "adagrad": torch.optim.Adagrad, "adadelta": torch.optim.Adadelta,
-             "sgd": torch.optim.SGD}
+    kinds = {
+        "adamw": torch.optim.AdamW,
+        "adagrad": torch.optim.Adagrad,
+        "adadelta": torch.optim.Adadelta,
+        "sgd": torch.optim.SGD,
+    }
     for name, cls in kinds.items():
         assert type(build_optimizer(model, TrainConfig(optimizer=name))) is cls
     ada = build_optimizer(model, TrainConfig(optimizer="adadelta", beta2=0.95, eps=1e-5))

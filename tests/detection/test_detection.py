@@ -9,14 +9,14 @@ import torch
 
 from genlab.cli import main
 from genlab.config import resolve
+from genlab.errors import GenlabError
 from genlab.families.detection.args import DetectionArgs
 from genlab.families.detection.features import AMBIGUOUS, concat, load_feature_dir, load_feature_file
-from genlab.families.detection.synth import SynthSpec, generate
-from genlab.families.detection.stream import StreamingDetector, detect_offline, stream_detect
-from genlab.errors import GenlabError
-from genlab.families.detection.oadtr import build_detector
-from genlab.families.detection.task import IGNORE, DetectionTask, make_batch
 from genlab.families.detection.metrics import ap_and_cap, frame_map
+from genlab.families.detection.oadtr import build_detector
+from genlab.families.detection.stream import StreamingDetector, detect_offline, stream_detect
+from genlab.families.detection.synth import SynthSpec, generate
+from genlab.families.detection.task import IGNORE, DetectionTask, make_batch
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # conftest.py: tiny shapes, 1 thread
 
@@ -42,8 +42,9 @@ def test_ap_matches_sklearn_without_ties():
     probs = rng.random((300, 4)) + 0.5 * np.eye(4)[labels]  # informative, tie-free
     m = frame_map(probs, labels)
     for c in (1, 2, 3):
-        assert m["per_class"][str(c)]["AP"] == pytest.approx(average_precision_score(labels == c, probs[:, c]),
-                                                             rel=1e-12)
+        assert m["per_class"][str(c)]["AP"] == pytest.approx(
+            average_precision_score(labels == c, probs[:, c]), rel=1e-12
+        )
     assert m["mAP"] == pytest.approx(np.mean([average_precision_score(labels == c, probs[:, c]) for c in (1, 2, 3)]))
 
 
@@ -78,7 +79,9 @@ def test_feature_dir_layout_and_ambiguous_mapping(tmp_path):
     for onehot in (False, True):
         root = _write_dir(tmp_path / f"d{onehot}", vids, onehot=onehot)
         d = load_feature_dir(root, split="all")
-        assert d.classes == ["Background", "jump", "run"] and d.feat_dim == 6 and len(d) == sum(20 + i for i in range(5))
+        assert (
+            d.classes == ["Background", "jump", "run"] and d.feat_dim == 6 and len(d) == sum(20 + i for i in range(5))
+        )
         y = np.concatenate([vids[n][1] for n in d.names])
         assert np.array_equal(d.labels, np.where(y == 3, AMBIGUOUS, y))  # id 3 = "Ambiguous" -> -1
     (root / "split.json").write_text(json.dumps({"train": ["v0", "v1", "v2"], "test": ["v4"]}))
@@ -86,18 +89,21 @@ def test_feature_dir_layout_and_ambiguous_mapping(tmp_path):
     assert load_feature_dir(root, split="test").names == ["v4"]
 
 
-@pytest.mark.parametrize("break_it,words", [
-    (lambda r: np.save(r / "labels" / "v0.npy", np.zeros(3, np.int64)), ["3 frames", "must match"]),
-    (lambda r: np.save(r / "features" / "v0.npy", np.full((20, 6), np.nan, np.float32)), ["NaN"]),
-    (lambda r: np.save(r / "features" / "v0.npy", np.zeros((20, 6, 1), np.float32)), ["2 dimensions"]),
-    (lambda r: np.save(r / "features" / "v0.npy", np.zeros((0, 6), np.float32)), ["empty"]),
-    (lambda r: np.save(r / "features" / "v1.npy", np.zeros((21, 5), np.float32)), ["5 features", "expects 6"]),
-    (lambda r: (r / "labels" / "v1.npy").unlink(), ["no labels", "v1"]),
-    (lambda r: np.save(r / "labels" / "v0.npy", np.full(20, 7)), ["class id 7", "allowed"]),
-    (lambda r: (r / "features" / "v0.npy").write_bytes(b"not an array"), ["cannot be read"]),
-    (lambda r: (r / "classes.txt").write_text("Background\n"), ["need the background and at least one action"]),
-    (lambda r: (r / "split.json").write_text('{"train": ["nope"]}'), ["nope"]),
-])
+@pytest.mark.parametrize(
+    "break_it,words",
+    [
+        (lambda r: np.save(r / "labels" / "v0.npy", np.zeros(3, np.int64)), ["3 frames", "must match"]),
+        (lambda r: np.save(r / "features" / "v0.npy", np.full((20, 6), np.nan, np.float32)), ["NaN"]),
+        (lambda r: np.save(r / "features" / "v0.npy", np.zeros((20, 6, 1), np.float32)), ["2 dimensions"]),
+        (lambda r: np.save(r / "features" / "v0.npy", np.zeros((0, 6), np.float32)), ["empty"]),
+        (lambda r: np.save(r / "features" / "v1.npy", np.zeros((21, 5), np.float32)), ["5 features", "expects 6"]),
+        (lambda r: (r / "labels" / "v1.npy").unlink(), ["no labels", "v1"]),
+        (lambda r: np.save(r / "labels" / "v0.npy", np.full(20, 7)), ["class id 7", "allowed"]),
+        (lambda r: (r / "features" / "v0.npy").write_bytes(b"not an array"), ["cannot be read"]),
+        (lambda r: (r / "classes.txt").write_text("Background\n"), ["need the background and at least one action"]),
+        (lambda r: (r / "split.json").write_text('{"train": ["nope"]}'), ["nope"]),
+    ],
+)
 def test_feature_dir_errors(tmp_path, break_it, words):
     rng = np.random.default_rng(0)
     root = _write_dir(tmp_path / "d", {f"v{i}": _video(rng, 20 + i) for i in range(3)})
@@ -138,8 +144,20 @@ def test_windows_and_future_labels_respect_video_boundaries():
 
 
 def test_loss_ignores_ambiguous_targets_and_weights_the_future():
-    cfg = resolve(None, None, ["task=detection", "model.arch=oadtr", "model.d_model=16", "model.n_head=2",
-                               "model.dec_heads=2", "model.future_steps=3", "data.history=5", "train.future_weight=0.5"])
+    cfg = resolve(
+        None,
+        None,
+        [
+            "task=detection",
+            "model.arch=oadtr",
+            "model.d_model=16",
+            "model.n_head=2",
+            "model.dec_heads=2",
+            "model.future_steps=3",
+            "data.history=5",
+            "train.future_weight=0.5",
+        ],
+    )
     task = DetectionTask(cfg)
     torch.manual_seed(0)
     model = build_detector(cfg.model, 4, 3, 5).eval()
@@ -165,8 +183,9 @@ def test_loss_ignores_ambiguous_targets_and_weights_the_future():
 def test_streaming_equals_offline(arch):
     torch.manual_seed(0)
     T = 7
-    model = build_detector(DetectionArgs(arch=arch, d_model=16, n_layer=2, n_head=2, dec_layers=2, dec_heads=2,
-                                       future_steps=3), 5, 4, T).eval()
+    model = build_detector(
+        DetectionArgs(arch=arch, d_model=16, n_layer=2, n_head=2, dec_layers=2, dec_heads=2, future_steps=3), 5, 4, T
+    ).eval()
     x = np.random.default_rng(1).standard_normal((40, 5)).astype(np.float32)
     # reference: each frame's window built by hand (zeros before the start) through model.forward
     padded = np.concatenate([np.zeros((T - 1, 5), np.float32), x])
@@ -203,10 +222,23 @@ def detection_run(tmp_path_factory):
     root = _write_dir(base / "data", {f"v{i}": _video(rng, 60) for i in range(6)})
     (root / "split.json").write_text(json.dumps({"train": ["v0", "v1", "v2", "v3"], "test": ["v4", "v5"]}))
     out = base / "run"
-    sets = [f"data.path={root}", "data.history=8", "model.d_model=16", "model.n_layer=1", "model.n_head=2",
-            "model.dec_layers=1", "model.dec_heads=2", "model.future_steps=2", "train.steps=4", "train.batch_rows=8",
-            "train.eval_every=2", "train.eval_batches=1", "train.ckpt_every=2", "train.warmup_steps=1",
-            "train.threads=1"]
+    sets = [
+        f"data.path={root}",
+        "data.history=8",
+        "model.d_model=16",
+        "model.n_layer=1",
+        "model.n_head=2",
+        "model.dec_layers=1",
+        "model.dec_heads=2",
+        "model.future_steps=2",
+        "train.steps=4",
+        "train.batch_rows=8",
+        "train.eval_every=2",
+        "train.eval_batches=1",
+        "train.ckpt_every=2",
+        "train.warmup_steps=1",
+        "train.threads=1",
+    ]
     argv = ["train", "--no-progress", "--preset", "oadtr-synth", "--out", str(out)] + [f"--set={s}" for s in sets]
     assert main(argv) == 0
     return out, root
@@ -242,13 +274,21 @@ def test_detect_bad_input(capsys, detection_run, tmp_path):
     np.save(bad, np.array([[np.nan] * 6], np.float32))
     _one_line_error(capsys, ["detect", str(out), "--features", str(bad)], "NaN")
     _one_line_error(capsys, ["detect", str(out), "--features", str(tmp_path / "none.npy")], "does not exist")
-    _one_line_error(capsys, ["detect", str(out), "--features", str(bad), "--out", str(tmp_path / "x.txt")], ".npy or .csv")
+    _one_line_error(
+        capsys, ["detect", str(out), "--features", str(bad), "--out", str(tmp_path / "x.txt")], ".npy or .csv"
+    )
     _one_line_error(capsys, ["sample", str(out)], "genlab detect")
-    _one_line_error(capsys, ["train", "--preset", "oadtr-synth", "--set", "model.arch=transformer", "--out",
-                             str(tmp_path / "r")], "oadtr, gru, lstm")
+    _one_line_error(
+        capsys,
+        ["train", "--preset", "oadtr-synth", "--set", "model.arch=transformer", "--out", str(tmp_path / "r")],
+        "oadtr, gru, lstm",
+    )
     assert not (tmp_path / "r").exists()
-    _one_line_error(capsys, ["train", "--preset", "oadtr-synth", "--set", f"data.path={tmp_path}", "--out",
-                             str(tmp_path / "r")], "classes.txt")
+    _one_line_error(
+        capsys,
+        ["train", "--preset", "oadtr-synth", "--set", f"data.path={tmp_path}", "--out", str(tmp_path / "r")],
+        "classes.txt",
+    )
     assert not (tmp_path / "r").exists()
 
 
@@ -259,14 +299,29 @@ def test_detection_resume_is_bitwise_exact(detection_run, tmp_path):
     from genlab.train.trainer import train
 
     _, root = detection_run
-    sets = [f"data.path={root}", "data.history=8", "model.d_model=16", "model.n_layer=1", "model.n_head=2",
-            "model.dec_layers=1", "model.dec_heads=2", "model.future_steps=2", "train.steps=6", "train.batch_rows=8",
-            "train.eval_every=100", "train.ckpt_every=3", "train.log_every=1", "train.threads=1"]
+    sets = [
+        f"data.path={root}",
+        "data.history=8",
+        "model.d_model=16",
+        "model.n_layer=1",
+        "model.n_head=2",
+        "model.dec_layers=1",
+        "model.dec_heads=2",
+        "model.future_steps=2",
+        "train.steps=6",
+        "train.batch_rows=8",
+        "train.eval_every=100",
+        "train.ckpt_every=3",
+        "train.log_every=1",
+        "train.threads=1",
+    ]
     full, _ = train(resolve("oadtr-synth", None, sets), tmp_path / "full", progress=False, log=lambda *a: None)
     part = tmp_path / "part"
     shutil.copytree(full.path, part)
     shutil.rmtree(checkpoint.list_checkpoints(part)[-1])  # back to step 3
     train(None, part, resume=True, progress=False, log=lambda *a: None)
-    losses = [[(r["step"], r["loss"]) for r in map(json.loads, (d / "metrics.jsonl").read_text().splitlines())]
-              for d in (full.path, part)]
+    losses = [
+        [(r["step"], r["loss"]) for r in map(json.loads, (d / "metrics.jsonl").read_text().splitlines())]
+        for d in (full.path, part)
+    ]
     assert losses[0] == losses[1] and len(losses[0]) == 6

@@ -9,17 +9,36 @@ import torch
 
 from genlab.cli import main
 from genlab.config import resolve
-from genlab.families.diffusion.data import load_digits_set, load_images, split
 from genlab.errors import GenlabError
 from genlab.families.diffusion import metrics as E
+from genlab.families.diffusion.data import load_digits_set, load_images, split
 from genlab.train import checkpoint
 from genlab.train.trainer import train
 
-TINY = ["task=diffusion", "model.arch=unet", "data.image_size=8", "model.downsample=2", "model.vae_channels=8",
-        "model.unet_channels=8", "model.d_model=8", "model.n_layer=1", "model.n_head=2", "model.channel_mult=1,2",
-        "model.latent_channels=2", "model.diffusion_steps=50", "data.val_fraction=0.2", "train.batch_rows=8",
-        "train.steps=4", "train.vae_steps=2", "train.log_every=1", "train.eval_every=2", "train.eval_batches=1",
-        "train.ckpt_every=2", "train.warmup_steps=1", "train.spike_window=0"]
+TINY = [
+    "task=diffusion",
+    "model.arch=unet",
+    "data.image_size=8",
+    "model.downsample=2",
+    "model.vae_channels=8",
+    "model.unet_channels=8",
+    "model.d_model=8",
+    "model.n_layer=1",
+    "model.n_head=2",
+    "model.channel_mult=1,2",
+    "model.latent_channels=2",
+    "model.diffusion_steps=50",
+    "data.val_fraction=0.2",
+    "train.batch_rows=8",
+    "train.steps=4",
+    "train.vae_steps=2",
+    "train.log_every=1",
+    "train.eval_every=2",
+    "train.eval_batches=1",
+    "train.ckpt_every=2",
+    "train.warmup_steps=1",
+    "train.spike_window=0",
+]
 
 
 def _png(path, size=(8, 8), value=128, mode="L"):
@@ -88,7 +107,9 @@ def test_bad_images_empty_folders_and_missing_captions(tmp_path):
     (tmp_path / "badline" / "captions.jsonl").write_text('{"file": "x.png"}\n')
     cases.append(("badline", 'captions.jsonl:1: needs string fields "file" and "caption"'))
     _png(tmp_path / "gone" / "x.png")
-    (tmp_path / "gone" / "captions.jsonl").write_text('{"file": "x.png", "caption": "a"}\n{"file": "z.png", "caption": "b"}\n')
+    (tmp_path / "gone" / "captions.jsonl").write_text(
+        '{"file": "x.png", "caption": "a"}\n{"file": "z.png", "caption": "b"}\n'
+    )
     cases.append(("gone", "'z.png' does not exist"))
     (tmp_path / "file.txt").write_text("hello")
     cases.append(("file.txt", "is a file"))
@@ -102,7 +123,9 @@ def test_cli_bad_diffusion_input_leaves_no_run_dir(capsys, tmp_path):
     out = tmp_path / "run"
     base = ["train", "--no-progress", "--out", str(out)] + [f"--set={s}" for s in TINY]
     _one_line_error(capsys, base + [f"--set=data.path={tmp_path / 'empty'}"], "no images found", ".png")
-    _one_line_error(capsys, base + ["--set=model.arch=transformer"], "is not allowed for task 'diffusion'; choose one of: unet")
+    _one_line_error(
+        capsys, base + ["--set=model.arch=transformer"], "is not allowed for task 'diffusion'; choose one of: unet"
+    )
     _one_line_error(capsys, base + ["--set=data.image_size=10"], "data.image_size", "multiple")
     _one_line_error(capsys, base + ["--set=train.vae_steps=4"], "train.vae_steps")
     _one_line_error(capsys, base + ["--set=model.channel_mult=1,x"], "model.channel_mult")
@@ -138,8 +161,24 @@ def test_sample_writes_png_grid_and_checks_arguments(capsys, tiny_run, tmp_path)
     from PIL import Image
 
     png = tmp_path / "g.png"
-    argv = ["sample", str(tiny_run), "--prompt", "a handwritten 3", "-n", "4", "--steps", "3", "--sampler",
-            "ddim", "--guidance", "3", "--seed", "0", "--out", str(png)]
+    argv = [
+        "sample",
+        str(tiny_run),
+        "--prompt",
+        "a handwritten 3",
+        "-n",
+        "4",
+        "--steps",
+        "3",
+        "--sampler",
+        "ddim",
+        "--guidance",
+        "3",
+        "--seed",
+        "0",
+        "--out",
+        str(png),
+    ]
     assert main(argv) == 0
     im = np.asarray(Image.open(png))
     assert im.shape == (2 * (2 * 9 + 1), 2 * (2 * 9 + 1))  # 2x2 grid of 8x8, 1-pixel gaps, scaled 2x

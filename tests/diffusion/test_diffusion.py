@@ -40,7 +40,7 @@ def test_beta_schedules_match_their_formulas():
     assert torch.allclose(make_betas("linear", T, 1e-4, 0.02)[[0, -1]], torch.tensor([1e-4, 0.02]))
     sl = make_betas("scaled_linear", T, 0.00085, 0.012)
     assert torch.allclose(sl[[0, -1]], torch.tensor([0.00085, 0.012]))
-    assert torch.allclose(sl.sqrt(), torch.linspace(0.00085 ** 0.5, 0.012 ** 0.5, T), atol=1e-7)
+    assert torch.allclose(sl.sqrt(), torch.linspace(0.00085**0.5, 0.012**0.5, T), atol=1e-7)
     ac = torch.cumprod(1 - make_betas("squaredcos_cap_v2", T).double(), 0)
     f = lambda s: math.cos((s / T + 0.008) / 1.008 * math.pi / 2) ** 2  # noqa: E731
     for t in (0, 100, 500, 900):
@@ -124,8 +124,13 @@ def test_guidance_formula():
 # ------------------------------------------------------------------ models
 def test_vae_kl_matches_formula_and_shapes():
     mean, logvar = torch.randn(3, 4, 2, 2), torch.randn(3, 4, 2, 2)
-    ref = torch.distributions.kl_divergence(torch.distributions.Normal(mean, (0.5 * logvar).exp()),
-                                            torch.distributions.Normal(0.0, 1.0)).flatten(1).sum(1)
+    ref = (
+        torch.distributions.kl_divergence(
+            torch.distributions.Normal(mean, (0.5 * logvar).exp()), torch.distributions.Normal(0.0, 1.0)
+        )
+        .flatten(1)
+        .sum(1)
+    )
     assert torch.allclose(kl_to_standard_normal(mean, logvar), ref, atol=1e-5)
     assert torch.allclose(kl_to_standard_normal(torch.zeros(2, 3), torch.zeros(2, 3)), torch.zeros(2))
     for f in (1, 2, 4):

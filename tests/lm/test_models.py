@@ -1,14 +1,14 @@
 import pytest
 import torch
 
-from genlab.families.lm.args import LMArgs
+from genlab.config import TrainConfig
 from genlab.data.packing import TokenDataset
 from genlab.families import build_lm
+from genlab.families.lm.args import LMArgs
 from genlab.families.lm.model import count_params
 from genlab.families.lm.task import LMTask
 from genlab.generate import SamplingSettings, generate
 from genlab.train.optim import build_optimizer
-from genlab.config import TrainConfig
 
 
 def _data(vocab=64, L=32, seed=0):
@@ -28,7 +28,7 @@ def test_each_model_lowers_the_loss(arch):
     model = build_lm(cfg, 64, 32)
     opt = build_optimizer(model, TrainConfig(lr=1e-2, weight_decay=0.0))
     data = _data()
-    state = (0, 0)
+    state = (0, 0, 0)
     losses = []
     for _ in range(25):
         batch, state = data.batch_at(state)
@@ -69,8 +69,9 @@ def test_rnn_state_resets_per_document():
     cu = torch.tensor([0, 5, 7, 11], dtype=torch.int32)
     with torch.no_grad():
         packed = model(x, None, cu, 5)
-        alone = torch.cat([model(torch.tensor(d), None, torch.tensor([0, len(d)], dtype=torch.int32), len(d))
-                           for d in docs])
+        alone = torch.cat(
+            [model(torch.tensor(d), None, torch.tensor([0, len(d)], dtype=torch.int32), len(d)) for d in docs]
+        )
     torch.testing.assert_close(packed, alone, atol=1e-6, rtol=1e-5)
 
 

@@ -10,14 +10,14 @@ import pytest
 import torch
 
 from genlab.config import resolve
-from genlab.families.lm.args import LMArgs
-from genlab.families.lm.objectives import apply_objective
 from genlab.data.packing import IGNORE, Batch
 from genlab.errors import GenlabError
-from genlab.families.lm.transformer import Transformer
-from genlab.ops.loss import head_cross_entropy, weighted_cross_entropy
+from genlab.families.lm.args import LMArgs
+from genlab.families.lm.objectives import apply_objective
 from genlab.families.lm.task import LMTask
+from genlab.families.lm.transformer import Transformer
 from genlab.generate import SamplingSettings, infill, parse_infill
+from genlab.ops.loss import head_cross_entropy, weighted_cross_entropy
 from genlab.train.trainer import train
 
 BOS = 0
@@ -139,8 +139,9 @@ def test_any_order_estimator_is_exactly_the_nll_averaged_over_orderings():
             est += (1 / n) * (1 / len(subsets)) * (n / k) * sum(_masked_ce(model, x, S, mask_id).values())
     assert est == pytest.approx(exact, rel=1e-9)
     # and the stochastic version through apply_objective converges to it
-    b = Batch(x.clone(), torch.full_like(x, IGNORE), torch.arange(n), torch.tensor([0, n], dtype=torch.int32),
-              n, n, n, 1)
+    b = Batch(
+        x.clone(), torch.full_like(x, IGNORE), torch.arange(n), torch.tensor([0, n], dtype=torch.int32), n, n, n, 1
+    )
     vals = []
     for s in range(1000):
         m = apply_objective(b, "any-order", mask_id, 6, torch.Generator().manual_seed(s))
@@ -293,8 +294,17 @@ def test_cli_infill_and_its_errors(tiny_overrides, tiny_corpus, tmp_path):
     r = _cli("sample", tmp_path / "c", "--infill", "a <mask> b")
     assert r.returncode != 0 and "train.objective = masked or any-order" in r.stderr
     assert "Traceback" not in r.stderr
-    r = _cli("train", "--no-progress", "--out", tmp_path / "bad", *sets, "--set", "train.objective=any-order",
-             "--set", "model.arch=lstm")
+    r = _cli(
+        "train",
+        "--no-progress",
+        "--out",
+        tmp_path / "bad",
+        *sets,
+        "--set",
+        "train.objective=any-order",
+        "--set",
+        "model.arch=lstm",
+    )
     assert r.returncode != 0 and "needs model.arch = 'transformer'" in r.stderr
     assert not (tmp_path / "bad").exists()
     r = _cli("train", "--no-progress", "--out", tmp_path / "bad", *sets, "--set", "train.objective=left-to-right")

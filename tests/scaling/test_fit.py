@@ -10,8 +10,16 @@ import torch
 
 from genlab.cli import main
 from genlab.errors import GenlabError
-from genlab.scaling.fit import (chinchilla_objective, fit_all, fit_chinchilla, fit_hparams, fit_isoflop,
-                                isoflop_minimum, power_law, read_results)
+from genlab.scaling.fit import (
+    chinchilla_objective,
+    fit_all,
+    fit_chinchilla,
+    fit_hparams,
+    fit_isoflop,
+    isoflop_minimum,
+    power_law,
+    read_results,
+)
 from genlab.scaling.laws import EPOCH, ChinchillaForm
 from genlab.scaling.lbfgs import batched_lbfgs
 from genlab.scaling.sweep import COLUMNS
@@ -23,7 +31,7 @@ A_TRUE = LAW.beta / (LAW.alpha + LAW.beta)  # M_opt ~ C^a under C = M * D
 def test_power_law_recovers_exponent():
     rng = np.random.default_rng(0)
     x = np.logspace(17, 21, 40)
-    y = 0.3118 * x ** -0.125 * np.exp(rng.normal(0, 0.01, x.size))
+    y = 0.3118 * x**-0.125 * np.exp(rng.normal(0, 0.01, x.size))
     k, e = power_law(x, y)
     assert abs(e / -0.125 - 1) < 0.01 and abs(k / 0.3118 - 1) < 0.1
 
@@ -34,12 +42,12 @@ def test_near_optimal_band_recovers_lr_and_batch_laws():
     lr_grid, b_grid = np.linspace(-4.5, -1.5, 61), np.linspace(4, 8, 81)
     rows = []
     for C in np.logspace(17, 21, 5):
-        e0, b0 = np.log10(0.3118 * C ** -0.125), np.log10(0.2920 * C ** 0.3271)
-        L0 = 2 + 1e3 / C ** 0.05
+        e0, b0 = np.log10(0.3118 * C**-0.125), np.log10(0.2920 * C**0.3271)
+        L0 = 2 + 1e3 / C**0.05
         for x in lr_grid:
             for y in b_grid:
                 L = L0 * (1 + 0.01 * ((x - e0) ** 2 + (y - b0) ** 2)) * (1 + rng.normal(0, 2e-5))
-                rows.append({"budget": C, "lr": 10 ** x, "batch_tokens": 10 ** y, "val_loss": L})
+                rows.append({"budget": C, "lr": 10**x, "batch_tokens": 10**y, "val_loss": L})
     h = fit_hparams(rows)
     assert abs(h["lr"]["e"] / -0.1250 - 1) < 0.01
     assert abs(h["batch"]["e"] / 0.3271 - 1) < 0.01
@@ -49,13 +57,24 @@ def _isoflop_rows(rng, noise=1e-4, budgets=np.logspace(17, 21, 5), width=0.45):
     rows = []
     G = (LAW.alpha * LAW.A / (LAW.beta * LAW.B)) ** (1 / (LAW.alpha + LAW.beta))
     for C in budgets:
-        centre = np.log10(G * C ** A_TRUE) + rng.uniform(-0.1, 0.1)  # grids not centred on the optimum
+        centre = np.log10(G * C**A_TRUE) + rng.uniform(-0.1, 0.1)  # grids not centred on the optimum
         for lm in centre + np.linspace(-width, width, 9):
-            M = 10 ** lm
+            M = 10**lm
             D = C / M
-            rows.append({"budget": C, "M": M, "N1": M / 6, "N2": M / 6, "tokens": D, "lr": 1e-3,
-                         "batch_tokens": 1e6, "lr_batch": 0, "isoflop": 1,
-                         "val_loss": LAW.loss(M, D) * np.exp(rng.normal(0, noise))})
+            rows.append(
+                {
+                    "budget": C,
+                    "M": M,
+                    "N1": M / 6,
+                    "N2": M / 6,
+                    "tokens": D,
+                    "lr": 1e-3,
+                    "batch_tokens": 1e6,
+                    "lr_batch": 0,
+                    "isoflop": 1,
+                    "val_loss": LAW.loss(M, D) * np.exp(rng.normal(0, noise)),
+                }
+            )
     return rows
 
 
@@ -92,8 +111,9 @@ def test_chinchilla_fit_recovers_exponents():
 def _torch_lbfgs(fn, x0):
     """The reference: torch.optim.LBFGS on one problem."""
     p = x0.clone().requires_grad_(True)
-    opt = torch.optim.LBFGS([p], max_iter=200, tolerance_grad=1e-12, tolerance_change=1e-16,
-                            line_search_fn="strong_wolfe")
+    opt = torch.optim.LBFGS(
+        [p], max_iter=200, tolerance_grad=1e-12, tolerance_change=1e-16, line_search_fn="strong_wolfe"
+    )
 
     def closure():
         opt.zero_grad()
@@ -118,12 +138,13 @@ def test_batched_lbfgs_matches_torch_lbfgs():
     # the Chinchilla objective, started near its optimum (where it is well conditioned)
     rng = np.random.default_rng(1)
     n, d = np.logspace(7, 10, 12), np.logspace(12, 9, 12)
-    logs = [torch.tensor(np.log(v), dtype=torch.float64)
-            for v in (n, d, EPOCH.loss(n, d) * np.exp(rng.normal(0, 1e-3, 12)))]
+    logs = [
+        torch.tensor(np.log(v), dtype=torch.float64) for v in (n, d, EPOCH.loss(n, d) * np.exp(rng.normal(0, 1e-3, 12)))
+    ]
     w = torch.ones(2, 12, dtype=torch.float64)
     truth = [np.log(EPOCH.A), np.log(EPOCH.B), np.log(EPOCH.E), EPOCH.alpha, EPOCH.beta]
     starts = torch.tensor([truth, [t * 1.05 for t in truth]], dtype=torch.float64)
-    x, f = batched_lbfgs(lambda p: chinchilla_objective(p, *logs, w[:len(p)].expand(len(p), -1)), starts)
+    x, f = batched_lbfgs(lambda p: chinchilla_objective(p, *logs, w[: len(p)].expand(len(p), -1)), starts)
     obj = lambda p: chinchilla_objective(p, *logs, w[:1])  # noqa: E731
     for i in range(2):
         ref = _torch_lbfgs(obj, starts[i])
@@ -150,14 +171,25 @@ def _grid_rows(rng, budgets=(1e17, 1e18, 1e19)):
     rows = []
     G = (LAW.alpha * LAW.A / (LAW.beta * LAW.B)) ** (1 / (LAW.alpha + LAW.beta))
     for C in budgets:
-        M = G * C ** A_TRUE
+        M = G * C**A_TRUE
         e0 = np.log10(0.01 * (C / 1e17) ** -0.1)
         for x in e0 + np.array([-0.6, -0.3, 0.0, 0.3, 0.6]) + 0.05:
             for y in (3.0, 3.3, 3.6):
                 bowl = 1 + 0.02 * (x - e0) ** 2 + 0.02 * (y - 3.3) ** 2
-                rows.append({"budget": C, "M": M, "N1": M / 6, "N2": M / 6, "tokens": C / M, "lr": 10 ** x,
-                             "batch_tokens": 10 ** y, "lr_batch": 1, "isoflop": 0,
-                             "val_loss": LAW.loss(M, C / M) * bowl * (1 + rng.normal(0, 1e-4))})
+                rows.append(
+                    {
+                        "budget": C,
+                        "M": M,
+                        "N1": M / 6,
+                        "N2": M / 6,
+                        "tokens": C / M,
+                        "lr": 10**x,
+                        "batch_tokens": 10**y,
+                        "lr_batch": 1,
+                        "isoflop": 0,
+                        "val_loss": LAW.loss(M, C / M) * bowl * (1 + rng.normal(0, 1e-4)),
+                    }
+                )
     return rows
 
 
@@ -195,11 +227,20 @@ def test_cli_fit_writes_json_and_plots(tmp_path, capsys, few_starts):
 
 
 def test_bad_results_files(tmp_path, capsys):
-    cases = {"missing.csv": None, "cols.csv": "a,b\n1,2\n", "empty.csv": ",".join(COLUMNS) + "\n",
-             "text.csv": ",".join(COLUMNS) + "\n" + ",".join(["x"] * len(COLUMNS)) + "\n",
-             "neg.csv": ",".join(COLUMNS) + "\n" + ",".join(["p"] + ["-1"] * (len(COLUMNS) - 1)) + "\n"}
-    words = {"missing.csv": "does not exist", "cols.csv": "lacks the column", "empty.csv": "no result rows",
-             "text.csv": "must be a number", "neg.csv": "positive"}
+    cases = {
+        "missing.csv": None,
+        "cols.csv": "a,b\n1,2\n",
+        "empty.csv": ",".join(COLUMNS) + "\n",
+        "text.csv": ",".join(COLUMNS) + "\n" + ",".join(["x"] * len(COLUMNS)) + "\n",
+        "neg.csv": ",".join(COLUMNS) + "\n" + ",".join(["p"] + ["-1"] * (len(COLUMNS) - 1)) + "\n",
+    }
+    words = {
+        "missing.csv": "does not exist",
+        "cols.csv": "lacks the column",
+        "empty.csv": "no result rows",
+        "text.csv": "must be a number",
+        "neg.csv": "positive",
+    }
     for name, text in cases.items():
         path = tmp_path / name
         if text is not None:

@@ -8,8 +8,16 @@ import pytest
 
 from genlab.config import resolve
 from genlab.families.lm.args import LMArgs
-from genlab.train.flops import (LayerShapes, attention_shapes, deepseek_M, flops_from_layers, flops_per_token,
-                                  mla_shapes, moe_shapes, swiglu_shapes)
+from genlab.train.flops import (
+    LayerShapes,
+    attention_shapes,
+    deepseek_M,
+    flops_from_layers,
+    flops_per_token,
+    mla_shapes,
+    moe_shapes,
+    swiglu_shapes,
+)
 
 
 @pytest.mark.parametrize("n_layer,d,l_seq", [(2, 96, 64), (8, 384, 4096), (12, 768, 4096), (30, 3072, 2048)])
@@ -24,8 +32,14 @@ def test_dense_M_equals_the_formula_exactly(n_layer, d, l_seq):
 
 def test_paper_table3_ratios():
     # DeepSeek LLM Table 3 (l_seq 4096, vocab 102400): (n_layer, d) -> M, 6N1/M, 6N2/M
-    table = [(8, 512, 352e6, 0.43, 1.32), (12, 768, 963e6, 0.53, 1.02), (24, 1024, 3.02e9, 0.60, 0.81),
-             (24, 2048, 9.66e9, 0.75, 0.88), (40, 5120, 85.6e9, 0.88, 0.92), (80, 8192, 419e9, 0.92, 0.94)]
+    table = [
+        (8, 512, 352e6, 0.43, 1.32),
+        (12, 768, 963e6, 0.53, 1.02),
+        (24, 1024, 3.02e9, 0.60, 0.81),
+        (24, 2048, 9.66e9, 0.75, 0.88),
+        (40, 5120, 85.6e9, 0.88, 0.92),
+        (80, 8192, 419e9, 0.92, 0.94),
+    ]
     for n, d, M, r1, r2 in table:
         m = deepseek_M(n, d, 4096)
         assert abs(m / M - 1) < 0.005

@@ -7,24 +7,27 @@ import pytest
 
 from genlab.cli import main
 from genlab.config import TrainConfig
-from genlab.families.lm.args import LMArgs
 from genlab.errors import GenlabError
+from genlab.families.lm.args import LMArgs
 from genlab.scaling import laws
-from genlab.train.flops import deepseek_M, flops_per_token
 from genlab.scaling.plan import find_shape, plan, resolve_budget
+from genlab.train.flops import deepseek_M, flops_per_token
 from genlab.train.optim import lr_factor
 
 
 def test_deepseek_formulas_reproduce_the_reference_table():
     # shared/reference/scaling-laws.md §1.4, recomputed from the formulas
-    for C, eta, B, M, D in [(1e20, 9.86e-4, 1.02e6, 5.25e9, 1.90e10), (1e22, 5.55e-4, 4.59e6, 5.87e10, 1.70e11),
-                            (1e24, 3.12e-4, 2.07e7, 6.57e11, 1.52e12)]:
+    for C, eta, B, M, D in [
+        (1e20, 9.86e-4, 1.02e6, 5.25e9, 1.90e10),
+        (1e22, 5.55e-4, 4.59e6, 5.87e10, 1.70e11),
+        (1e24, 3.12e-4, 2.07e7, 6.57e11, 1.52e12),
+    ]:
         m, d = laws.LAWS["deepseek"].split(C)
         for got, want in ((laws.eta_opt(C), eta), (laws.batch_opt_tokens(C), B), (m, M), (d, D)):
             assert got == pytest.approx(want, rel=6e-3)
         assert m * d == pytest.approx(C, rel=2e-4)  # 0.1715 * 5.8316 = 1.0001
     # by hand: 0.3118 * (1e20)^-0.125 = 0.3118 * 10^-2.5
-    assert laws.eta_opt(1e20) == pytest.approx(0.3118 * 10 ** -2.5, rel=1e-12)
+    assert laws.eta_opt(1e20) == pytest.approx(0.3118 * 10**-2.5, rel=1e-12)
     assert laws.batch_opt_tokens(1e20) == pytest.approx(0.2920 * 10 ** (20 * 0.3271), rel=1e-12)
 
 
@@ -46,11 +49,14 @@ def _published(n_layer, d, n_head, n_kv, ffn):
     return flops_per_token(cfg, 102400, 4096)["M"]
 
 
-@pytest.mark.parametrize("name,M,lr,batch,lr_tol,batch_tol", [
-    ("7B", _published(30, 4096, 32, 0, 11008), 4.2e-4, 2304, 0.03, 0.03),
-    ("67B", _published(95, 8192, 64, 8, 22016), 3.2e-4, 4608, 0.03, 0.10),  # GQA: 8 KV heads
-    ("67B as MHA", deepseek_M(95, 8192, 4096), 3.2e-4, 4608, 0.03, 0.10),
-])
+@pytest.mark.parametrize(
+    "name,M,lr,batch,lr_tol,batch_tol",
+    [
+        ("7B", _published(30, 4096, 32, 0, 11008), 4.2e-4, 2304, 0.03, 0.03),
+        ("67B", _published(95, 8192, 64, 8, 22016), 3.2e-4, 4608, 0.03, 0.10),  # GQA: 8 KV heads
+        ("67B as MHA", deepseek_M(95, 8192, 4096), 3.2e-4, 4608, 0.03, 0.10),
+    ],
+)
 def test_plan_at_deepseek_budgets(name, M, lr, batch, lr_tol, batch_tol):
     p = plan(size=M, D=2e12, compare=False)
     assert p["compute"] == pytest.approx(M * 2e12)
@@ -113,9 +119,12 @@ def test_cli_plan(capsys):
     assert main(["plan", "--compute", "1e12", "--preset", "lm-tiny", "--law", "chinchilla"]) == 0
     out = capsys.readouterr().out
     assert "law          chinchilla" in out and "--preset lm-tiny" in out and "data.packing_length=128" in out
-    for argv, words in ((["plan"], "give --compute"), (["plan", "--compute", "0"], "> 0"),
-                        (["plan", "--compute", "1e20", "--law", "kaplan"], "invalid choice"),
-                        (["plan", "--compute", "1e20", "--preset", "nope"], "unknown preset")):
+    for argv, words in (
+        (["plan"], "give --compute"),
+        (["plan", "--compute", "0"], "> 0"),
+        (["plan", "--compute", "1e20", "--law", "kaplan"], "invalid choice"),
+        (["plan", "--compute", "1e20", "--preset", "nope"], "unknown preset"),
+    ):
         assert main(argv) == 2
         err = capsys.readouterr().err.strip().splitlines()
         assert len(err) == 1 and words in err[0]

@@ -13,8 +13,18 @@ from genlab.train.rundir import RunDir
 
 # two budgets; at each one lr x batch pair (shared with the IsoFLOP middle) and a second lr, and
 # IsoFLOP sizes 50x and 200x M_opt (the smallest shapes): 1-7 steps per point, 64-token rows
-TINY = ["--budgets", "5e7,1e8", "--lr-factors", "1,2", "--batch-factors", "1", "--size-factors", "50,200",
-        "--lr-batch-size", "50"]
+TINY = [
+    "--budgets",
+    "5e7,1e8",
+    "--lr-factors",
+    "1,2",
+    "--batch-factors",
+    "1",
+    "--size-factors",
+    "50,200",
+    "--lr-batch-size",
+    "50",
+]
 
 
 def _sets(corpus):
@@ -78,18 +88,26 @@ def test_tiny_sweep_runs_resumes_and_collects(tiny_corpus, tmp_path, capsys, mon
 
 def test_sweep_refuses_a_different_grid_and_bad_input(tiny_corpus, tmp_path, capsys):
     out = tmp_path / "sw"
-    spec = sweep.make_spec(budgets=[5e7], lr_factors=[1], batch_factors=[1], size_factors=[1], lr_batch_size=1,
-                           overrides=[f"data.path={tiny_corpus}", "data.packing_length=64", "data.val_fraction=0.2"])
+    spec = sweep.make_spec(
+        budgets=[5e7],
+        lr_factors=[1],
+        batch_factors=[1],
+        size_factors=[1],
+        lr_batch_size=1,
+        overrides=[f"data.path={tiny_corpus}", "data.packing_length=64", "data.val_fraction=0.2"],
+    )
     sweep.open_sweep(out, spec)  # creates the directory and sweep.json only
     assert (out / "sweep.json").is_file() and not any((out / "points").iterdir())
     other = dict(spec, points=spec["points"] + [dict(spec["points"][0], point="another")])
     with pytest.raises(GenlabError, match="different sweep"):
         sweep.open_sweep(out, other)
-    for extra, words in ((["--budgets", "1e8,-1"], "must be a finite number > 0"),
-                         (["--budgets", "1e8", "--set", "model.n_head=3"], "divisible"),
-                         (["--budgets", "1e8", "--set", "data.path=/nonexistent.txt"], "does not exist"),
-                         (["--kind", "grid"], "invalid choice"),
-                         (["--estimate"], "--dry-run")):
+    for extra, words in (
+        (["--budgets", "1e8,-1"], "must be a finite number > 0"),
+        (["--budgets", "1e8", "--set", "model.n_head=3"], "divisible"),
+        (["--budgets", "1e8", "--set", "data.path=/nonexistent.txt"], "does not exist"),
+        (["--kind", "grid"], "invalid choice"),
+        (["--estimate"], "--dry-run"),
+    ):
         new = tmp_path / "new"
         assert main(["sweep", "--out", str(new), *extra]) == 2
         err = capsys.readouterr().err.strip().splitlines()

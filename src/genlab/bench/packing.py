@@ -104,8 +104,8 @@ def _length_stats(lengths: np.ndarray) -> dict:
 
 
 def _epoch_fraction(ds: TokenDataset) -> tuple[float, int]:
-    rows = ds.rows(0)
-    real = sum(e - s for row in rows for s, e in row)
+    rows = ds.epoch_rows(0)
+    real = sum(e - s for row in rows for _, s, e in row)
     return real / max(1, len(rows) * ds.L), len(rows)
 
 
@@ -195,7 +195,7 @@ def _run(p: dict, quick: bool) -> dict:
     for mode in ("packed", "padded"):
         ds = TokenDataset(docs, p["L"], p["rows"], mode=mode, seed=p["seed"], buffer=p["buffer"])
         t0 = time.perf_counter()
-        ds.rows(0)  # chunk + (packed) best-fit-decreasing + shuffle, once per epoch
+        ds.epoch_rows(0)  # chunk + (packed) best-fit-decreasing + shuffle, once per epoch
         pack_epoch_s[mode] = time.perf_counter() - t0
         data[mode] = ds
 
@@ -205,7 +205,7 @@ def _run(p: dict, quick: bool) -> dict:
     model = build_lm(mcfg, p["vocab"], p["L"])
     models = {"packed": model, "padded": copy.deepcopy(model)}
     opts = {m: build_optimizer(models[m], tcfg) for m in models}
-    states = {m: (0, 0) for m in models}
+    states = {m: (0, 0, 0) for m in models}
     recs: dict[str, list[dict]] = {m: [] for m in models}
 
     order = ["packed", "padded"]
@@ -223,7 +223,7 @@ def _run(p: dict, quick: bool) -> dict:
         data_s = sum(r["data_s"] for r in rs)
         comp_s = sum(r["compute_s"] for r in rs)
         step_times = sorted(r["data_s"] + r["compute_s"] for r in rs)
-        n_rows_epoch = len(data[mode].rows(0))
+        n_rows_epoch = len(data[mode].epoch_rows(0))
         batches_epoch = math.ceil(n_rows_epoch / p["rows"])
         modes[mode] = {
             "steps": len(rs),

@@ -186,7 +186,8 @@ def _run(p: dict, max_steps: int | None, quick: bool, out_dir, plot: bool) -> di
             model.train()
             while s["train_s"] < k * slice_s and (max_steps is None or s["step"] < max_steps):
                 t0 = time.perf_counter()
-                batch, s["state"] = task.next_batch(s["state"])
+                lazy, s["state"] = task.next_batch(s["state"])
+                batch = lazy.to("cpu")
                 set_lr(opt, tcfg.lr * lr_factor(s["step"], tcfg))
                 loss_sum, n = task.loss(model, batch)
                 (loss_sum / max(1, n)).backward()

@@ -177,7 +177,7 @@ def packed_batch(p: dict) -> Batch:
         docs = docs[: p["corpus_docs"]]
     tok = build_tokenizer(p["tokenizer"], docs, p["vocab"])
     ds = TokenDataset(tok.encode_batch(docs), p["seq_len"], p["rows"], mode="packed", seed=SEED)
-    batch, _ = ds.batch_at((0, 0))
+    batch, _ = ds.batch_at((0, 0, 0))
     return batch
 
 

@@ -42,7 +42,7 @@ class TrainConfig(Section):
     beta1: float = opt(0.9, "AdamW beta1", 0.0, 0.999999)
     beta2: float = opt(0.95, "AdamW beta2 (Adadelta: rho)", 0.0, 0.999999)
     grad_clip: float = opt(1.0, "clip the global gradient norm to this; 0 = off", 0.0)
-    seed: int = opt(0, "seed of the data order, initialisation and sampling")
+    seed: int = opt(0, "seed of the data order, initialisation and sampling", 0)
     log_every: int = opt(10, "steps between metrics.jsonl records", 1)
     eval_every: int = opt(200, "steps between validation evaluations", 1)
     eval_batches: int = opt(20, "validation batches per evaluation", 1)

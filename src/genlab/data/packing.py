@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import bisect
 from dataclasses import dataclass
+from typing import Protocol
 
 import numpy as np
 import torch
@@ -153,16 +154,47 @@ def make_batch(
     )
 
 
-class TokenDataset:
-    """Tokenized documents as one flat int32 array plus offsets; yields packed batches.
+class DocStore(Protocol):
+    """Documents of token ids: `lengths[k]` tokens in document k, `tokens(k, start, end)` reads them."""
 
-    The order of batches depends only on (seed, epoch), and the position in the stream is the
-    pair (epoch, row cursor), so training resumes exactly where it stopped.
+    lengths: np.ndarray  # (n_docs,) int64
+
+    def tokens(self, k: int, start: int, end: int) -> np.ndarray: ...
+
+
+class MemoryStore:
+    """Documents held in memory as one flat int32 array plus offsets."""
+
+    def __init__(self, docs: list[list[int]] | list[np.ndarray]):
+        docs = [d for d in docs if len(d) > 0]
+        if not docs:
+            raise ValueError("no tokens")
+        self.flat = np.concatenate([np.asarray(d, dtype=np.int32) for d in docs])
+        self.lengths = np.array([len(d) for d in docs], dtype=np.int64)
+        self.offsets = np.concatenate([[0], np.cumsum(self.lengths)])
+
+    def tokens(self, k: int, start: int, end: int) -> np.ndarray:
+        return self.flat[self.offsets[k] + start : self.offsets[k] + end]
+
+
+Span = tuple[int, int, int]  # (document, start, end): tokens [start, end) of a document
+State = tuple[int, int, int]  # (epoch, block, row within the block)
+
+
+class PackedStream:
+    """Packed batches from a DocStore, with memory that does not grow with the corpus.
+
+    Each epoch orders the documents by a seeded permutation and cuts them into spans of at most L
+    tokens. Consecutive spans form blocks of `buffer`; each block is packed into rows by
+    best-fit-decreasing (padded mode: one span per row) and its rows shuffled by a seed of their own.
+    The position in the stream is (epoch, block, row), a pure function of which the batch is, so
+    training resumes exactly, on any number of processes. Batches never span epochs. Only the
+    current block's layout is held (built from document lengths); tokens are read per batch.
     """
 
     def __init__(
         self,
-        docs: list[list[int]],
+        store: DocStore,
         L: int,
         batch_rows: int,
         mode: str = "packed",
@@ -170,51 +202,122 @@ class TokenDataset:
         buffer: int = 1000,
         shuffle: bool = True,
     ):
-        docs = [d for d in docs if len(d) > 0]
-        if not docs:
-            raise ValueError("no tokens")
-        self.tokens = np.concatenate([np.asarray(d, dtype=np.int32) for d in docs])
-        self.offsets = np.cumsum([0] + [len(d) for d in docs])
-        self.n_docs = len(docs)
-        self.L, self.batch_rows, self.mode = L, batch_rows, mode
+        if len(store.lengths) == 0:
+            raise ValueError("no documents")
+        self.store, self.L, self.batch_rows, self.mode = store, L, batch_rows, mode
         self.seed, self.buffer, self.shuffle = seed, buffer, shuffle
-        self._epoch_rows: tuple[int, list] | None = None
+        self._epoch: tuple[int, np.ndarray, np.ndarray] | None = None  # (epoch, order, cumulative spans)
+        self._block: tuple[tuple[int, int], list[list[Span]]] | None = None
+
+    @property
+    def n_docs(self) -> int:
+        return len(self.store.lengths)
 
     @property
     def n_tokens(self) -> int:
-        return len(self.tokens)
+        return int(self.store.lengths.sum())
 
-    def rows(self, epoch: int) -> list[list[tuple[int, int]]]:
-        if self._epoch_rows is not None and self._epoch_rows[0] == epoch:
-            return self._epoch_rows[1]
-        g = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
-        order = torch.randperm(self.n_docs, generator=g).tolist() if self.shuffle else range(self.n_docs)
-        spans = chunk_spans(self.offsets, order, self.L)
+    def _order(self, epoch: int) -> tuple[np.ndarray, np.ndarray]:
+        if self._epoch is None or self._epoch[0] != epoch:
+            if self.shuffle:
+                order = np.random.default_rng([self.seed, epoch]).permutation(self.n_docs)
+            else:
+                order = np.arange(self.n_docs)
+            n_spans = -(-self.store.lengths[order] // self.L)  # ceil: spans per document
+            self._epoch = (epoch, order, np.cumsum(n_spans))
+        return self._epoch[1], self._epoch[2]
+
+    def n_blocks(self, epoch: int) -> int:
+        cum = self._order(epoch)[1]
+        return -(-int(cum[-1]) // self.buffer)
+
+    def block_rows(self, epoch: int, block: int) -> list[list[Span]]:
+        """The rows of one block: lists of spans, in the order the stream takes them."""
+        if self._block is not None and self._block[0] == (epoch, block):
+            return self._block[1]
+        order, cum = self._order(epoch)
+        lo, hi = block * self.buffer, min((block + 1) * self.buffer, int(cum[-1]))
+        spans: list[Span] = []
+        j = int(np.searchsorted(cum, lo, side="right"))  # the document holding span number `lo`
+        first = lo - (int(cum[j - 1]) if j else 0)  # that document's span index where the block starts
+        while len(spans) < hi - lo:
+            d, n = int(order[j]), int(self.store.lengths[order[j]])
+            for s in range(first * self.L, n, self.L):
+                spans.append((d, s, min(s + self.L, n)))
+                if len(spans) == hi - lo:
+                    break
+            j, first = j + 1, 0
         if self.mode == "padded":
             rows = [[sp] for sp in spans]
         else:
-            rows = pack_rows(spans, self.L, self.buffer)
+            rows = [[spans[i] for i in sorted(b)] for b in best_fit_decreasing([e - s for _, s, e in spans], self.L)]
         if self.shuffle:
-            perm = torch.randperm(len(rows), generator=g).tolist()
+            perm = np.random.default_rng([self.seed, epoch, block, 1]).permutation(len(rows))
             rows = [rows[i] for i in perm]
-        self._epoch_rows = (epoch, rows)
+        self._block = ((epoch, block), rows)
         return rows
 
-    def batch_at(self, state: tuple[int, int]) -> tuple[Batch, tuple[int, int]]:
-        """The batch starting at (epoch, cursor) and the state after it. Batches never span epochs."""
-        epoch, cursor = state
-        rows = self.rows(epoch)
-        if cursor >= len(rows):
-            epoch, cursor = epoch + 1, 0
-            rows = self.rows(epoch)
-        take = rows[cursor : cursor + self.batch_rows]
-        batch = make_batch(self.tokens, take, self.L, padded=self.mode == "padded")
-        return batch, (epoch, cursor + len(take))
+    def layout_at(self, state: State) -> tuple[list[list[Span]], State]:
+        """The rows of the batch at `state` (document lengths only, no tokens read) and the state after."""
+        epoch, block, row = state
+        if block >= self.n_blocks(epoch):
+            epoch, block, row = epoch + 1, 0, 0
+        take: list[list[Span]] = []
+        while len(take) < self.batch_rows:
+            rows = self.block_rows(epoch, block)
+            got = rows[row : row + self.batch_rows - len(take)]
+            take += got
+            row += len(got)
+            if row >= len(rows):
+                block, row = block + 1, 0
+                if block >= self.n_blocks(epoch):  # batches never span epochs
+                    break
+        return take, (epoch, block, row)
+
+    def materialize(self, rows: list[list[Span]]) -> Batch:
+        return make_batch_from(self.store, rows, self.L, padded=self.mode == "padded")
+
+    def batch_at(self, state: State) -> tuple[Batch, State]:
+        rows, state = self.layout_at(state)
+        return self.materialize(rows), state
+
+    def epoch_rows(self, epoch: int = 0) -> list[list[Span]]:
+        """Every row of one epoch (for small corpora: benchmarks, tests)."""
+        return [r for b in range(self.n_blocks(epoch)) for r in self.block_rows(epoch, b)]
 
     def iter_epoch(self, epoch: int = 0):
-        """Every batch of one epoch in order (for evaluation)."""
-        state = (epoch, 0)
-        n = len(self.rows(epoch))
-        while state[1] < n:
+        """Every batch of one epoch in order (evaluation)."""
+        state = (epoch, 0, 0)
+        while state[0] == epoch and state[1] < self.n_blocks(epoch):
             batch, state = self.batch_at(state)
             yield batch
+
+
+class TokenDataset(PackedStream):
+    """A PackedStream over documents held in memory (token id lists)."""
+
+    def __init__(
+        self,
+        docs,
+        L: int,
+        batch_rows: int,
+        mode: str = "packed",
+        seed: int = 0,
+        buffer: int = 1000,
+        shuffle: bool = True,
+    ):
+        super().__init__(MemoryStore(docs), L, batch_rows, mode, seed, buffer, shuffle)
+
+
+def make_batch_from(store: DocStore, rows: list[list[Span]], L: int, padded: bool = False) -> Batch:
+    """Rows of (document, start, end) spans -> a Batch (reads the tokens of these spans only)."""
+    flat, offset, flat_rows = [], 0, []
+    for row in rows:
+        r = []
+        for d, s, e in row:
+            flat.append(store.tokens(d, s, e))
+            r.append((offset, offset + e - s))
+            offset += e - s
+        flat_rows.append(r)
+    tokens = np.concatenate(flat) if flat else np.zeros(0, dtype=np.int64)
+    return make_batch(tokens, flat_rows, L, padded=padded)

@@ -27,8 +27,7 @@ import time
 from pathlib import Path
 
 from genlab.config import RunConfig, resolve
-from genlab.data.packing import TokenDataset
-from genlab.data.text import load_corpus, split_documents
+from genlab.data.corpus import open_stream
 from genlab.errors import GenlabError
 from genlab.scaling import laws
 from genlab.scaling.plan import find_shape
@@ -237,17 +236,10 @@ def _eval_rows(spec: dict):
         cfg = resolve(None, None, spec["overrides"])
         task = cfg.family.make_task(cfg)
         task.prepare(None, fresh=True)
-        _, val_docs = split_documents(load_corpus(cfg.data.path), cfg.data.val_fraction)
-        if not val_docs:
+        d = cfg.data
+        data = open_stream(task.data_dir, "val", d.packing_length, EVAL_BATCH_ROWS, 0, d.pack_buffer, False)
+        if data is None:
             raise GenlabError("the sweep corpus has no validation documents; raise data.val_fraction")
-        data = TokenDataset(
-            task.encode_docs(val_docs),
-            cfg.data.packing_length,
-            EVAL_BATCH_ROWS,
-            mode="packed",
-            buffer=cfg.data.pack_buffer,
-            shuffle=False,
-        )
         _EVAL_CACHE[key] = (task, data)
     return _EVAL_CACHE[key]
 

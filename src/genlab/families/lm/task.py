@@ -5,6 +5,7 @@ masked token or any order), evaluation in nats, perplexity and bits per byte, an
 from __future__ import annotations
 
 import math
+import shutil
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -12,9 +13,10 @@ from pathlib import Path
 import torch
 
 from genlab.config import RunConfig
-from genlab.data.packing import IGNORE, Batch, TokenDataset
-from genlab.data.text import load_corpus, split_documents
-from genlab.data.tokenizer import build_tokenizer, load_tokenizer
+from genlab.data.corpus import open_stream, prepared_dir, require_tokenizer
+from genlab.data.packing import IGNORE, Batch, PackedStream
+from genlab.data.shards import ShardSet, is_data_dir, sha256_file
+from genlab.data.tokenizer import load_tokenizer
 from genlab.errors import GenlabError
 from genlab.families.lm.model import count_params
 from genlab.families.lm.objectives import apply_objective, model_vocab
@@ -46,64 +48,78 @@ class LMSampleOptions:
         return SamplingSettings(self.max_new_tokens, self.temperature, self.top_k, self.top_p, self.seed)
 
 
+class LazyBatch:
+    """A training batch known by its layout (rows of document spans); `to(device)` reads the tokens,
+    so under torchrun each process reads only the documents of its own micro-batches. Counts come
+    from the layout, except for masked / any-order objectives (their target counts are random)."""
+
+    def __init__(self, task: LMTask, rows: list, seed: int | None):
+        self.task, self.rows, self.seed = task, rows, seed
+        self._batch: Batch | None = None
+        self.n_real = sum(e - s for row in rows for _, s, e in row)
+        self.capacity = len(rows) * task.cfg.data.packing_length
+
+    @property
+    def n_targets(self) -> int:
+        if self.seed is None:  # causal: every token of a chunk but its last is a target
+            return sum(e - s - 1 for row in self.rows for _, s, e in row)
+        return self.batch().n_targets
+
+    def batch(self) -> Batch:
+        if self._batch is None:
+            b = self.task.train_data.materialize(self.rows)
+            self._batch = b if self.seed is None else self.task.with_objective(b, self.seed)
+        return self._batch
+
+    def to(self, device) -> Batch:
+        return self.batch().to(device)
+
+
 class LMTask(Task):
     """Language modelling for every LM family (lm, deepseek): the family builds the model."""
 
     def __init__(self, cfg: RunConfig):
         super().__init__(cfg)
         self.tokenizer = None
-        self.train_data: TokenDataset | None = None
-        self.val_data: TokenDataset | None = None
+        self.train_data: PackedStream | None = None
+        self.data_dir: Path | None = None
+        self.val_data: PackedStream | None = None
 
     # ------------------------------------------------------------------ data
-    def encode_docs(self, docs: list[str]) -> list[list[int]]:
-        tok = self.tokenizer
-        ids = tok.encode_batch(docs)
-        if tok.bos_id is not None:
-            ids = [[tok.bos_id] + x for x in ids]
-        return ids
-
     def prepare(self, run_dir: Path | None, fresh: bool = True) -> None:
-        """Read and split the corpus; train the tokenizer (fresh run) or load it from the run dir."""
-        d = self.cfg.data
-        docs = load_corpus(d.path)
-        train_docs, val_docs = split_documents(docs, d.val_fraction)
-        tok_path = Path(run_dir) / TOKENIZER_FILE if run_dir else None
-        if not fresh and tok_path is not None:
-            self.tokenizer = load_tokenizer(tok_path)
-        else:
-            self.tokenizer = build_tokenizer(d.tokenizer, train_docs, d.vocab_size)
-        t = self.cfg.train
-        self.train_data = TokenDataset(
-            self.encode_docs(train_docs), d.packing_length, t.batch_rows, seed=t.seed, buffer=d.pack_buffer
+        """The corpus as a prepared DATA_DIR (genlab.data.corpus: a `genlab prepare` directory as it is,
+        raw text through a cached prepare); the tokenizer is the DATA_DIR's (fresh run) or the run's own
+        (resume, checked against the DATA_DIR's)."""
+        d, t = self.cfg.data, self.cfg.train
+        fresh_tok = "byte" if d.tokenizer == "byte" else ""
+        run_tok = Path(run_dir) / TOKENIZER_FILE if run_dir is not None and not fresh else None
+        self.data_dir = prepared_dir(d.path, fresh_tok, d.vocab_size, d.val_fraction)
+        if run_tok is not None:
+            if not is_data_dir(d.path) and sha256_file(self.data_dir / TOKENIZER_FILE) != sha256_file(run_tok):
+                self.data_dir = prepared_dir(d.path, str(run_tok), d.vocab_size, d.val_fraction)  # raw text, re-encoded
+            require_tokenizer(self.data_dir, run_tok)
+        self.tokenizer = load_tokenizer(self.data_dir / TOKENIZER_FILE)
+        self.train_data = open_stream(
+            self.data_dir, "train", d.packing_length, t.batch_rows, t.seed, d.pack_buffer, True
         )
-        self.val_data = None
-        if val_docs:
-            self.val_data = TokenDataset(
-                self.encode_docs(val_docs),
-                d.packing_length,
-                t.batch_rows,
-                mode="packed",
-                buffer=d.pack_buffer,
-                shuffle=False,
-            )
+        if self.train_data is None:
+            raise GenlabError(f"{d.path or 'the corpus'}: no training documents (all went to validation)")
+        self.val_data = open_stream(self.data_dir, "val", d.packing_length, t.batch_rows, 0, d.pack_buffer, False)
 
     def save_artifacts(self, run_dir: Path) -> None:
-        self.tokenizer.save(Path(run_dir) / TOKENIZER_FILE)
+        shutil.copyfile(self.data_dir / TOKENIZER_FILE, Path(run_dir) / TOKENIZER_FILE)  # byte-identical
 
     def load_for_inference(self, run_dir: Path) -> None:
         self.tokenizer = load_tokenizer(Path(run_dir) / TOKENIZER_FILE)
 
-    def eval_dataset(self, path: str) -> TokenDataset:
-        docs = load_corpus(path)
-        return TokenDataset(
-            self.encode_docs(docs),
-            self.cfg.data.packing_length,
-            self.cfg.train.batch_rows,
-            mode="packed",
-            buffer=self.cfg.data.pack_buffer,
-            shuffle=False,
-        )
+    def eval_dataset(self, path: str, run_dir: Path) -> PackedStream:
+        """Every document of `path` (a DATA_DIR: its validation split) in the run's tokenizer."""
+        run_tok = Path(run_dir) / TOKENIZER_FILE
+        data_dir = prepared_dir(path, str(run_tok), self.cfg.data.vocab_size, 0.0)
+        require_tokenizer(data_dir, run_tok)
+        d = self.cfg.data
+        split = "val" if is_data_dir(path) and len(ShardSet(data_dir, "val", verify="size")) else "train"
+        return open_stream(data_dir, split, d.packing_length, self.cfg.train.batch_rows, 0, d.pack_buffer, False)
 
     # ------------------------------------------------------------------ model and loss
     @property
@@ -124,7 +140,7 @@ class LMTask(Task):
         )
 
     def initial_state(self):
-        return (0, 0)
+        return (0, 0, 0)  # (epoch, block, row): genlab.data.packing.PackedStream
 
     def with_objective(self, batch: Batch, seed: int) -> Batch:
         if self.objective == "causal":
@@ -140,17 +156,19 @@ class LMTask(Task):
             self.tokenizer.bos_id,
         )
 
-    def next_batch(self, state) -> tuple[Batch, tuple[int, int]]:
-        batch, new_state = self.train_data.batch_at(state)
+    def next_batch(self, state) -> tuple[LazyBatch, tuple[int, int, int]]:
+        """The batch's layout only: its tokens are read when a process trains on it (LazyBatch)."""
+        rows, new_state = self.train_data.layout_at(tuple(state))
+        seed = None
         if self.objective != "causal":  # the corruption depends only on (seed, position in the stream): resumable
-            epoch, cursor = state
-            batch = self.with_objective(batch, (self.cfg.train.seed * 1_000_003 + epoch) * 1_000_003 + cursor)
-        return batch, new_state
+            epoch, block, row = state
+            seed = ((self.cfg.train.seed * 1_000_003 + epoch) * 1_000_003 + block) * 1_000_003 + row
+        return LazyBatch(self, rows, seed), new_state
 
     def on_optimizer_step(self, model, lr_factor: float, skipped: bool) -> dict:
         return model.on_optimizer_step(lr_factor=lr_factor, skipped=skipped)
 
-    def batch_units(self, batch: Batch) -> tuple[int, int]:
+    def batch_units(self, batch: LazyBatch) -> tuple[int, int]:
         return batch.n_real, batch.capacity  # real tokens, token slots
 
     def model_flops_per_token(self) -> float | None:
@@ -170,7 +188,7 @@ class LMTask(Task):
 
     @torch.no_grad()
     def evaluate(
-        self, model, data: TokenDataset | None = None, max_batches: int | None = None, device="cpu"
+        self, model, data: PackedStream | None = None, max_batches: int | None = None, device="cpu"
     ) -> dict[str, float]:
         data = data if data is not None else self.val_data
         if data is None:
@@ -207,7 +225,7 @@ class LMTask(Task):
     # ------------------------------------------------------------------ CLI entry points
     def eval_report(self, run, model, data_path: str | None) -> dict:
         if data_path:
-            data = self.eval_dataset(data_path)
+            data = self.eval_dataset(data_path, run.path)
         else:
             self.prepare(run.path, fresh=False)
             data = self.val_data
