@@ -7,6 +7,16 @@ import torch
 torch.set_num_threads(min(2, os.cpu_count() or 1))
 
 
+@pytest.fixture(scope="session", autouse=True)
+def genlab_cache(tmp_path_factory):
+    """Raw text is prepared into GENLAB_CACHE (genlab.data.corpus): a per-session directory, never ~/.cache
+    (subprocesses started with os.environ inherit it)."""
+    mp = pytest.MonkeyPatch()
+    mp.setenv("GENLAB_CACHE", str(tmp_path_factory.mktemp("genlab-cache")))
+    yield
+    mp.undo()
+
+
 @pytest.fixture
 def one_thread():
     """Tiny shapes only pay for thread synchronisation (badly so on a loaded machine): 1 thread, restored

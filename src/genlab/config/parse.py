@@ -35,9 +35,6 @@ def _check_shape(origin: str, settings: dict[str, Any]) -> None:
         if key in SECTIONS:
             if not isinstance(value, dict):
                 raise GenlabError(f"{origin}: [{key}] must be a table")
-            for name, v in value.items():
-                if isinstance(v, dict):
-                    raise GenlabError(f"{origin}: {key}.{name} must be a value, not a table")
         elif key in TOP_KEYS:
             if not isinstance(value, str):
                 raise GenlabError(f"{origin}: {key} = {value!r} must be a string")
@@ -69,7 +66,7 @@ def build(layers: list[Layer]) -> RunConfig:
     family = lookup(task, arch)
     keys = section_keys(family)
     values: dict[str, dict[str, Any]] = {name: {} for name in SECTIONS}
-    for _origin, settings, lenient in layers:
+    for origin, settings, lenient in layers:
         for section in SECTIONS:
             for name, raw in settings.get(section, {}).items():
                 info = keys[section].get(name)
@@ -81,6 +78,8 @@ def build(layers: list[Layer]) -> RunConfig:
                         f"{task!r}, model.arch {arch or family.model().arch!r}){_hint(keys, section, name)}"
                         f"; see `genlab presets --keys`"
                     )
+                if isinstance(raw, dict) and info.type != "table":
+                    raise GenlabError(f"{origin}: {section}.{name} must be a value, not a table")
                 values[section][name] = coerce(info, raw)
     return RunConfig(
         task=task, preset=preset_name, **{name: getattr(family, name)(**values[name]) for name in SECTIONS}

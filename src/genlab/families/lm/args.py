@@ -22,6 +22,26 @@ class LMData(DataConfig):
     vocab_size: int = opt(2048, "BPE vocabulary size (the byte tokenizer always has 256)", 260, 1 << 20)
     packing_length: int = opt(256, "tokens per packed row", 2, 1 << 20)
     pack_buffer: int = opt(1000, "documents packed together by best-fit-decreasing", 1)
+    mix: dict[str, float] = opt(
+        {},
+        "a mixture of prepared DATA_DIRs (one tokenizer): DATA_DIR -> weight > 0, each row drawn from a source "
+        "with probability weight / sum; {} = off (data.path); --set data.mix=/data/a=0.7,/data/b=0.3",
+    )
+
+    def check(self, cfg) -> None:
+        """data.mix: weights > 0 and data.path unset. That each path is a prepared DATA_DIR of the same
+        tokenizer is checked when the data is opened (genlab.data.mix.open_mix), so a run whose corpora
+        moved still loads for sampling."""
+        if not self.mix:
+            return
+        if self.path:
+            raise GenlabError(
+                f"data.mix and data.path = {self.path!r} exclude each other; put {self.path!r} into data.mix "
+                "with a weight, or unset data.mix (--set data.mix=)"
+            )
+        for path, w in self.mix.items():
+            if not w > 0:
+                raise GenlabError(f"data.mix[{path!r}] = {w!r}: a weight must be a finite number > 0")
 
 
 @dataclass

@@ -14,6 +14,7 @@ import torch
 
 from genlab.config import RunConfig
 from genlab.data.corpus import open_stream, prepared_dir, require_tokenizer
+from genlab.data.mix import MixedStream, open_mix
 from genlab.data.packing import IGNORE, Batch, PackedStream
 from genlab.data.shards import ShardSet, is_data_dir, sha256_file
 from genlab.data.tokenizer import load_tokenizer
@@ -22,6 +23,7 @@ from genlab.families.lm.model import count_params
 from genlab.families.lm.objectives import apply_objective, model_vocab
 from genlab.generate import SamplingSettings, generate, infill, parse_infill, speculative_greedy, stream_text
 from genlab.ops.loss import head_loss
+from genlab.train.distributed import batch_line
 from genlab.train.flops import flops_per_token
 from genlab.train.task import Task
 
@@ -53,8 +55,9 @@ class LazyBatch:
     so under torchrun each process reads only the documents of its own micro-batches. Counts come
     from the layout, except for masked / any-order objectives (their target counts are random)."""
 
-    def __init__(self, task: LMTask, rows: list, seed: int | None):
+    def __init__(self, task: LMTask, rows: list, seed: int | None, sources: list[int] | None = None):
         self.task, self.rows, self.seed = task, rows, seed
+        self.sources = sources  # data.mix: the source of each row (its spans are that DATA_DIR's documents)
         self._batch: Batch | None = None
         self.n_real = sum(e - s for row in rows for _, s, e in row)
         self.capacity = len(rows) * task.cfg.data.packing_length
@@ -67,7 +70,10 @@ class LazyBatch:
 
     def batch(self) -> Batch:
         if self._batch is None:
-            b = self.task.train_data.materialize(self.rows)
+            if self.sources is None:
+                b = self.task.train_data.materialize(self.rows)
+            else:
+                b = self.task.mix.materialize(self.rows, self.sources)
             self._batch = b if self.seed is None else self.task.with_objective(b, self.seed)
         return self._batch
 
@@ -84,6 +90,8 @@ class LMTask(Task):
         self.train_data: PackedStream | None = None
         self.data_dir: Path | None = None
         self.val_data: PackedStream | None = None
+        self.mix: MixedStream | None = None  # data.mix: rows drawn from several DATA_DIRs
+        self._position: tuple[int, ...] | None = None  # the stream's state after the last next_batch
 
     # ------------------------------------------------------------------ data
     def prepare(self, run_dir: Path | None, fresh: bool = True) -> None:
@@ -93,6 +101,8 @@ class LMTask(Task):
         d, t = self.cfg.data, self.cfg.train
         fresh_tok = "byte" if d.tokenizer == "byte" else ""
         run_tok = Path(run_dir) / TOKENIZER_FILE if run_dir is not None and not fresh else None
+        if d.mix:
+            return self._prepare_mix(run_tok)
         self.data_dir = prepared_dir(d.path, fresh_tok, d.vocab_size, d.val_fraction)
         if run_tok is not None:
             if not is_data_dir(d.path) and sha256_file(self.data_dir / TOKENIZER_FILE) != sha256_file(run_tok):
@@ -105,6 +115,17 @@ class LMTask(Task):
         if self.train_data is None:
             raise GenlabError(f"{d.path or 'the corpus'}: no training documents (all went to validation)")
         self.val_data = open_stream(self.data_dir, "val", d.packing_length, t.batch_rows, 0, d.pack_buffer, False)
+
+    def _prepare_mix(self, run_tok: Path | None) -> None:
+        """data.mix: the sources' shared tokenizer is the run's (genlab.data.mix checks they share one)."""
+        d, t = self.cfg.data, self.cfg.train
+        self.mix = open_mix(d.mix, d.packing_length, t.batch_rows, t.seed, d.pack_buffer)
+        self.data_dir = Path(next(iter(d.mix)))
+        if run_tok is not None:
+            for path in d.mix:
+                require_tokenizer(Path(path), run_tok)
+        self.tokenizer = load_tokenizer(self.data_dir / TOKENIZER_FILE)
+        self.train_data, self.val_data = None, None
 
     def save_artifacts(self, run_dir: Path) -> None:
         shutil.copyfile(self.data_dir / TOKENIZER_FILE, Path(run_dir) / TOKENIZER_FILE)  # byte-identical
@@ -140,6 +161,8 @@ class LMTask(Task):
         )
 
     def initial_state(self):
+        if self.mix is not None:  # (row, then epoch, block, row, tokens per source): genlab.data.mix
+            return self.mix.initial_state()
         return (0, 0, 0)  # (epoch, block, row): genlab.data.packing.PackedStream
 
     def with_objective(self, batch: Batch, seed: int) -> Batch:
@@ -158,15 +181,29 @@ class LMTask(Task):
 
     def next_batch(self, state) -> tuple[LazyBatch, tuple[int, int, int]]:
         """The batch's layout only: its tokens are read when a process trains on it (LazyBatch)."""
-        rows, new_state = self.train_data.layout_at(tuple(state))
+        sources = None
+        if self.mix is not None:
+            rows, sources, new_state = self.mix.layout_at(state)
+        elif len(state) != 3:
+            raise GenlabError(
+                f"the saved data position {list(state)} is a mixture's (data.mix); this run reads one corpus: "
+                "data.mix cannot change on resume"
+            )
+        else:
+            rows, new_state = self.train_data.layout_at(tuple(state))
         seed = None
         if self.objective != "causal":  # the corruption depends only on (seed, position in the stream): resumable
-            epoch, block, row = state
-            seed = ((self.cfg.train.seed * 1_000_003 + epoch) * 1_000_003 + block) * 1_000_003 + row
-        return LazyBatch(self, rows, seed), new_state
+            seed = self.cfg.train.seed
+            for x in state[:3] if sources is None else state[:1]:  # (epoch, block, row) | the mixture's row
+                seed = seed * 1_000_003 + x
+        self._position = new_state
+        return LazyBatch(self, rows, seed, sources), new_state
 
     def on_optimizer_step(self, model, lr_factor: float, skipped: bool) -> dict:
-        return model.on_optimizer_step(lr_factor=lr_factor, skipped=skipped)
+        out = model.on_optimizer_step(lr_factor=lr_factor, skipped=skipped)
+        if self.mix is not None and self._position is not None:  # per source: tokens given, epochs finished
+            out = {**out, **self.mix.metrics(self._position)}
+        return out
 
     def batch_units(self, batch: LazyBatch) -> tuple[int, int]:
         return batch.n_real, batch.capacity  # real tokens, token slots
@@ -190,11 +227,24 @@ class LMTask(Task):
     def evaluate(
         self, model, data: PackedStream | None = None, max_batches: int | None = None, device="cpu"
     ) -> dict[str, float]:
+        """val_loss (nats per predicted token), val_ppl, val_bpb, val_tokens on `data` (default: the
+        validation split). data.mix: each source's split (up to max_batches each) as `val_loss/<name>`
+        etc., and val_loss / val_bpb their means weighted by the mixture's weights."""
+        if data is None and self.mix is not None:
+            return self._evaluate_mix(model, max_batches, device)
         data = data if data is not None else self.val_data
         if data is None:
             return {}
         was_training = model.training
         model.eval()
+        try:
+            nll, n, nbytes = self._eval_sums(model, data, max_batches, device)
+        finally:
+            model.train(was_training)
+        return _eval_metrics(nll, n, nbytes)
+
+    def _eval_sums(self, model, data: PackedStream, max_batches: int | None, device) -> tuple[float, int, float]:
+        """(summed NLL, its count, UTF-8 bytes of the counted tokens) over one epoch of `data`."""
         tbytes = torch.tensor(self.tokenizer.token_bytes(), dtype=torch.float64)
         nll, n, nbytes = 0.0, 0, 0.0
         for i, batch in enumerate(data.iter_epoch()):
@@ -211,15 +261,36 @@ class LMTask(Task):
                 tg = batch.targets.cpu()
                 counted = tg[tg != IGNORE]
             nbytes += float(tbytes[counted].sum())
-        model.train(was_training)
-        if n == 0:
+        return nll, n, nbytes
+
+    def _evaluate_mix(self, model, max_batches: int | None, device) -> dict[str, float]:
+        was_training = model.training
+        model.eval()
+        out: dict[str, float] = {}
+        wsum, loss, bpb, tokens = 0.0, 0.0, 0.0, 0
+        try:
+            for name, w, data in zip(self.mix.names, self.mix.weights, self.mix.val):
+                ev = _eval_metrics(*self._eval_sums(model, data, max_batches, device)) if data is not None else {}
+                if not ev:
+                    continue
+                out.update({f"{k}/{name}": v for k, v in ev.items()})
+                wsum, loss, bpb, tokens = (
+                    wsum + w,
+                    loss + w * ev["val_loss"],
+                    bpb + w * ev["val_bpb"],
+                    tokens + ev["val_tokens"],
+                )
+        finally:
+            model.train(was_training)
+        if not wsum:
             return {}
-        loss = nll / n
+        loss /= wsum
         return {
             "val_loss": loss,
             "val_ppl": math.exp(min(loss, 700)),
-            "val_bpb": nll / math.log(2) / max(nbytes, 1.0),
-            "val_tokens": n,
+            "val_bpb": bpb / wsum,
+            "val_tokens": tokens,
+            **out,
         }
 
     # ------------------------------------------------------------------ CLI entry points
@@ -228,6 +299,8 @@ class LMTask(Task):
             data = self.eval_dataset(data_path, run.path)
         else:
             self.prepare(run.path, fresh=False)
+            if self.mix is not None:
+                return {"data": "validation splits of data.mix", **self.evaluate(model)}
             data = self.val_data
             if data is None:
                 raise GenlabError(f"{run.path}: the corpus has no validation documents; pass --data PATH")
@@ -254,6 +327,7 @@ class LMTask(Task):
             f"FLOPs/token training  {fl['train_flops_per_token']:,.0f}  (M, non-embedding: {fl['M']:,.0f})",
             f"6N1 / 6N2             {fl['6N1']:,.0f} / {fl['6N2']:,.0f}  (6N1/M {fl['6N1'] / fl['M']:.2f}, "
             f"6N2/M {fl['6N2'] / fl['M']:.2f}; see docs/scaling.md)",
+            batch_line(self.cfg.train.batch_rows, self.cfg.train.grad_accum, d.packing_length),
         ]
 
     sample_options = LMSampleOptions
@@ -319,3 +393,15 @@ class LMTask(Task):
         if not ids:
             raise GenlabError("the prompt is empty and this tokenizer has no start token; give --prompt TEXT")
         return ids
+
+
+def _eval_metrics(nll: float, n: int, nbytes: float) -> dict[str, float]:
+    if n == 0:
+        return {}
+    loss = nll / n
+    return {
+        "val_loss": loss,
+        "val_ppl": math.exp(min(loss, 700)),
+        "val_bpb": nll / math.log(2) / max(nbytes, 1.0),
+        "val_tokens": n,
+    }
