@@ -12,7 +12,7 @@ from pathlib import Path
 
 import torch
 
-from genlab.config import RunConfig
+from genlab.config import RunConfig, from_toml_file
 from genlab.data.corpus import open_stream, prepared_dir, require_tokenizer
 from genlab.data.mix import MixedStream, open_mix
 from genlab.data.packing import IGNORE, Batch, PackedStream
@@ -25,6 +25,7 @@ from genlab.generate import SamplingSettings, generate, infill, parse_infill, sp
 from genlab.ops.loss import head_loss
 from genlab.train.distributed import batch_line
 from genlab.train.flops import flops_per_token
+from genlab.train.rundir import CONFIG
 from genlab.train.task import Task
 
 TOKENIZER_FILE = "tokenizer.json"
@@ -101,6 +102,8 @@ class LMTask(Task):
         d, t = self.cfg.data, self.cfg.train
         fresh_tok = "byte" if d.tokenizer == "byte" else ""
         run_tok = Path(run_dir) / TOKENIZER_FILE if run_dir is not None and not fresh else None
+        if run_tok is not None:
+            self._check_same_layout(Path(run_dir))
         if d.mix:
             return self._prepare_mix(run_tok)
         self.data_dir = prepared_dir(d.path, fresh_tok, d.vocab_size, d.val_fraction)
@@ -115,6 +118,21 @@ class LMTask(Task):
         if self.train_data is None:
             raise GenlabError(f"{d.path or 'the corpus'}: no training documents (all went to validation)")
         self.val_data = open_stream(self.data_dir, "val", d.packing_length, t.batch_rows, 0, d.pack_buffer, False)
+
+    def _check_same_layout(self, run_dir: Path) -> None:
+        """A resumed run's data position is per source: data.mix may change weights and paths on resume,
+        not its number of sources, nor switch between data.mix and data.path."""
+        config = run_dir / CONFIG
+        if not config.is_file():
+            return
+        before, now = len(from_toml_file(config).data.mix), len(self.cfg.data.mix)
+        if before != now:
+            said = {0: "one corpus (data.path)"}
+            raise GenlabError(
+                f"{run_dir} trained on {said.get(before, f'a mixture of {before} sources')}; data.mix now has "
+                f"{said.get(now, f'{now} sources')}: data.mix cannot change on resume (its data position is per "
+                "source); start a new run"
+            )
 
     def _prepare_mix(self, run_tok: Path | None) -> None:
         """data.mix: the sources' shared tokenizer is the run's (genlab.data.mix checks they share one)."""
