@@ -7,11 +7,10 @@ only on the document's content (a hash), so it is the same on every machine and 
 from __future__ import annotations
 
 import hashlib
-import json
-import re
 import sysconfig
 from pathlib import Path
 
+from genlab.data.sources import documents
 from genlab.errors import GenlabError
 
 # A fixed slice of the standard library's pure-Python modules (missing ones are skipped).
@@ -83,12 +82,10 @@ STDLIB_SLICE = (
     "zipapp",
 )
 
-TEXT_SUFFIXES = (".txt", ".md", ".rst", ".py", ".text", ".jsonl")
-
 
 def embedded_corpus() -> list[str]:
     """pydoc's topic documentation plus a fixed slice of the standard library's sources."""
-    from pydoc_data.topics import topics
+    from pydoc_data.topics import topics  # the stdlib's, imported only when the embedded corpus is used
 
     docs = [topics[k] for k in sorted(topics)]
     stdlib = Path(sysconfig.get_paths()["stdlib"])
@@ -99,70 +96,12 @@ def embedded_corpus() -> list[str]:
     return [d for d in docs if d.strip()]
 
 
-def _read_utf8(path: Path) -> str:
-    try:
-        return path.read_text(encoding="utf-8")
-    except UnicodeDecodeError as e:
-        raise GenlabError(
-            f"{path}: not UTF-8 text (invalid byte at offset {e.start}); genlab reads corpora as UTF-8"
-        ) from None
-    except OSError as e:
-        raise GenlabError(f"{path}: cannot be read ({e.strerror})") from None
-
-
-def _read_jsonl(path: Path) -> list[str]:
-    docs = []
-    for lineno, line in enumerate(_read_utf8(path).splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            obj = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise GenlabError(
-                f'{path}:{lineno}: not valid JSON ({e.msg}); each line must be an object like {{"text": "..."}}'
-            ) from None
-        if not isinstance(obj, dict) or not isinstance(obj.get("text"), str):
-            raise GenlabError(f'{path}:{lineno}: each line must be an object with a string "text" field')
-        docs.append(obj["text"])
-    return docs
-
-
-def _read_txt(path: Path, doc_chars: int = 4096) -> list[str]:
-    """A .txt file: form feeds separate documents; without them, consecutive paragraphs are
-    grouped into documents of at least `doc_chars` characters (so a single book still splits)."""
-    text = _read_utf8(path)
-    if "\f" in text:
-        return text.split("\f")
-    docs, cur = [], ""
-    for para in re.split(r"(?<=\n)(?=\s*\n)", text):
-        cur += para
-        if len(cur) >= doc_chars:
-            docs.append(cur)
-            cur = ""
-    if cur:
-        docs.append(cur)
-    return docs
-
-
 def load_corpus(path: str) -> list[str]:
-    """'' = embedded; a .txt file; a .jsonl file with a "text" field; or a directory of text files."""
+    """Every non-blank document of a corpus in memory: '' = embedded, else any source
+    genlab.data.sources reads. (Training streams prepared shards instead; this is for small corpora.)"""
     if not path:
         return embedded_corpus()
-    p = Path(path)
-    if not p.exists():
-        raise GenlabError(f"corpus {path!r} does not exist; give a .txt file, a .jsonl file or a directory")
-    if p.is_dir():
-        files = sorted(f for f in p.rglob("*") if f.is_file() and f.suffix.lower() in TEXT_SUFFIXES)
-        if not files:
-            raise GenlabError(f"corpus directory {path!r} has no text files ({', '.join(TEXT_SUFFIXES)})")
-        docs = []
-        for f in files:
-            docs += _read_jsonl(f) if f.suffix.lower() == ".jsonl" else [_read_utf8(f)]
-    elif p.suffix.lower() == ".jsonl":
-        docs = _read_jsonl(p)
-    else:
-        docs = _read_txt(p)
-    docs = [d for d in docs if d.strip()]
+    docs = list(documents(path))
     if not docs:
         raise GenlabError(f"corpus {path!r} is empty (no non-blank text)")
     return docs
