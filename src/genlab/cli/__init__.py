@@ -67,6 +67,13 @@ def _nonneg_int(s: str) -> int:
     return v
 
 
+def _port(s: str) -> int:
+    v = _positive_int(s)
+    if v > 65535:
+        raise argparse.ArgumentTypeError(f"{s!r} is not a TCP port (1 to 65535)")
+    return v
+
+
 def _float_list(s: str) -> list[float]:
     """'1e12,3e12' -> [1e12, 3e12], every value a positive finite number."""
     return [_positive_float(x.strip()) for x in s.split(",")]
@@ -219,8 +226,15 @@ def build_parser() -> argparse.ArgumentParser:
         "--nproc",
         type=_positive_int,
         default=1,
-        help="data-parallel processes: launches torchrun --nproc-per-node N (train.parallel = ddp | fsdp)",
+        help="data-parallel processes (per node): launches torchrun --nproc-per-node N (train.parallel = ddp | "
+        "fsdp); train.batch_rows and train.grad_accum are per process",
     )
+    t.add_argument(
+        "--nnodes", type=_positive_int, default=1, help="machines of the job; run this command on each (torchrun)"
+    )
+    t.add_argument("--node-rank", type=_nonneg_int, default=0, help="this machine's number, 0 to NNODES-1")
+    t.add_argument("--master-addr", metavar="HOST", help="address of node 0, reachable from every node (--nnodes > 1)")
+    t.add_argument("--master-port", type=_port, default=29500, help="free TCP port on node 0 (default 29500)")
 
     s = sub.add_parser("sample", help="sample from a trained run (text, image grids, binary vectors)")
     s.add_argument("run")

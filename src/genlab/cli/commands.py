@@ -26,7 +26,7 @@ from genlab.scaling.fit import fit_all, format_fit, read_results
 from genlab.scaling.plan import DEFAULT_SEQ_LEN, DEFAULT_VOCAB, format_plan, plan
 from genlab.scaling.plots import write_plots
 from genlab.train import distributed
-from genlab.train.launch import train_under_torchrun
+from genlab.train.launch import Nodes, train_under_torchrun
 from genlab.train.rundir import RunDir, load_run
 from genlab.train.trainer import prepare_training
 
@@ -39,6 +39,8 @@ def _print(*a, **k):
 
 # ---------------------------------------------------------------------------- train
 def cmd_train(args) -> int:
+    nodes = Nodes(args.nnodes, args.node_rank, args.master_addr, args.master_port)
+    nodes.check()  # one-line errors before anything is read
     overrides = list(args.overrides)
     if args.steps:
         overrides.append(f"train.steps={args.steps}")
@@ -48,8 +50,8 @@ def cmd_train(args) -> int:
         cfg = None
     else:
         cfg = C.resolve(args.preset, args.config, overrides)
-    if args.nproc > 1 and "WORLD_SIZE" not in os.environ:  # launch torchrun, then wait
-        return train_under_torchrun(args.nproc, args.out, args.resume, cfg, _torchrun_child_args(args))
+    if (args.nproc > 1 or args.nnodes > 1) and "WORLD_SIZE" not in os.environ:  # launch torchrun, then wait
+        return train_under_torchrun(args.nproc, args.out, args.resume, cfg, _torchrun_child_args(args), nodes)
     run, trainer = prepare_training(cfg, args.out, args.resume, not args.no_progress, overrides)
     main = distributed.is_main()
     if main:
@@ -71,7 +73,7 @@ def cmd_train(args) -> int:
 
 
 def _torchrun_child_args(args) -> list[str]:
-    """`genlab train` arguments for each torchrun worker: this command's, less --nproc."""
+    """`genlab train` arguments for each torchrun worker: this command's, less --nproc and the node flags."""
     child = [f"--set={o}" for o in args.overrides] + ["--out", str(args.out)]
     for flag, value in (("--preset", args.preset), ("--config", args.config)):
         if value:
@@ -122,7 +124,10 @@ def cmd_info(args) -> int:
     task = cfg.family.make_task(cfg)
     _print(f"# {source}")
     _print(C.to_toml(cfg))
-    for line in task.info_lines(run.path if run else None):
+    lines = task.info_lines(run.path if run else None)
+    if not any(line.startswith("batch:") for line in lines):  # the LM task states it in tokens itself
+        lines.append(distributed.batch_line(cfg.train.batch_rows, cfg.train.grad_accum))
+    for line in lines:
         _print(f"# {line}")
     return 0
 

@@ -8,14 +8,23 @@ Launch: `torchrun --nproc-per-node N -m genlab train ...` (torchrun sets RANK, W
 MASTER_ADDR/PORT), or `genlab train --nproc N ...`, which starts torchrun for you. Backend: gloo on
 CPU, NCCL on CUDA (one GPU per process, LOCAL_RANK).
 
-The global batch does not depend on the number of processes. `train.grad_accum` counts the
-micro-batches of one optimizer step over *all* ranks, so it must be a multiple of WORLD_SIZE. Every
-rank walks the same data stream (task.next_batch, cheap) and keeps micro-batches r, r+W, r+2W, ...
-so the ranks never overlap and together see exactly the batches a single process would. Each rank
-knows every micro-batch's target count, so the loss is normalised by the global count with no
-communication; DDP averages gradients over W ranks, so each rank's summed loss is scaled by W.
-The result: an N-process run equals the 1-process run with the same config (up to float summation
-order), and a checkpoint resumes on any number of processes that divides grad_accum.
+Batch semantics (as Hugging Face accelerate): `train.batch_rows` is the micro-batch of one process
+and `train.grad_accum` the micro-batches each process accumulates, so one optimizer step takes
+global batch = batch_rows x grad_accum x WORLD_SIZE rows (every preset runs unchanged on any number
+of processes; its global batch grows with them). The data cursor is global: every rank walks the
+same stream (task.next_batch returns a layout, cheap) through the grad_accum x WORLD_SIZE
+micro-batches of the step and keeps micro-batches r, r+W, r+2W, ... (`mine`), reading the tokens of
+those only, so the ranks never overlap, nothing is dropped, and the stream position does not depend
+on the process count. The loss is normalised by the step's global target count (the ranks' counts
+all-reduced); DDP averages gradients over W ranks, so each rank's summed loss is scaled by W. The
+result: W processes with grad_accum g equal 1 process with grad_accum g x W (up to float summation
+order), and a checkpoint resumes on any number of processes (keep rows x accumulation x processes
+to keep the global batch; a resume that changes it is told).
+
+More than one machine: torchrun with --nnodes N --node-rank R --master-addr A --master-port P on
+every node (`genlab train --nnodes ...` passes them through, launch.py); RANK is global, so rank 0
+(node 0, local rank 0) alone writes. The run directory (and data.path) must be the same path on
+every node: a shared filesystem, since resuming and FSDP2 checkpoints read and write it from all ranks.
 
 Rank 0 alone writes the run dir (metrics, status, checkpoints) and holds its lock (RUN/.lock); the
 other ranks get a QuietRunDir whose writing methods do nothing. MoE expert loads are all-reduced in
@@ -32,8 +41,6 @@ import os
 
 import torch
 import torch.distributed as dist
-
-from genlab.errors import GenlabError
 
 
 def world_size() -> int:
@@ -64,13 +71,19 @@ def teardown() -> None:
         dist.destroy_process_group()
 
 
-def check_grad_accum(grad_accum: int) -> None:
-    ws = world_size()
-    if grad_accum % ws:
-        raise GenlabError(
-            f"train.grad_accum = {grad_accum} is not a multiple of the {ws} processes; it counts the "
-            "micro-batches of a step over all ranks: use a multiple of --nproc"
-        )
+def batch_line(rows: int, accum: int, tokens_per_row: int | None = None, processes: int | None = None) -> str:
+    """`genlab info`'s statement of the batch semantics: per-process rows x accumulation x processes."""
+    n = str(processes) if processes else "N"
+    per = rows * accum
+    if processes:
+        total = f"{per * processes:,} rows"
+        if tokens_per_row:
+            total += f" = {per * processes * tokens_per_row:,} tokens"
+    else:
+        total = f"{per:,} x N rows"
+        if tokens_per_row:
+            total += f" = {per * tokens_per_row:,} x N tokens"
+    return f"batch: {rows} rows x {accum} accumulation x {n} processes = global {total} per step"
 
 
 def mine(i: int) -> bool:

@@ -1,4 +1,6 @@
-"""`genlab train --nproc N`: check the input, then run the same training under torchrun.
+"""`genlab train --nproc N [--nnodes N --node-rank R --master-addr A --master-port P]`: check the
+input, then run the same training under torchrun (--standalone on one machine; a static rendezvous
+at A:P across machines, this command run once on every node).
 
 The CLI builds the child's command-line arguments (everything but --nproc); this module knows
 nothing of argparse. torchrun runs through genlab.train.torchrun (a quiet Ctrl-C).
@@ -11,6 +13,7 @@ import signal
 import subprocess
 import sys
 import threading
+from dataclasses import dataclass
 from pathlib import Path
 
 from genlab.config import RunConfig
@@ -21,9 +24,45 @@ SHUTDOWN_TIMEOUT_S = 120  # torchrun's wait for workers to finish their step and
 INTERRUPTED = 130
 
 
-def launch(nproc: int, child_args: list[str]) -> int:
+DEFAULT_MASTER_PORT = 29500  # torchrun's
+
+
+@dataclass(frozen=True)
+class Nodes:
+    """Where this launch sits among the machines of the job (the defaults: one machine)."""
+
+    nnodes: int = 1
+    node_rank: int = 0
+    master_addr: str | None = None
+    master_port: int = DEFAULT_MASTER_PORT
+
+    def check(self) -> None:
+        if self.node_rank >= self.nnodes:
+            raise GenlabError(
+                f"--node-rank {self.node_rank} is not below --nnodes {self.nnodes}: nodes are numbered 0 to "
+                f"{self.nnodes - 1}"
+            )
+        if self.nnodes > 1 and not self.master_addr:
+            raise GenlabError(
+                f"--nnodes {self.nnodes} needs --master-addr HOST: the address of node 0, which every node "
+                "can reach (and --master-port, default 29500)"
+            )
+
+    def torchrun_args(self) -> list[str]:
+        if self.nnodes == 1:
+            return ["--standalone"]
+        return [
+            f"--nnodes={self.nnodes}",
+            f"--node-rank={self.node_rank}",
+            f"--master-addr={self.master_addr}",
+            f"--master-port={self.master_port}",
+        ]
+
+
+def launch(nproc: int, child_args: list[str], nodes: Nodes = Nodes()) -> int:
     """`genlab train --nproc N`: run `torchrun --standalone --nproc-per-node N -m genlab train ...` (through
-    genlab.train.torchrun) in its own process group.
+    genlab.train.torchrun) in its own process group; with several nodes, torchrun's static rendezvous
+    (--nnodes --node-rank --master-addr --master-port) instead of --standalone.
 
     Ctrl-C (SIGINT or SIGTERM to this process): forwarded once to torchrun's group, so the agent and
     every worker get it; the workers stop together after the current step and write a checkpoint,
@@ -35,7 +74,7 @@ def launch(nproc: int, child_args: list[str]) -> int:
         sys.executable,
         "-m",
         "genlab.train.torchrun",
-        "--standalone",
+        *nodes.torchrun_args(),
         f"--nproc-per-node={nproc}",
         "-m",
         "genlab",
@@ -80,28 +119,30 @@ def _main_thread() -> bool:
 
 
 def train_under_torchrun(
-    nproc: int, out: str | Path | None, resume: bool, cfg: RunConfig | None, child_args: list[str]
+    nproc: int,
+    out: str | Path | None,
+    resume: bool,
+    cfg: RunConfig | None,
+    child_args: list[str],
+    nodes: Nodes = Nodes(),
 ) -> int:
-    """Check the input here (one-line errors), then run `genlab train *child_args` in `nproc` processes.
-    `cfg`: the resolved config of a new run (None with resume: the run's own config.toml is read).
-    Raises KeyboardInterrupt after a clean Ctrl-C, GenlabError if a rank failed; else returns 0."""
+    """Check the input here (one-line errors), then run `genlab train *child_args` in `nproc` processes
+    (per node, on `nodes.nnodes` nodes). `cfg`: the resolved config of a new run (None with resume: the
+    run's own config.toml is read). Raises KeyboardInterrupt after a clean Ctrl-C, GenlabError if a rank
+    failed; else returns 0."""
+    nodes.check()
+    flag = "--nproc" if nodes.nnodes == 1 else "--nnodes"
     if out is None:
-        raise GenlabError("--nproc needs --out RUN_DIR (every process must write to the same run directory)")
-    if resume:
-        run = RunDir.open_for_resume(out, lock=False)  # rank 0 of the workers takes RUN/.lock
-        run.check_free()
-        ga = run.config().train.grad_accum
-    else:
-        RunDir.plan(cfg, out)
-        ga = cfg.train.grad_accum
-    if ga % nproc:
-        raise GenlabError(
-            f"train.grad_accum = {ga} is not a multiple of --nproc {nproc}; it counts the "
-            "micro-batches of a step over all processes"
-        )
-    rc = launch(nproc, child_args)
+        raise GenlabError(f"{flag} needs --out RUN_DIR (every process must write to the same run directory)")
+    if nodes.node_rank == 0:  # node 0 owns the run dir (its rank 0 writes); other nodes only read it
+        if resume:
+            RunDir.open_for_resume(out, lock=False).check_free()  # rank 0 of the workers takes RUN/.lock
+        else:
+            RunDir.plan(cfg, out)
+    rc = launch(nproc, child_args, nodes)
     if rc == INTERRUPTED:
         raise KeyboardInterrupt  # the CLI reports it (exit status 130)
     if rc:
-        raise GenlabError(f"torchrun with {nproc} processes failed (exit status {rc}); see the messages above")
+        what = f"{nproc} processes" if nodes.nnodes == 1 else f"node {nodes.node_rank} of {nodes.nnodes}"
+        raise GenlabError(f"torchrun with {what} failed (exit status {rc}); see the messages above")
     return 0

@@ -77,7 +77,6 @@ class Trainer:
             torch.set_num_threads(t.threads)
         self.device = pick_device(t.device)
         distributed.setup(t.device)  # under torchrun (WORLD_SIZE > 1): join the group; train/distributed.py
-        distributed.check_grad_accum(t.grad_accum)
         if not distributed.is_main():  # rank 0 alone writes the run dir and talks
             self.run, self.show_progress, self.log = QuietRunDir(run), False, (lambda *a, **k: None)
         seed_everything(t.seed)
@@ -117,6 +116,7 @@ class Trainer:
             "torch_rng": torch.get_rng_state(),
             "python_rng": list(random.getstate()[1]),
             "best": dict(self.best),
+            "micro_batches": self.micro_batches(),  # per step, all ranks (resume tells a change)
         }
         st["spike_guard"] = self.guard.state_dict()
         if torch.cuda.is_available():
@@ -140,6 +140,13 @@ class Trainer:
         if "spike_guard" in st:
             self.guard.load_state_dict(st["spike_guard"])
         self.best = dict(st.get("best", self.best))
+        was, now = st.get("micro_batches"), self.micro_batches()
+        if was is not None and was != now:
+            self.log(
+                f"the global batch changes from {was} to {now} micro-batches per step (train.grad_accum "
+                f"{self.cfg.train.grad_accum} x {distributed.world_size()} processes); set train.grad_accum to "
+                "keep it"
+            )
         patience = self.cfg.train.early_stop_patience
         self.stopped_early = bool(patience) and self.best["evals_since"] >= patience
         torch.set_rng_state(st["torch_rng"])
@@ -161,15 +168,22 @@ class Trainer:
         return checkpoint.save(self.run.path, self.step, self.model, self._state(), self.cfg.train.keep_ckpts)
 
     # ------------------------------------------------------------------ loop
+    def micro_batches(self) -> int:
+        """Micro-batches of one optimizer step, all ranks: grad_accum per process x processes."""
+        return self.cfg.train.grad_accum * distributed.world_size()
+
     def train_step(self) -> dict:
         t = self.cfg.train
-        batches, n_total, n_real, capacity = [], 0, 0, 0
-        for i in range(t.grad_accum):  # grad_accum micro-batches over all ranks; this rank keeps its own
+        batches, n_own, n_real, capacity = [], 0, 0, 0
+        # the step's micro-batches from the one global stream; this rank keeps (and reads) its own only
+        for i in range(self.micro_batches()):
             batch, self.data_state = self.task.next_batch(self.data_state)
-            real, slots = self.task.batch_units(batch)
-            n_total, n_real, capacity = n_total + batch.n_targets, n_real + real, capacity + slots
+            real, slots = self.task.batch_units(batch)  # from the layout: no tokens read
+            n_real, capacity = n_real + real, capacity + slots
             if distributed.mine(i):
                 batches.append(batch.to(self.device))
+                n_own += batch.n_targets
+        n_total = round(distributed.all_reduce_sum(n_own))  # the step's targets over all ranks (exact)
         factor = lr_factor(self.step, t)  # this step's lr / the peak lr
         lr = t.lr * factor
         set_lr(self.opt, lr)
@@ -198,7 +212,7 @@ class Trainer:
             "lr": lr,
             "grad_norm": gnorm,
             "n_real": n_real,
-            "capacity": capacity,
+            "capacity": capacity,  # token slots of the step, all ranks: the global batch in tokens
             "skipped": spike,
         }
 
@@ -282,6 +296,7 @@ class Trainer:
                 "lr": m["lr"],
                 "tokens": self.tokens_seen,
                 "tokens_per_s": tps,
+                "global_batch_tokens": m["capacity"],
                 "real_fraction": self._interval[0] / max(1, self._interval[1]),
                 "grad_norm": m["grad_norm"],
             }  # real_fraction: over every batch since the last record
