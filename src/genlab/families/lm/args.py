@@ -16,7 +16,9 @@ from genlab.train.flops import LayerShapes, attention_shapes, swiglu_shapes
 @dataclass
 class LMData(DataConfig):
     path: str = opt(
-        "", "corpus: '' = embedded (pydoc topics + stdlib sources); a .txt file, a directory of text files, or .jsonl"
+        "",
+        "corpus: '' = embedded (pydoc topics + stdlib sources); a .txt file, a directory of text files, .jsonl, "
+        "or a DATA_DIR (genlab prepare)",
     )
     tokenizer: Literal["bpe", "byte"] = opt("bpe", "byte-level BPE trained on the corpus, or plain bytes (256)")
     vocab_size: int = opt(2048, "BPE vocabulary size (the byte tokenizer always has 256)", 260, 1 << 20)
