@@ -107,13 +107,16 @@ def runs(tmp_path_factory, overrides):
 @pytest.mark.slow
 def test_two_process_gloo_equals_single_process(runs, overrides):
     """2 processes x grad_accum 1 == 1 process x grad_accum 2; both log the same global batch in tokens
-    (2 rows x 2 micro-batches x 64 token slots)."""
+    at every step (2 rows x 2 micro-batches x 64 token slots; less at an epoch's end, where a
+    micro-batch is short: batches never span epochs)."""
     corpus, single, two = runs
     _close(_losses(two), _losses(single))
     assert json.loads((two / "run.json").read_text())["status"] == "finished"
-    for run in (single, two):
-        recs = [json.loads(line) for line in Path(run, "metrics.jsonl").read_text().splitlines()]
-        assert {r["global_batch_tokens"] for r in recs} == {2 * 2 * 64}
+    tokens = [
+        [json.loads(line)["global_batch_tokens"] for line in Path(run, "metrics.jsonl").read_text().splitlines()]
+        for run in (single, two)
+    ]
+    assert tokens[0] == tokens[1] and max(tokens[0]) == 2 * 2 * 64 and min(tokens[0]) > 0
     # a different global batch (one micro-batch per step) does differ: the comparison can fail
     other, _ = train(
         resolve(None, None, overrides(corpus, ["train.grad_accum=1", "train.steps=3"])), two.parent / "other", **QUIET
@@ -292,7 +295,7 @@ def test_presets_run_unchanged_on_two_processes(tmp_path):
     assert r.returncode == 0, (r.stdout + r.stderr).decode()[-3000:]
     recs = [json.loads(line) for line in (lm / "metrics.jsonl").read_text().splitlines()]
     cfg = resolve("lm-tiny", None, [])
-    assert [x["step"] for x in recs] == [1, 2]
+    assert recs[-1]["step"] == 2
     assert recs[-1]["global_batch_tokens"] == cfg.train.batch_rows * cfg.train.grad_accum * 2 * cfg.data.packing_length
     _nproc(2, "--preset", "made-digits", "--steps", "2", "--out", str(tmp_path / "made"))
     assert json.loads((tmp_path / "made" / "run.json").read_text())["status"] == "finished"
