@@ -73,7 +73,11 @@ def test_repeated_nonfinite_steps_stop_the_run(tiny_overrides, tiny_corpus, tmp_
 
 # --------------------------------------------------------------------------- kill -9 and resume
 STEPS = 24
-ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
+
+
+def _env() -> dict:
+    """os.environ when the test runs (conftest points GENLAB_CACHE at the session's tmp dir), one thread."""
+    return {**os.environ, "OMP_NUM_THREADS": "1"}
 
 
 @pytest.fixture
@@ -105,7 +109,10 @@ def test_sigkill_in_a_checkpoint_write_and_mid_run_then_resume(overrides, tiny_c
     out, ckpts = tmp_path / "run", tmp_path / "run" / checkpoint.CKPT_DIR
     sets = [f"--set={o}" for o in overrides(tiny_corpus)]
     r = subprocess.run(
-        _train_cmd("--out", str(out), *sets), capture_output=True, env={**ENV, checkpoint.FAULT_ENV: "12"}, timeout=300
+        _train_cmd("--out", str(out), *sets),
+        capture_output=True,
+        env={**_env(), checkpoint.FAULT_ENV: "12"},
+        timeout=300,
     )
     assert r.returncode == -signal.SIGKILL
     assert (ckpts / "step_00000012.tmp" / "model.safetensors").is_file()  # killed half-way through the write
@@ -114,7 +121,7 @@ def test_sigkill_in_a_checkpoint_write_and_mid_run_then_resume(overrides, tiny_c
 
     metrics = out / "metrics.jsonl"
     proc = subprocess.Popen(
-        _train_cmd("--resume", "--out", str(out)), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=ENV
+        _train_cmd("--resume", "--out", str(out)), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=_env()
     )
     deadline = time.time() + 120
     while time.time() < deadline and len(metrics.read_text().splitlines()) < 15:
@@ -126,7 +133,7 @@ def test_sigkill_in_a_checkpoint_write_and_mid_run_then_resume(overrides, tiny_c
     with open(metrics, "a") as f:  # what a kill inside append_metrics leaves behind
         f.write('{"step": 99, "lo')
 
-    r = subprocess.run(_train_cmd("--resume", "--out", str(out)), capture_output=True, env=ENV, timeout=300)
+    r = subprocess.run(_train_cmd("--resume", "--out", str(out)), capture_output=True, env=_env(), timeout=300)
     assert r.returncode == 0, r.stderr.decode()
     assert all(line.endswith("}") for line in metrics.read_text().splitlines())  # rewritten cleanly
     assert not (ckpts / "step_00000012.tmp").exists() and checkpoint.verify(ckpts / f"step_{STEPS:08d}") is None
