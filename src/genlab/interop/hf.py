@@ -1,10 +1,15 @@
 """Hugging Face interoperability: whole directories in and out, through each family's state-dict
 adapter (families/deepseek/hf.py, families/lm/hf.py), not HF-shaped internals.
 
-    export_hf(run_dir, out)      genlab deepseek run -> config.json (model_type deepseek_v3, native field
-                                 names) + model.safetensors with HF key names (per-expert keys as the hub
-                                 checkpoints; the balance bias as mlp.gate.e_score_correction_bias, fp32;
-                                 MTP module k as model.layers.{num_hidden_layers + k}.*) + tokenizer.json
+    export_hf(run_dir, out)      genlab LM run -> an HF directory. Dense Transformer runs: LlamaForCausalLM
+                                 (config.json model_type llama, families/lm/hf.py). Deepseek runs:
+                                 config.json (model_type deepseek_v3, native field names) + HF key names
+                                 (per-expert keys as the hub checkpoints; the balance bias as
+                                 mlp.gate.e_score_correction_bias, fp32; MTP module k as
+                                 model.layers.{num_hidden_layers + k}.*). Both: model.safetensors (or
+                                 shards + model.safetensors.index.json above shard_size), tokenizer.json /
+                                 tokenizer_config.json / special_tokens_map.json (hf_tokenizer.py),
+                                 generation_config.json. Refused: LSTM/GRU, masked / any-order objectives.
     import_hf(hf_dir, out)       deepseek_v3 or dense Llama-style directory -> a genlab run dir
     from_pretrained(path)        a genlab run dir or an HF directory -> (model, tokenizer)
 """
@@ -26,10 +31,13 @@ from genlab.families import build_lm
 from genlab.families.deepseek.args import DeepSeekArgs
 from genlab.families.deepseek.hf import deepseek_from_hf, deepseek_hf_config, deepseek_to_hf
 from genlab.families.lm.args import LMArgs
-from genlab.families.lm.hf import DENSE_TYPES, dense_from_hf
+from genlab.families.lm.hf import DENSE_TYPES, dense_from_hf, dense_hf_config, dense_to_hf
+from genlab.interop.hf_tokenizer import chat_template, generation_config, is_byte_level_export, tokenizer_files
 from genlab.train import checkpoint
 from genlab.train.optim import build_optimizer
 from genlab.train.rundir import RunDir, load_run
+
+DEFAULT_SHARD_SIZE = "2GB"
 
 
 def _cfg_from_hf(hc: dict, path: Path) -> RunConfig:
@@ -129,6 +137,12 @@ def _read_hf(path: str | Path):
 
 def _hf_tokenizer(p: Path, vocab: int):
     if (p / "tokenizer.json").is_file():
+        try:
+            tj = json.loads((p / "tokenizer.json").read_text(encoding="utf-8"))
+        except (UnicodeDecodeError, json.JSONDecodeError):
+            raise GenlabError(f"{p}/tokenizer.json is not valid JSON") from None
+        if is_byte_level_export(tj):  # genlab's byte tokenizer as exported: ids = byte values
+            return ByteTokenizer()
         return load_tokenizer(p / "tokenizer.json")
     if vocab == 256:
         return ByteTokenizer()
@@ -177,22 +191,91 @@ def import_hf(hf_dir: str | Path, out: str | Path) -> Path:
     return run.path
 
 
-def export_hf(run_dir: str | Path, out: str | Path) -> Path:
+def parse_size(text: str | int) -> int:
+    """Bytes from 123, "500KB", "2GB", "1.5GiB" (KB/MB/GB decimal as the hub's max_shard_size, KiB/MiB/GiB binary)."""
+    if isinstance(text, int):
+        n = text
+    else:
+        t = text.strip().upper().removesuffix("B")
+        mult = 1
+        for suffix, m in (("KI", 1 << 10), ("MI", 1 << 20), ("GI", 1 << 30), ("K", 1000), ("M", 10**6), ("G", 10**9)):
+            if t.endswith(suffix):
+                t, mult = t[: -len(suffix)], m
+                break
+        try:
+            n = int(float(t) * mult)
+        except ValueError:
+            raise GenlabError(f"--shard-size {text!r} is not a size (e.g. 2GB, 500MB, 1048576)") from None
+    if n < 1:
+        raise GenlabError(f"--shard-size {text!r} must be at least 1 byte")
+    return n
+
+
+def save_sharded(sd: dict, out: Path, shard_size: int) -> list[str]:
+    """model.safetensors, or model-0000i-of-0000n.safetensors + model.safetensors.index.json when the
+    weights exceed `shard_size` bytes (tensors in order, a new shard when the next would overflow)."""
+    shards, cur, cur_size = [], {}, 0
+    for k, v in sd.items():
+        size = v.numel() * v.element_size()
+        if cur and cur_size + size > shard_size:
+            shards.append(cur)
+            cur, cur_size = {}, 0
+        cur[k] = v
+        cur_size += size
+    shards.append(cur)
+    if len(shards) == 1:
+        save_file(shards[0], str(out / "model.safetensors"), metadata={"format": "pt"})
+        return ["model.safetensors"]
+    names = [f"model-{i + 1:05d}-of-{len(shards):05d}.safetensors" for i in range(len(shards))]
+    weight_map = {}
+    for name, shard in zip(names, shards, strict=True):
+        save_file(shard, str(out / name), metadata={"format": "pt"})
+        weight_map.update(dict.fromkeys(shard, name))
+    total = sum(v.numel() * v.element_size() for v in sd.values())
+    index = {"metadata": {"total_size": total}, "weight_map": weight_map}
+    (out / "model.safetensors.index.json").write_text(json.dumps(index, indent=2) + "\n")
+    return names
+
+
+def _write_json(path: Path, obj) -> None:
+    path.write_text(json.dumps(obj, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+
+
+def export_hf(run_dir: str | Path, out: str | Path, shard_size: int | str = DEFAULT_SHARD_SIZE) -> Path:
+    """A genlab LM run -> a Hugging Face directory: dense runs as LlamaForCausalLM, deepseek runs as
+    DeepseekV3ForCausalLM; tokenizer files, generation_config.json, (sharded) safetensors."""
+    shard_size = parse_size(shard_size)
     run, cfg, task, model = load_run(str(run_dir))
-    if cfg.model.arch != "deepseek":
+    if cfg.family.build_model is None or not hasattr(task, "tokenizer"):
         raise GenlabError(
-            f"{run.path}: export --format hf supports model.arch = deepseek (this run is {cfg.model.arch!r})"
+            f"{run.path}: export --format hf is for language-model runs (this is a {cfg.family.name} run)"
+        )
+    objective = getattr(cfg.train, "objective", "causal")
+    if objective != "causal":
+        raise GenlabError(
+            f"{run.path}: train.objective = {objective!r} trains a bidirectional model, which no Hugging Face "
+            "causal LM can run; export --format hf needs train.objective = causal"
         )
     o = Path(out)
     if o.exists() and (not o.is_dir() or any(o.iterdir())):
         raise GenlabError(f"{o} already exists and is not empty; choose another output directory")
-    sd = deepseek_to_hf(model.state_dict(), cfg.model)
+    tok = task.tokenizer
+    if cfg.model.arch == "deepseek":
+        hc = deepseek_hf_config(cfg, model.vocab_size)
+        sd = deepseek_to_hf(model.state_dict(), cfg.model)
+    else:
+        hc = dense_hf_config(cfg, model.vocab_size)  # refuses lstm / gru
+        sd = dense_to_hf(model.state_dict(), cfg.model)
+    hc.update(bos_token_id=tok.bos_id, eos_token_id=tok.bos_id, pad_token_id=tok.bos_id)
     tmp = o.with_name(o.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
-    (tmp / "config.json").write_text(json.dumps(deepseek_hf_config(cfg, model.vocab_size), indent=2) + "\n")
-    save_file(sd, str(tmp / "model.safetensors"), metadata={"format": "pt"})
-    shutil.copy(run.path / "tokenizer.json", tmp / "tokenizer.json")
+    _write_json(tmp / "config.json", hc)
+    save_sharded(sd, tmp, shard_size)
+    files = tokenizer_files(tok, cfg.data.packing_length, chat_template(run.path))
+    for name, obj in files.items():
+        _write_json(tmp / name, obj)
+    _write_json(tmp / "generation_config.json", generation_config(tok))
     if o.exists():
         o.rmdir()
     tmp.rename(o)
