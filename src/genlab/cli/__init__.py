@@ -288,10 +288,22 @@ def build_parser() -> argparse.ArgumentParser:
     i = sub.add_parser("info", help="config, parameter count and FLOPs per token of a run or preset")
     i.add_argument("run", help="a run directory or a preset name")
 
-    ex = sub.add_parser("export", help="write a run as a Hugging Face directory (deepseek runs)")
+    ex = sub.add_parser(
+        "export", help="write an LM run as a Hugging Face directory (dense: Llama, deepseek: DeepseekV3)"
+    )
     ex.add_argument("run")
     ex.add_argument("out", help="output directory (must not exist or be empty)")
-    ex.add_argument("--format", choices=["hf"], default="hf", help="hf: config.json + model.safetensors")
+    ex.add_argument(
+        "--format",
+        choices=["hf"],
+        default="hf",
+        help="hf: config.json, safetensors, tokenizer files, generation_config.json (AutoModelForCausalLM)",
+    )
+    ex.add_argument(
+        "--shard-size",
+        default="2GB",
+        help="split the weights into shards of at most this size + model.safetensors.index.json (default 2GB)",
+    )
     im = sub.add_parser("import", help="make a genlab run dir from a Hugging Face directory")
     im.add_argument("hf_dir", help="deepseek_v3 or dense Llama-style: config.json + *.safetensors")
     im.add_argument("out", help="the new run directory")

@@ -262,7 +262,8 @@ def cmd_demo(args) -> int:
 
 # ---------------------------------------------------------------------------- Hugging Face interop
 def cmd_export(args) -> int:
-    _print(f"exported {args.run} -> {export_hf(args.run, args.out)} (format {args.format})")
+    out = export_hf(args.run, args.out, shard_size=args.shard_size)
+    _print(f"exported {args.run} -> {out} (format {args.format})")
     return 0
 
 
