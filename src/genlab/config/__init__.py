@@ -22,7 +22,7 @@ from genlab.config.parse import (
     to_toml,
 )
 from genlab.config.registry import Family, Preset, families, family_of_args, lookup, presets, register, task_names
-from genlab.config.run import DataConfig, ModelArgs, RunConfig, TrainConfig, parse_policy
+from genlab.config.run import DataConfig, ModelArgs, RunConfig, TrainConfig, parse_log, parse_policy
 
 __all__ = [
     "KeyInfo",
@@ -53,5 +53,6 @@ __all__ = [
     "ModelArgs",
     "RunConfig",
     "TrainConfig",
+    "parse_log",
     "parse_policy",
 ]

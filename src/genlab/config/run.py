@@ -63,9 +63,11 @@ class TrainConfig(Section):
     lr_decay: float = opt(0.0, "schedule inverse: lr / (1 + lr_decay * step) (NADE/MADE's decrease constant)", 0.0)
     activation_checkpointing: str = opt("none", "none | full | every:K | selective (models with blocks)")
     precision: Literal["fp32", "fp8"] = opt("fp32", "fp8: DeepSeek-V3 block-scaled E4M3 Linears (emulated on CPU)")
+    log: str = opt("jsonl", "live loggers, comma-separated: jsonl (always on), tensorboard (RUN/tensorboard/), wandb")
 
     def check(self, cfg) -> None:
         parse_policy(self.activation_checkpointing)
+        parse_log(self.log)
 
 
 def parse_policy(text: str) -> tuple[str, int]:
@@ -81,6 +83,18 @@ def parse_policy(text: str) -> tuple[str, int]:
         f"activation checkpointing policy {text!r} is not allowed; "
         f"use none, full, every:K (K a whole number >= 1) or selective"
     )
+
+
+LOGGERS = ("jsonl", "tensorboard", "wandb")
+
+
+def parse_log(text: str) -> tuple[str, ...]:
+    """train.log ('jsonl', 'jsonl,tensorboard', 'tensorboard,wandb', ...) -> the loggers, jsonl first."""
+    names = [n.strip() for n in str(text).split(",") if n.strip()]
+    bad = [n for n in names if n not in LOGGERS]
+    if bad:
+        raise GenlabError(f"train.log: unknown logger {bad[0]!r}; choose from {', '.join(LOGGERS)} (comma-separated)")
+    return ("jsonl",) + tuple(dict.fromkeys(n for n in names if n != "jsonl"))
 
 
 SECTIONS = ("data", "model", "train")

@@ -85,7 +85,10 @@ class RunDir:
     def create(self, cfg: RunConfig, task) -> None:
         """Make the new run: lock it first, then write config, task artifacts and empty metrics."""
         made = not self.path.exists()
-        self.path.mkdir(parents=True, exist_ok=True)
+        try:
+            self.path.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise GenlabError(f"{self.path}: cannot create the run directory ({e.strerror or e})") from None
         try:
             self.lock()
             if not _empty(self.path):  # another run started and finished here since `plan`

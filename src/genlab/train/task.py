@@ -86,6 +86,12 @@ class Task(ABC):
         self.prepare(run.path, fresh=False)
         return self.evaluate(model)
 
+    def eval_images(self, model: torch.nn.Module, device: Any = "cpu") -> dict[str, Any]:
+        """At eval steps when train.log names tensorboard or wandb: {tag: (H, W) or (H, W, 3) uint8
+        numpy image}, a few cheap samples (genlab.train.loggers.tile makes a grid); default none.
+        Called on every rank; must leave the global RNG and the model's train/eval mode as they were."""
+        return {}
+
     def info_lines(self, run_dir: Path | None) -> list[str]:
         """`genlab info`: lines describing the model (parameters, FLOPs, ...)."""
         return []

@@ -1,6 +1,7 @@
 """The one training loop. It knows a task only through the Task protocol (train/task.py): prepare,
 build_model, initial_state, next_batch, batch_units, loss (summed loss, count), on_optimizer_step,
-after_step, evaluate and model_flops_per_token; RunDir.create calls save_artifacts."""
+after_step, evaluate, eval_images and model_flops_per_token; RunDir.create calls save_artifacts.
+Logging goes through train/loggers.py (train.log: metrics.jsonl, TensorBoard, W&B)."""
 
 from __future__ import annotations
 
@@ -13,11 +14,11 @@ from pathlib import Path
 
 import torch
 
-from genlab.config import RunConfig, apply_overrides
+from genlab.config import RunConfig, apply_overrides, parse_log, to_dict
 from genlab.errors import GenlabError
 from genlab.ops.fp8 import convert_to_fp8
 from genlab.progress import TrainProgress
-from genlab.train import checkpoint, distributed, parallel, sharded_checkpoint
+from genlab.train import checkpoint, distributed, loggers, parallel, sharded_checkpoint
 from genlab.train.activation_checkpoint import apply_activation_checkpointing
 from genlab.train.flops import measured_peak_flops
 from genlab.train.guards import SpikeGuard
@@ -79,6 +80,9 @@ class Trainer:
         distributed.setup(t.device)  # under torchrun (WORLD_SIZE > 1): join the group; train/distributed.py
         if not distributed.is_main():  # rank 0 alone writes the run dir and talks
             self.run, self.show_progress, self.log = QuietRunDir(run), False, (lambda *a, **k: None)
+        self.log_names = parse_log(t.log)  # train.log: jsonl + tensorboard / wandb (train/loggers.py)
+        loggers.check(self.log_names, run.path)  # installed, directories writable: before anything is written
+        self.loggers = loggers.Loggers(self.log_names, [])  # opened by fit()
         seed_everything(t.seed)
         self.task = cfg.family.make_task(cfg)
         self.task.prepare(run.path, fresh=not resume)
@@ -157,6 +161,7 @@ class Trainer:
         self.log(f"resumed from {ckpt.name} (step {self.step})")
 
     def save_checkpoint(self) -> Path | None:
+        self.loggers.flush()
         if parallel.is_sharded(self.model):  # FSDP2: every rank writes its shards
             st = self._state()
             del st["optimizer"]  # in dcp/, sharded
@@ -231,11 +236,14 @@ class Trainer:
                 pass  # e.g. the disk is full: the error being raised says more
             raise
         finally:
+            self.loggers.close()
             self.run.release()
 
     def _fit(self) -> dict:
         t = self.cfg.train
         self.run.set_status("running", self.step)
+        wandb_cfg = to_dict(self.cfg) if "wandb" in self.log_names else None
+        self.loggers = loggers.Loggers.open(self.log_names, self.run, self.step if self.resume else None, wandb_cfg)
         last: dict = {}
         # real tokens, token slots and start time of the current logging interval
         self._interval = [0, 0, time.perf_counter()]
@@ -314,16 +322,22 @@ class Trainer:
             }
             record.update(skipped=True, skip_reason=m["skipped"])
             (progress.note if progress.enabled else self.log)(f"step {self.step}: update skipped, {m['skipped']}")
-        if self.step % t.eval_every == 0 or is_last:
+        images, evaluated = None, self.step % t.eval_every == 0 or is_last
+        if evaluated:
             ev = self.evaluate()
             if ev:
                 record = record or {"step": self.step, "loss": m["loss"], "lr": m["lr"], "tokens": self.tokens_seen}
                 record.update(ev)
                 self._track_best(distributed.from_rank0(ev["val_loss"]))  # one decision on every rank
                 progress.note(f"step {self.step}: val_loss {ev['val_loss']:.4f}")
+            if self.loggers.wants_images:  # tensorboard / wandb: a few samples (diffusion, density)
+                images = self.task.eval_images(self.model, self.device)
             self._interval[2] = time.perf_counter()  # evaluation time is not training throughput
         if record:
-            self.run.append_metrics(record)
+            self.loggers.log(self.step, record)  # metrics.jsonl, and tensorboard / wandb when named
+        if evaluated:
+            self.loggers.log_images(self.step, images or {})
+            self.loggers.flush()
         return record
 
 

@@ -23,6 +23,7 @@ from genlab.config import RunConfig
 from genlab.errors import GenlabError
 from genlab.families.density.data import BinaryData, image_shape, load_binary, load_eval_rows
 from genlab.families.density.model import build_density
+from genlab.train.loggers import tile
 from genlab.train.task import Task
 
 ARTIFACT = "density.json"
@@ -153,6 +154,19 @@ class DensityTask(Task):
         return nll_summary(nll, n, x.shape[1], prefix)
 
     # ------------------------------------------------------------------ CLI entry points
+    EVAL_IMAGES = 16  # samples in the eval-step grid (train.log tensorboard / wandb)
+
+    def eval_images(self, model, device="cpu") -> dict:
+        """A grid of 16 exact draws (seed 0) when the data are square images; else none."""
+        shape = image_shape(self.n_dims)
+        if shape is None:
+            return {}
+        was = model.training
+        model.eval()
+        x = model.sample(self.EVAL_IMAGES, 0).cpu().numpy().astype(np.uint8)  # its own generator
+        model.train(was)
+        return {"samples": tile(x.reshape(-1, *shape) * 255)}
+
     def info_lines(self, run_dir: Path | None) -> list[str]:
         """For `genlab info`: the data (from the run's density.json, or loaded for a preset) and the model."""
         if run_dir is not None:

@@ -27,6 +27,7 @@ from genlab.families.diffusion.ldm import LatentDiffusion
 from genlab.families.diffusion.metrics import save_grid
 from genlab.families.diffusion.schedulers import SAMPLERS
 from genlab.families.diffusion.text_encoder import MAX_PROMPT_BYTES, encode_prompts
+from genlab.train.loggers import tile
 from genlab.train.task import Task
 
 EVAL_GUIDANCE, EVAL_STEPS, EVAL_PER_PROMPT, EVAL_SAMPLER = 3.0, 50, 50, "ddim"  # `genlab eval` sampling
@@ -185,6 +186,29 @@ class DiffusionTask(Task):
             out["val_loss_ema"] = self._denoise_mse(model, model.ema, x, caps)
         model.train(was)
         return out
+
+    EVAL_IMAGES, EVAL_IMAGE_STEPS = 8, 20  # the eval-step grid of train.log tensorboard / wandb
+
+    @torch.no_grad()
+    def eval_images(self, model, device="cpu") -> dict:
+        """Autoencoder phase: 4 images over their reconstructions; denoiser phase: 8 DDIM samples
+        (20 steps, guidance 3, seed 0) of the class prompts (or captions). Own generators only."""
+        was = model.training
+        model.eval()
+        if float(model.scale_factor) == 0.0:
+            x = (self.val_data or self.train_data).images[: self.EVAL_IMAGES // 2].to(device)
+            mean, _ = model.vae.encode(x)
+            out = {"reconstructions": torch.cat([x, model.vae.decode(mean)])}
+        else:
+            ds, rng = self.train_data, np.random.default_rng(0)
+            prompts = ds.class_prompts or [ds.caption(i % len(ds), rng) for i in range(self.EVAL_IMAGES)]
+            prompts = [prompts[i % len(prompts)] for i in range(self.EVAL_IMAGES)]
+            sched = self.scheduler(EVAL_SAMPLER)
+            out = {"samples": model.sample(prompts, sched, self.EVAL_IMAGE_STEPS, EVAL_GUIDANCE, seed=0)}
+        model.train(was)
+        px = {k: ((v.float().cpu().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8) for k, v in out.items()}
+        hwc = {k: v.permute(0, 2, 3, 1).numpy() for k, v in px.items()}  # (N, H, W, C)
+        return {k: tile(a[..., 0] if a.shape[-1] == 1 else a) for k, a in hwc.items()}
 
     def eval_report(self, run, model, data_path: str | None) -> dict:
         d = self.cfg.data
