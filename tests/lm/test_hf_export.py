@@ -241,6 +241,8 @@ def test_chat_template_exported(runs, tmp_path):
     tok = transformers.AutoTokenizer.from_pretrained(tmp_path / "hf")
     text = tok.apply_chat_template([{"role": "user", "content": "hi"}], tokenize=False)
     assert text == "user: hi\n"
+    assert main(["import", str(tmp_path / "hf"), str(tmp_path / "back")]) == 0  # kept by the round trip
+    assert (tmp_path / "back" / "chat_template.jinja").read_text() == template
 
 
 def one_line_error(capsys, argv) -> str:
@@ -277,3 +279,12 @@ def test_bad_output_and_shard_size(runs, tmp_path, capsys):
         capsys, ["export", str(run_dir), str(tmp_path / "o"), "--shard-size", "lots"]
     )
     assert "--shard-size" in one_line_error(capsys, ["export", str(run_dir), str(tmp_path / "o"), "--shard-size", "0"])
+
+
+def test_non_lm_run_refused(npz16, tmp_path, capsys):
+    from genlab.config import resolve
+    from genlab.train.trainer import train
+
+    sets = [f"data.path={npz16}", "model.d_model=24", "train.batch_rows=20", "train.steps=2", "train.ckpt_every=2"]
+    run, _ = train(resolve("made-digits", None, sets), tmp_path / "r", progress=False, log=lambda *a: None)
+    assert "language-model runs" in one_line_error(capsys, ["export", str(run.path), str(tmp_path / "hf")])

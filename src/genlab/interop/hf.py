@@ -32,7 +32,14 @@ from genlab.families.deepseek.args import DeepSeekArgs
 from genlab.families.deepseek.hf import deepseek_from_hf, deepseek_hf_config, deepseek_to_hf
 from genlab.families.lm.args import LMArgs
 from genlab.families.lm.hf import DENSE_TYPES, dense_from_hf, dense_hf_config, dense_to_hf
-from genlab.interop.hf_tokenizer import chat_template, generation_config, is_byte_level_export, tokenizer_files
+from genlab.interop.hf_tokenizer import (
+    CHAT_TEMPLATE_FILES,
+    chat_template,
+    generation_config,
+    hf_chat_template,
+    is_byte_level_export,
+    tokenizer_files,
+)
 from genlab.train import checkpoint
 from genlab.train.optim import build_optimizer
 from genlab.train.rundir import RunDir, load_run
@@ -171,9 +178,13 @@ def import_hf(hf_dir: str | Path, out: str | Path) -> Path:
     run = RunDir.plan(cfg, out)
     model = _build(cfg, state, vocab)  # every check before the run dir exists
 
+    template = hf_chat_template(Path(hf_dir))
+
     class _Artifacts:
         def save_artifacts(self, path):
             tok.save(Path(path) / "tokenizer.json")
+            if template is not None:  # kept for the next export
+                (Path(path) / CHAT_TEMPLATE_FILES[0]).write_text(template, encoding="utf-8")
 
     run.create(cfg, _Artifacts())
     # a complete step-0 training state, so `genlab train --out RUN --resume` fine-tunes the imported model

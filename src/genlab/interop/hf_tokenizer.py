@@ -127,3 +127,16 @@ def chat_template(run_path: Path) -> str | None:
         if (run_path / name).is_file():
             return (run_path / name).read_text(encoding="utf-8")
     return None
+
+
+def hf_chat_template(hf_dir: Path) -> str | None:
+    """The chat template of an HF directory: chat_template.jinja (transformers 5) or tokenizer_config.json's."""
+    found = chat_template(hf_dir)
+    if found is not None:
+        return found
+    try:
+        tc = json.loads((hf_dir / "tokenizer_config.json").read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        return None
+    t = tc.get("chat_template") if isinstance(tc, dict) else None
+    return t if isinstance(t, str) else None
