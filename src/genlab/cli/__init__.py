@@ -284,6 +284,16 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("run")
     e.add_argument("--data", help="evaluate on this corpus instead of the run's validation split")
     e.add_argument("--json", action="store_true")
+    e.add_argument(
+        "--tasks",
+        metavar="NAME[,NAME]",
+        help="LM runs: run these lm-evaluation-harness tasks instead (`lm-eval ls tasks` lists them; "
+        "needs pip install 'genlab[eval]')",
+    )
+    e.add_argument("--limit", type=_positive_int, help="--tasks: at most N examples per task")
+    e.add_argument("--batch-size", type=_positive_int, help="--tasks: requests per packed forward pass (default 64)")
+    e.add_argument("--include-path", metavar="DIR", help="--tasks: also read task YAML files from DIR")
+    e.add_argument("--device", help="--tasks: cpu (default), cuda, cuda:N")
 
     i = sub.add_parser("info", help="config, parameter count and FLOPs per token of a run or preset")
     i.add_argument("run", help="a run directory or a preset name")

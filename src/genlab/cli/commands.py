@@ -102,6 +102,11 @@ def cmd_sample(args) -> int:
 
 
 def cmd_eval(args) -> int:
+    if args.tasks is not None:
+        return _eval_tasks(args)
+    for flag in ("limit", "batch_size", "include_path", "device"):
+        if getattr(args, flag) is not None:
+            raise GenlabError(f"--{flag.replace('_', '-')} goes with --tasks (lm-evaluation-harness tasks)")
     run, _, task, model = load_run(args.run)
     res = {"run": str(run.path), **task.eval_report(run, model, args.data)}
     if args.json:
@@ -110,6 +115,49 @@ def cmd_eval(args) -> int:
         for k, v in res.items():
             _print(f"{k:>12}  {v:.4f}" if isinstance(v, float) else f"{k:>12}  {v}")
     return 0
+
+
+def _eval_tasks(args) -> int:
+    """`genlab eval RUN --tasks ...`: lm-evaluation-harness through genlab's adapter (interop/lm_eval.py)."""
+    from genlab.interop import lm_eval as harness
+
+    if args.data:
+        raise GenlabError("--data is for genlab's own loss; lm-eval tasks bring their own datasets (drop --data)")
+    harness.require_lm_eval()
+    names = harness.parse_task_names(args.tasks)
+    device = _eval_device(args.device)
+    res = harness.evaluate_tasks(
+        args.run, names, args.limit, args.batch_size or harness.DEFAULT_BATCH_SIZE, device, args.include_path
+    )
+    if args.json:
+        _print(json.dumps(res))
+        return 0
+    _print(f"# run {res['run']}, {res['checkpoint']}; {res['seconds']:.1f} s")
+    _print(f"{'task':<24} {'n':>6}  {'metric':<20} {'value':>10}  {'stderr':>8}")
+    for name, metrics in res["tasks"].items():
+        for key, v in metrics.items():
+            if "_stderr," in key or not isinstance(v, (int, float)):
+                continue
+            err = metrics.get(key.replace(",", "_stderr,", 1))
+            err = f"{err:.4f}" if isinstance(err, (int, float)) else ""
+            _print(f"{name:<24} {res['n_samples'].get(name, ''):>6}  {key.split(',')[0]:<20} {v:>10.4f}  {err:>8}")
+    return 0
+
+
+def _eval_device(name: str | None) -> str:
+    if name is None:
+        return "cpu"
+    import torch
+
+    try:
+        dev = torch.device(name)
+    except RuntimeError:
+        raise GenlabError(f"--device {name}: not a device (cpu, cuda, cuda:N)") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise GenlabError(f"--device {name}: no CUDA GPU is available here (use --device cpu)")
+    if dev.type not in ("cpu", "cuda"):
+        raise GenlabError(f"--device {name}: genlab runs on cpu or cuda")
+    return name
 
 
 # ---------------------------------------------------------------------------- info
