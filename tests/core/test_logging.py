@@ -172,13 +172,18 @@ def test_tile_grid():
     assert rgb.shape == (19 * 4, 19 * 4, 3)  # 2 x 2 cells of 8 + gutters, x4
 
 
-def test_wandb_offline(tiny_overrides, tiny_corpus, tmp_path, monkeypatch):
+def test_wandb_offline_histograms_and_resume(tiny_overrides, tiny_corpus, tmp_path, monkeypatch):
     pytest.importorskip("wandb")
     monkeypatch.delenv("WANDB_MODE", raising=False)
     monkeypatch.setenv("WANDB_SILENT", "true")
-    cfg = resolve(None, None, tiny_overrides(tiny_corpus, steps=3, extra=["train.log=wandb"]))
+    # a DeepSeek run: scalars and the expert-load histograms; a resume continues the same W&B run id
+    cfg = resolve(None, None, tiny_overrides(tiny_corpus, steps=3, extra=DEEPSEEK + ["train.log=wandb"]))
     run, _ = train(cfg, tmp_path / "r", progress=False, log=_quiet)
-    assert list((run.path / "wandb").glob("offline-run-*")) and len(_records(run.path)) == 3
+    assert len(list((run.path / "wandb").glob("offline-run-*"))) == 1 and len(_records(run.path)) == 3
+    run_id = (run.path / "wandb" / "genlab-run-id").read_text().strip()
+    train(None, run.path, resume=True, progress=False, overrides=["train.steps=4"], log=_quiet)
+    offline = sorted((run.path / "wandb").glob("offline-run-*"))
+    assert len(offline) == 2 and all(p.name.endswith(run_id) for p in offline)
 
 
 # ---------------------------------------------------------------------- bad input
