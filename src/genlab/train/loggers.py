@@ -15,7 +15,8 @@ Resume: training restarts from the checkpoint's step, so records after it are wr
 metrics.jsonl is cut back to the checkpoint (RunDir.truncate_metrics); TensorBoard gets a new event
 file whose writer carries purge_step = checkpoint step + 1, which makes TensorBoard's reader drop the
 older files' events at and after that step (no duplicate steps); W&B keeps one run id per run dir
-(RUN/wandb/genlab-run-id) and resumes it; W&B drops steps below its last logged step.
+(RUN/wandb/genlab-run-id) and resumes it; W&B does not rewind (it takes only increasing steps per
+run), so it may keep the first pass of rewound steps.
 """
 
 from __future__ import annotations
