@@ -270,3 +270,14 @@ def test_plain_eval_is_unchanged(runs, capsys):
     assert main(["eval", str(runs["byte"]), "--json"]) == 0
     res = json.loads(capsys.readouterr().out)
     assert set(res) >= {"run", "data", "val_loss", "val_ppl", "val_bpb", "val_tokens"}
+
+
+@pytest.mark.slow  # trains lm-tiny for a step and starts `genlab eval` in a fresh process (~30 s)
+def test_bench_harness_quick():
+    from genlab.bench import harness
+
+    r = harness.run(quick=True)
+    assert set(r["cli"]["results"]) == set(harness.TASKS)
+    for name in harness.TASKS:  # the CLI process and the in-process adapter agree
+        for k, v in r["per_task"][name]["genlab"].items():
+            assert r["cli"]["results"][name][k] == pytest.approx(v, abs=1e-9)
