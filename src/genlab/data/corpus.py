@@ -92,7 +92,7 @@ def open_stream(
     data_dir: Path, split: str, L: int, batch_rows: int, seed: int, buffer: int, shuffle: bool
 ) -> PackedStream | None:
     """A PackedStream over one split of a DATA_DIR, or None when the split has no documents."""
-    shards = ShardSet(data_dir, split)
+    shards = ShardSet(data_dir, split, verify="once")  # SHA-256s at first use, sizes after (docs/data-format.md)
     if len(shards) == 0:
         return None
     return PackedStream(ShardStore(shards), L, batch_rows, seed=seed, buffer=buffer, shuffle=shuffle)

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import itertools
 import json
 import multiprocessing as mp
 import os
@@ -123,10 +124,17 @@ def dtype_for(vocab_size: int) -> str:
 def encode_docs(tok: Tokenizer, docs: list[str], dtype) -> tuple[np.ndarray, np.ndarray]:
     """(token ids of every document back to back, each after BOS if any; per-document lengths)."""
     ids = tok.encode_batch(docs)
-    if tok.bos_id is not None:
-        ids = [[tok.bos_id, *x] for x in ids]
-    lengths = np.fromiter((len(x) for x in ids), dtype=np.int64, count=len(ids))
-    flat = np.fromiter((t for x in ids for t in x), dtype=dtype, count=int(lengths.sum()))
+    lengths = np.fromiter(map(len, ids), dtype=np.int64, count=len(ids))
+    body = np.fromiter(itertools.chain.from_iterable(ids), dtype=dtype, count=int(lengths.sum()))
+    if tok.bos_id is None:
+        return body, lengths
+    lengths += 1  # BOS first in every document
+    flat = np.empty(int(lengths.sum()), dtype=dtype)
+    starts = np.cumsum(lengths) - lengths
+    is_body = np.ones(len(flat), dtype=bool)
+    is_body[starts] = False
+    flat[starts] = tok.bos_id
+    flat[is_body] = body
     return flat, lengths
 
 
@@ -553,10 +561,45 @@ def read_manifest(data_dir: str | Path, allow_incomplete: bool = False) -> dict:
     return m
 
 
+VERIFIED = "verified.json"  # shards whose SHA-256 a reader checked, by file identity (not part of the format)
+
+
+def _verified_key(data_dir: Path, sh: dict) -> list | None:
+    """What identifies a shard's files as the ones hashed: size, mtime (ns), inode, and the manifest hash."""
+    try:
+        return [
+            [st.st_size, st.st_mtime_ns, st.st_ino, sh["sha256"][ext]]
+            for ext in ("bin", "idx")
+            for st in [(Path(data_dir) / f"{sh['name']}.{ext}").stat()]
+        ]
+    except OSError:
+        return None
+
+
+def _read_verified(data_dir: Path) -> dict:
+    try:
+        d = json.loads((Path(data_dir) / VERIFIED).read_text())
+        return d if isinstance(d, dict) else {}
+    except (OSError, ValueError):
+        return {}
+
+
+def _record_verified(data_dir: Path, records: dict) -> None:
+    """Best effort (a read-only DATA_DIR is fine: its shards are hashed at every open)."""
+    tmp = Path(data_dir) / f"{VERIFIED}.{os.getpid()}.tmp"
+    try:
+        tmp.write_text(json.dumps(records) + "\n")
+        os.replace(tmp, Path(data_dir) / VERIFIED)
+    except OSError:
+        tmp.unlink(missing_ok=True)
+
+
 class ShardSet:
     """The documents of one split of a DATA_DIR, memory-mapped: `doc(i)` is a read-only view.
 
-    verify: check every shard's size against its index and (full) its SHA-256 against the manifest.
+    verify: check every shard's size against its index and (full) its SHA-256 against the manifest;
+    "once" (training): the SHA-256 only of shard files not hashed before in their present form (size, mtime
+    and inode recorded in DATA_DIR/verified.json after a successful check), sizes of the others.
     Document ids run over the split's shards in order; excluded ones (see _fix_empty_split) are skipped
     by `ids`, the documents a reader should use."""
 
@@ -566,10 +609,20 @@ class ShardSet:
         self.dtype = np.dtype(self.manifest["dtype"]).newbyteorder("<")
         shards = [sh for sh in self.manifest["shards"] if sh["name"].startswith(split)]
         self.bins, offsets = [], []
+        done = _read_verified(self.dir) if verify == "once" else {}
+        fresh = {}
         for sh in shards:
-            b, idx = self._open(sh, verify)
+            how = verify
+            if verify == "once":  # hash a shard unless this very file (size, mtime, inode) was hashed before
+                key = _verified_key(self.dir, sh)
+                how = "size" if key is not None and done.get(sh["name"]) == key else "full"
+            b, idx = self._open(sh, how)
+            if how == "full" and verify == "once" and key is not None:
+                fresh[sh["name"]] = key
             self.bins.append(b)
             offsets.append(idx)
+        if fresh:
+            _record_verified(self.dir, {**done, **fresh})
         lengths = [np.diff(o) for o in offsets]
         self.lengths = np.concatenate(lengths) if lengths else np.zeros(0, dtype=np.int64)
         self.starts = np.concatenate(
