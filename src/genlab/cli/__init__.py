@@ -203,6 +203,15 @@ def _bench_names() -> list[str]:
     return sorted(m.name for m in modules if m.name != "common" and not m.name.startswith("_"))
 
 
+def _add_device(p: argparse.ArgumentParser) -> None:
+    """--device of the commands that run a trained model (sample, eval, detect; chat too when it comes)."""
+    p.add_argument(
+        "--device",
+        default="auto",
+        help="where the model runs: auto (default: cuda when a CUDA GPU is available, else cpu), cpu, cuda, cuda:N",
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = _Parser(prog="genlab", description="Train, evaluate and sample generative models.")
     sub = p.add_subparsers(dest="cmd", required=True, parser_class=_Parser)
@@ -277,6 +286,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="diffusion: classifier-free guidance scale (1 = plain conditional, 0 = unconditional)",
     )
     s.add_argument("--eta", type=_nonneg_float, default=0.0, help="diffusion, ddim: noise (0 = deterministic)")
+    _add_device(s)
 
     e = sub.add_parser(
         "eval", help="evaluate a run: LM loss, perplexity, bits/byte; density test NLL; diffusion and detection metrics"
@@ -293,7 +303,7 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--limit", type=_positive_int, help="--tasks: at most N examples per task")
     e.add_argument("--batch-size", type=_positive_int, help="--tasks: requests per packed forward pass (default 64)")
     e.add_argument("--include-path", metavar="DIR", help="--tasks: also read task YAML files from DIR")
-    e.add_argument("--device", help="--tasks: cpu (default), cuda, cuda:N")
+    _add_device(e)
 
     i = sub.add_parser("info", help="config, parameter count and FLOPs per token of a run or preset")
     i.add_argument("run", help="a run directory or a preset name")
@@ -334,6 +344,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     dt.add_argument("--json", action="store_true", help="one JSON object per frame (JSON lines)")
     dt.add_argument("--out", help="also write the (frames, classes) scores to this .npy or .csv file")
+    _add_device(dt)
 
     _add_data_parsers(sub)
     _add_scaling_parsers(sub)

@@ -26,6 +26,7 @@ from genlab.scaling.fit import fit_all, format_fit, read_results
 from genlab.scaling.plan import DEFAULT_SEQ_LEN, DEFAULT_VOCAB, format_plan, plan
 from genlab.scaling.plots import write_plots
 from genlab.train import distributed
+from genlab.train.device import resolve_device
 from genlab.train.launch import Nodes, train_under_torchrun
 from genlab.train.rundir import RunDir, load_run
 from genlab.train.trainer import prepare_training
@@ -92,7 +93,7 @@ def _report(run, last: dict) -> None:
 
 # ---------------------------------------------------------------------------- sample
 def cmd_sample(args) -> int:
-    run, _, task, model = load_run(args.run)
+    run, _, task, model = load_run(args.run, resolve_device(args.device))
     options = None  # a family without a sampler says so in its own words (Task.sample)
     if task.sample_options is not None:
         fields = {f.name for f in dataclasses.fields(task.sample_options)}
@@ -104,10 +105,10 @@ def cmd_sample(args) -> int:
 def cmd_eval(args) -> int:
     if args.tasks is not None:
         return _eval_tasks(args)
-    for flag in ("limit", "batch_size", "include_path", "device"):
+    for flag in ("limit", "batch_size", "include_path"):
         if getattr(args, flag) is not None:
             raise GenlabError(f"--{flag.replace('_', '-')} goes with --tasks (lm-evaluation-harness tasks)")
-    run, _, task, model = load_run(args.run)
+    run, _, task, model = load_run(args.run, resolve_device(args.device))
     res = {"run": str(run.path), **task.eval_report(run, model, args.data)}
     if args.json:
         _print(json.dumps(res))
@@ -125,7 +126,7 @@ def _eval_tasks(args) -> int:
         raise GenlabError("--data is for genlab's own loss; lm-eval tasks bring their own datasets (drop --data)")
     harness.require_lm_eval()
     names = harness.parse_task_names(args.tasks)
-    device = _eval_device(args.device)
+    device = str(resolve_device(args.device))
     res = harness.evaluate_tasks(
         args.run, names, args.limit, args.batch_size or harness.DEFAULT_BATCH_SIZE, device, args.include_path
     )
@@ -142,22 +143,6 @@ def _eval_tasks(args) -> int:
             err = f"{err:.4f}" if isinstance(err, (int, float)) else ""
             _print(f"{name:<24} {res['n_samples'].get(name, ''):>6}  {key.split(',')[0]:<20} {v:>10.4f}  {err:>8}")
     return 0
-
-
-def _eval_device(name: str | None) -> str:
-    if name is None:
-        return "cpu"
-    import torch
-
-    try:
-        dev = torch.device(name)
-    except RuntimeError:
-        raise GenlabError(f"--device {name}: not a device (cpu, cuda, cuda:N)") from None
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise GenlabError(f"--device {name}: no CUDA GPU is available here (use --device cpu)")
-    if dev.type not in ("cpu", "cuda"):
-        raise GenlabError(f"--device {name}: genlab runs on cpu or cuda")
-    return name
 
 
 # ---------------------------------------------------------------------------- info
@@ -186,9 +171,10 @@ def cmd_detect(args) -> int:
     out = Path(args.out) if args.out else None
     if out is not None and (out.suffix not in (".npy", ".csv") or not out.parent.is_dir()):
         raise GenlabError(f"--out {args.out}: must be a .npy or .csv file in an existing directory")
-    model, classes = load_detector(args.run)
+    device = resolve_device(args.device)
+    model, classes = load_detector(args.run, device)
     feats = load_feature_file(args.features, model.embed.in_features)
-    det = StreamingDetector(model, args.smooth)
+    det = StreamingDetector(model, args.smooth, device)
     rows, start, printing = [], time.perf_counter(), True
     for i, frame in enumerate(feats):
         p = det.push(frame)  # (C,) scores for frame i, from frames <= i only

@@ -62,7 +62,11 @@ class TrainConfig(Section):
     eps: float = opt(1e-8, "optimizer epsilon (all but sgd)", 0.0, 1.0)
     lr_decay: float = opt(0.0, "schedule inverse: lr / (1 + lr_decay * step) (NADE/MADE's decrease constant)", 0.0)
     activation_checkpointing: str = opt("none", "none | full | every:K | selective (models with blocks)")
-    precision: Literal["fp32", "fp8"] = opt("fp32", "fp8: DeepSeek-V3 block-scaled E4M3 Linears (emulated on CPU)")
+    precision: Literal["fp32", "bf16", "fp8", "auto"] = opt(
+        "auto",
+        "fp32: no autocast; bf16: bf16 autocast (slow on CPUs without AMX); fp8: DeepSeek-V3 block-scaled E4M3 "
+        "Linears (emulated on CPU; + bf16 autocast on CUDA); auto: bf16 on CUDA, fp32 on CPU",
+    )
     log: str = opt("jsonl", "live loggers, comma-separated: jsonl (always on), tensorboard (RUN/tensorboard/), wandb")
 
     def check(self, cfg) -> None:

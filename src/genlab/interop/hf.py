@@ -11,7 +11,9 @@ adapter (families/deepseek/hf.py, families/lm/hf.py), not HF-shaped internals.
                                  tokenizer_config.json / special_tokens_map.json (hf_tokenizer.py),
                                  generation_config.json. Refused: LSTM/GRU, masked / any-order objectives.
     import_hf(hf_dir, out)       deepseek_v3 or dense Llama-style directory -> a genlab run dir
-    from_pretrained(path)        a genlab run dir or an HF directory -> (model, tokenizer)
+    load_lm(path, device)        a genlab LM run dir or an HF directory -> (config, model, tokenizer, chat template)
+    from_pretrained(path)        the same as (model, tokenizer); genlab.from_pretrained wraps load_lm in a
+                                 Pretrained object (interop/pretrained.py)
 """
 
 from __future__ import annotations
@@ -175,10 +177,16 @@ def import_hf(hf_dir: str | Path, out: str | Path) -> Path:
     """A genlab run dir (config.toml, tokenizer.json, one checkpoint) from an HF directory."""
     cfg, state, tok, vocab = _read_hf(hf_dir)
     cfg.preset = ""
-    run = RunDir.plan(cfg, out)
+    RunDir.plan(cfg, out)
     model = _build(cfg, state, vocab)  # every check before the run dir exists
+    return write_run_dir(cfg, model, tok, out, hf_chat_template(Path(hf_dir)), str(hf_dir))
 
-    template = hf_chat_template(Path(hf_dir))
+
+def write_run_dir(cfg, model, tok, out: str | Path, template: str | None = None, source: str = "") -> Path:
+    """A new genlab run dir at `out` holding `model` (weights saved as fp32, the master precision): config,
+    tokenizer, the chat template, and a complete step-0 training state, so `genlab train --out RUN
+    --resume` fine-tunes it. Used by `genlab import` and `Pretrained.save_pretrained`."""
+    run = RunDir.plan(cfg, out)
 
     class _Artifacts:
         def save_artifacts(self, path):
@@ -186,13 +194,14 @@ def import_hf(hf_dir: str | Path, out: str | Path) -> Path:
             if template is not None:  # kept for the next export
                 (Path(path) / CHAT_TEMPLATE_FILES[0]).write_text(template, encoding="utf-8")
 
+    if any(p.dtype != torch.float32 or p.device.type != "cpu" for p in model.parameters()):
+        model = _fp32_cpu_copy(cfg, model)
     run.create(cfg, _Artifacts())
-    # a complete step-0 training state, so `genlab train --out RUN --resume` fine-tunes the imported model
     state = {
         "step": 0,
         "data_state": [0, 0],
         "tokens_seen": 0,
-        "imported_from": str(hf_dir),
+        "imported_from": source,
         "optimizer": build_optimizer(model, cfg.train).state_dict(),
         "torch_rng": torch.get_rng_state(),
         "python_rng": list(random.getstate()[1]),
@@ -200,6 +209,17 @@ def import_hf(hf_dir: str | Path, out: str | Path) -> Path:
     checkpoint.save(run.path, 0, model, state, keep=1)
     run.set_status("imported", 0)
     return run.path
+
+
+def _fp32_cpu_copy(cfg, model):
+    """A new fp32 model on the CPU with `model`'s weights (a bf16 / fp64 / CUDA model is saved as fp32)."""
+    copy = build_lm(cfg.model, model.vocab_size, cfg.data.packing_length, causal=_causal(cfg))
+    copy.load_state_dict({k: v.detach().float().cpu() for k, v in model.state_dict().items()})
+    return copy.eval()
+
+
+def _causal(cfg) -> bool:
+    return getattr(cfg.train, "objective", "causal") == "causal"
 
 
 def parse_size(text: str | int) -> int:
@@ -261,31 +281,39 @@ def export_hf(run_dir: str | Path, out: str | Path, shard_size: int | str = DEFA
         raise GenlabError(
             f"{run.path}: export --format hf is for language-model runs (this is a {cfg.family.name} run)"
         )
+    return export_model(cfg, model, task.tokenizer, out, shard_size, chat_template(run.path), str(run.path))
+
+
+def export_model(
+    cfg, model, tok, out: str | Path, shard_size: int | str = DEFAULT_SHARD_SIZE, template=None, name: str = "the model"
+) -> Path:
+    """`model` (a genlab LM of config `cfg`, tokenizer `tok`) -> a Hugging Face directory at `out`; weights fp32."""
+    shard_size = parse_size(shard_size)
     objective = getattr(cfg.train, "objective", "causal")
     if objective != "causal":
         raise GenlabError(
-            f"{run.path}: train.objective = {objective!r} trains a bidirectional model, which no Hugging Face "
+            f"{name}: train.objective = {objective!r} trains a bidirectional model, which no Hugging Face "
             "causal LM can run; export --format hf needs train.objective = causal"
         )
     o = Path(out)
     if o.exists() and (not o.is_dir() or any(o.iterdir())):
         raise GenlabError(f"{o} already exists and is not empty; choose another output directory")
-    tok = task.tokenizer
+    own = {k: v.detach().float().cpu() for k, v in model.state_dict().items()}  # fp32 master precision
     if cfg.model.arch == "deepseek":
         hc = deepseek_hf_config(cfg, model.vocab_size)
-        sd = deepseek_to_hf(model.state_dict(), cfg.model)
+        sd = deepseek_to_hf(own, cfg.model)
     else:
         hc = dense_hf_config(cfg, model.vocab_size)  # refuses lstm / gru
-        sd = dense_to_hf(model.state_dict(), cfg.model)
+        sd = dense_to_hf(own, cfg.model)
     hc.update(bos_token_id=tok.bos_id, eos_token_id=tok.bos_id, pad_token_id=tok.bos_id)
     tmp = o.with_name(o.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     _write_json(tmp / "config.json", hc)
     save_sharded(sd, tmp, shard_size)
-    files = tokenizer_files(tok, cfg.data.packing_length, chat_template(run.path))
-    for name, obj in files.items():
-        _write_json(tmp / name, obj)
+    files = tokenizer_files(tok, cfg.data.packing_length, template)
+    for name_, obj in files.items():
+        _write_json(tmp / name_, obj)
     _write_json(tmp / "generation_config.json", generation_config(tok))
     if o.exists():
         o.rmdir()
@@ -293,11 +321,23 @@ def export_hf(run_dir: str | Path, out: str | Path, shard_size: int | str = DEFA
     return o
 
 
-def from_pretrained(path: str | Path):
-    """(model in eval mode, tokenizer) from a genlab run dir or a Hugging Face directory."""
+def load_lm(path: str | Path, device: str | torch.device = "cpu"):
+    """(config, model in eval mode on `device`, tokenizer, chat template or None) from a genlab LM run dir
+    or a Hugging Face directory (genlab.interop.pretrained wraps it)."""
     p = Path(path)
     if (p / "config.toml").is_file():
-        _, _, task, model = load_run(str(p))
-        return model, task.tokenizer
+        run, cfg, task, model = load_run(str(p), device)
+        if cfg.family.build_model is None or not hasattr(task, "tokenizer"):
+            raise GenlabError(
+                f"{run.path}: from_pretrained loads language-model runs (this is a {cfg.family.name} run)"
+            )
+        return cfg, model, task.tokenizer, chat_template(run.path)
     cfg, state, tok, vocab = _read_hf(p)
-    return _build(cfg, state, vocab), tok
+    return cfg, _build(cfg, state, vocab).to(device), tok, hf_chat_template(p)
+
+
+def from_pretrained(path: str | Path):
+    """(model in eval mode, tokenizer) from a genlab run dir or a Hugging Face directory: the packed model
+    as before (`genlab.from_pretrained` returns a `Pretrained` object, genlab/interop/pretrained.py)."""
+    _, model, tok, _ = load_lm(path)
+    return model, tok

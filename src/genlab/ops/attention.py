@@ -132,14 +132,56 @@ def _triton_attention(q, k, v, cu_seqlens, max_seqlen, causal=True, window=None,
     return triton_flash_attention(q, k, v, cu_seqlens, max_seqlen, causal=causal, window=window, scale=scale)
 
 
+def _flash_attn_varlen():
+    """flash-attn's `flash_attn_varlen_func` when the package is installed, else None (imported once)."""
+    global _FLASH_ATTN
+    if _FLASH_ATTN is False:
+        try:
+            from flash_attn import flash_attn_varlen_func
+        except Exception:  # not installed, or built for another torch / CUDA
+            flash_attn_varlen_func = None
+        _FLASH_ATTN = flash_attn_varlen_func
+    return _FLASH_ATTN
+
+
+_FLASH_ATTN = False  # not looked up yet
+
+
+def flash_attn_usable(q, k, v) -> bool:
+    """flash-attn's varlen kernel takes these tensors: CUDA, fp16/bf16, one head dim (<= 256, a multiple
+    of 8) for q, k and v, and the package is installed."""
+    D = q.shape[-1]
+    return (
+        q.is_cuda
+        and q.dtype in (torch.float16, torch.bfloat16)
+        and k.dtype == q.dtype
+        and v.dtype == q.dtype
+        and k.shape[-1] == D == v.shape[-1]
+        and D <= 256
+        and D % 8 == 0
+        and _flash_attn_varlen() is not None
+    )
+
+
+def flash_attn_attention(q, k, v, cu_seqlens, max_seqlen, causal=True, window=None, scale=None):
+    """flash-attn's varlen kernel on the packed stream (cu_seqlens as they are; GQA native). window W =
+    flash-attn's window_size (W - 1, 0) causal, (W - 1, W - 1) bidirectional."""
+    fn = _flash_attn_varlen()
+    cu = cu_seqlens.to(device=q.device, dtype=torch.int32)
+    w = (-1, -1) if not window else (window - 1, 0 if causal else window - 1)
+    return fn(q, k, v, cu, cu, int(max_seqlen), int(max_seqlen), softmax_scale=scale, causal=causal, window_size=w)
+
+
 def _auto_attention(q, k, v, cu_seqlens, max_seqlen, causal=True, window=None, scale=None):
-    """genlab's Triton kernel on CUDA when triton can run there; torch's SDPA otherwise."""
-    fn = _triton_attention if q.is_cuda and _triton_available(q.device) else sdpa_attention
+    """A validated kernel: flash-attn's varlen kernel on CUDA when installed and the tensors suit it,
+    torch's SDPA per document otherwise. genlab's Triton kernel is opt-in (`model.attn_backend = triton`)
+    until scripts/gpu_bench.sh has checked it on a GPU (docs/gpu_bench_results.md)."""
+    fn = flash_attn_attention if flash_attn_usable(q, k, v) else sdpa_attention
     return fn(q, k, v, cu_seqlens, max_seqlen, causal=causal, window=window, scale=scale)
 
 
 # flash: genlab.ops.flash (tiled online softmax in torch); triton: genlab.ops.triton_flash (listed only where
-# it can run: CUDA + triton, or TRITON_INTERPRET=1); auto: per call
+# it can run: CUDA + triton, or TRITON_INTERPRET=1; opt-in, never picked by auto); auto: per call
 BACKENDS.update(flash=flash_attention, auto=_auto_attention)
 if _triton_available():
     BACKENDS["triton"] = _triton_attention
@@ -147,7 +189,7 @@ if _triton_available():
 
 def pick_backend(name: str, device: torch.device | str = "cpu") -> str:
     if name == "auto":
-        return "auto"  # decided per call from the tensors' device: triton on CUDA, else sdpa
+        return "auto"  # decided per call: flash-attn's varlen kernel on CUDA when installed, else sdpa
     if name == "triton":
         if not _triton_available():
             raise GenlabError(

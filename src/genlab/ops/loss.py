@@ -83,7 +83,14 @@ def head_loss(
 ) -> torch.Tensor:
     """Summed cross-entropy of head(h) against targets. On CPU with a plain bias-free Linear head: the
     chunked head + CE above (no logits-sized tensor kept for backward; equal to the plain path,
-    tests/test_models.py); otherwise the logits and the plain reference."""
-    if h.device.type == "cpu" and type(head) is torch.nn.Linear and head.bias is None:
+    tests/test_models.py); otherwise (GPUs, CPU autocast: train.precision = bf16) the logits and the plain
+    reference."""
+    if (
+        h.device.type == "cpu"
+        and type(head) is torch.nn.Linear
+        and head.bias is None
+        and not torch.is_autocast_enabled("cpu")
+        and h.dtype == head.weight.dtype
+    ):
         return head_cross_entropy(h, head.weight, targets, tok_weights=tok_weights)
     return weighted_cross_entropy(head(h), targets, tok_weights)

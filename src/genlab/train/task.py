@@ -84,7 +84,7 @@ class Task(ABC):
     def eval_report(self, run, model: torch.nn.Module, data_path: str | None) -> dict[str, Any]:
         """`genlab eval`: the full report (default: evaluate on the validation split)."""
         self.prepare(run.path, fresh=False)
-        return self.evaluate(model)
+        return self.evaluate(model, device=next(model.parameters()).device)
 
     def eval_images(self, model: torch.nn.Module, device: Any = "cpu") -> dict[str, Any]:
         """At eval steps when train.log names tensorboard or wandb: {tag: (H, W) or (H, W, 3) uint8

@@ -9,7 +9,6 @@ import random
 import signal
 import threading
 import time
-from contextlib import nullcontext
 from pathlib import Path
 
 import torch
@@ -20,6 +19,7 @@ from genlab.ops.fp8 import convert_to_fp8
 from genlab.progress import TrainProgress
 from genlab.train import checkpoint, distributed, loggers, parallel, sharded_checkpoint
 from genlab.train.activation_checkpoint import apply_activation_checkpointing
+from genlab.train.device import autocast, resolve_precision
 from genlab.train.flops import measured_peak_flops
 from genlab.train.guards import SpikeGuard
 from genlab.train.optim import build_optimizer, lr_factor, set_lr
@@ -105,7 +105,10 @@ class Trainer:
         self.model_metrics: dict = {}
         if resume:
             self._restore()
-        self.amp = torch.autocast("cuda", dtype=torch.bfloat16) if self.device.type == "cuda" else nullcontext()
+        # train.precision: fp32 = no autocast; bf16 (and fp8 on CUDA) = bf16 autocast; auto = bf16 on CUDA,
+        # fp32 on CPU (train/device.py)
+        self.precision = resolve_precision(t.precision, self.device)
+        self.amp = autocast(self.precision, self.device)
         # MFU = M (DeepSeek's model FLOPs per token) * tokens/s / peak FLOP/s; see train/flops.py
         self.flops_M = self.task.model_flops_per_token()
         self.peak_flops = (t.peak_flops or measured_peak_flops(self.device.type)) if self.flops_M else 0.0

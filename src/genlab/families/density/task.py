@@ -204,7 +204,8 @@ class DensityTask(Task):
             rows = load_binary(d.path, d.val_fraction, d.test_fraction).test
         if rows.shape[1] != self.n_dims:
             raise GenlabError(f"{data_path or d.path}: rows have {rows.shape[1]} dimensions, the model {self.n_dims}")
-        res = self.evaluate(model, torch.from_numpy(rows), prefix="test")
+        device = next(model.parameters()).device  # genlab eval --device
+        res = self.evaluate(model, torch.from_numpy(rows), device=device, prefix="test")
         ckpt = getattr(run, "checkpoint_used", None)
         return {
             "data": data_path or f"{d.path or 'digits'} (test split)",

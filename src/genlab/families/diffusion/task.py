@@ -223,7 +223,12 @@ class DiffusionTask(Task):
                 f"{run.path}: the checkpoint is still in the autoencoder phase; train past "
                 f"train.vae_steps = {self.cfg.train.vae_steps}"
             )
-        res = {"data": data_path or "validation split", "images": len(test_set), **self.evaluate(model, test_set)}
+        device = model.scale_factor.device  # genlab eval --device
+        res = {
+            "data": data_path or "validation split",
+            "images": len(test_set),
+            **self.evaluate(model, test_set, device=device),
+        }
         if test_set.labels is None or train_set.labels is None or len(train_set.class_prompts) < 2:
             return res  # free-text captions: no classes to score
         if test_set.class_prompts != train_set.class_prompts:

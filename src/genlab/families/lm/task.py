@@ -313,16 +313,17 @@ class LMTask(Task):
 
     # ------------------------------------------------------------------ CLI entry points
     def eval_report(self, run, model, data_path: str | None) -> dict:
+        device = next(model.parameters()).device  # genlab eval --device: where load_run put the model
         if data_path:
             data = self.eval_dataset(data_path, run.path)
         else:
             self.prepare(run.path, fresh=False)
             if self.mix is not None:
-                return {"data": "validation splits of data.mix", **self.evaluate(model)}
+                return {"data": "validation splits of data.mix", **self.evaluate(model, device=device)}
             data = self.val_data
             if data is None:
                 raise GenlabError(f"{run.path}: the corpus has no validation documents; pass --data PATH")
-        return {"data": data_path or "validation split", **self.evaluate(model, data)}
+        return {"data": data_path or "validation split", **self.evaluate(model, data, device=device)}
 
     def info_lines(self, run_dir: Path | None) -> list[str]:
         """Vocabulary, parameters and FLOPs per token; the model is built on the meta device."""

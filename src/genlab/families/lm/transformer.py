@@ -63,9 +63,10 @@ class RMSNorm(nn.Module):
         self.weight = nn.Parameter(torch.ones(dim))
 
     def forward(self, x):
-        if x.device.type == "cpu":
+        if x.device.type == "cpu" and x.dtype == self.weight.dtype:
             return cheap(_RMSNormFn.apply, x, self.weight, self.eps)
-        return cheap(F.rms_norm, x, (x.shape[-1],), self.weight, self.eps)  # fused kernel on GPUs
+        # fused kernel on GPUs; mixed dtypes (CPU bf16 autocast: train.precision = bf16) promote as torch does
+        return cheap(F.rms_norm, x, (x.shape[-1],), self.weight, self.eps)
 
 
 class KVCache:
