@@ -68,10 +68,10 @@ def _losses(run_dir):
 
 
 def test_resume_with_an_active_guard_is_bitwise_exact(tiny_overrides, tiny_corpus, tmp_path):
-    # A hair-trigger guard (window 2, factor 1.5) skips many steps; resuming from step 4 must make the
+    # A hair-trigger guard (window 2, factor 2.5) skips many steps; resuming from step 4 must make the
     # same decisions, which needs the saved windows (fresh windows would judge nothing for 2 steps).
     # (Tighter factors skip 5 steps in a row on this data order, which stops the run by design.)
-    extra = ["train.spike_window=2", "train.spike_factor=1.5", "train.ckpt_every=4", "train.keep_ckpts=5"]
+    extra = ["train.spike_window=2", "train.spike_factor=2.5", "train.ckpt_every=4", "train.keep_ckpts=5"]
     extra.append("train.lr=3e-2")
     cfg = resolve(None, None, tiny_overrides(tiny_corpus, steps=10, extra=extra))
     full, _ = train(cfg, tmp_path / "full", progress=False, log=lambda *a: None)
