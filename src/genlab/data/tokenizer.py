@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterable
+from functools import cached_property
 from pathlib import Path
 
 from genlab.errors import GenlabError
@@ -84,11 +85,31 @@ class BPETokenizer:
     def decode(self, ids: Iterable[int]) -> str:
         return self.tok.decode([int(i) for i in ids], skip_special_tokens=True)
 
+    def specials(self) -> set[str]:
+        return {t.content for t in self.tok.get_added_tokens_decoder().values() if t.special}
+
+    def add_special_tokens(self, tokens: list[str]) -> None:
+        """Append special tokens (chat templates' role and end-of-turn markers) at the end of the vocabulary."""
+        self.tok.add_special_tokens(list(tokens))
+        self.vocab_size = self.tok.get_vocab_size()
+        self.__dict__.pop("chat_encoder", None)
+
+    @cached_property
+    def chat_encoder(self):
+        """A copy of the tokenizer that reads special tokens in text (rendered chat templates)."""
+        from tokenizers import Tokenizer
+
+        tok = Tokenizer.from_str(self.tok.to_str())
+        tok.encode_special_tokens = False
+        return tok
+
     def token_bytes(self) -> list[int]:
-        # Byte-level BPE spells every byte as one character, so a piece's length is its byte count.
+        # Byte-level BPE spells every byte as one character, so a piece's length is its byte count;
+        # special tokens (<|endoftext|>, chat markers) stand for no text.
         out = [0] * self.vocab_size
+        specials = self.specials() | {EOT}
         for piece, idx in self.tok.get_vocab().items():
-            out[idx] = 0 if piece == EOT else len(piece)
+            out[idx] = 0 if piece in specials else len(piece)
         return out
 
     def save(self, path: Path) -> None:
