@@ -229,7 +229,18 @@ def build_parser() -> argparse.ArgumentParser:
     )
     t.add_argument("--steps", type=_positive_int, help="shortcut for --set train.steps=N")
     t.add_argument("--out", help="run directory (default runs/PRESET-TIMESTAMP)")
-    t.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
+    t.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue the run in --out in place from its last checkpoint (its config, optimizer and data position)",
+    )
+    t.add_argument(
+        "--init-from",
+        metavar="SRC",
+        help="start a NEW run from the weights of SRC: a genlab run dir (best or last checkpoint) or a Hugging Face "
+        "directory (Llama, Mistral, Qwen2, DeepSeek-V3); the model section and tokenizer come from SRC, the rest "
+        "from --preset/--config/--set, at step 0 with a fresh optimizer (unlike --resume)",
+    )
     t.add_argument("--no-progress", action="store_true", help="no live progress bar")
     t.add_argument(
         "--nproc",

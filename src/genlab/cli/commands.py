@@ -18,15 +18,17 @@ from genlab.data.stats import HIST_PNG, data_stats, format_stats, plot_lengths
 from genlab.errors import GenlabError
 from genlab.families.detection.features import load_feature_file
 from genlab.families.detection.stream import StreamingDetector, load_detector
+from genlab.families.lm.args import LMTrain
 from genlab.generate import SamplingSettings
-from genlab.interop.hf import export_hf, import_hf
+from genlab.interop.hf import export_hf, import_for_init, import_hf
 from genlab.plot import plot_run
 from genlab.scaling import sweep
 from genlab.scaling.fit import fit_all, format_fit, read_results
 from genlab.scaling.plan import DEFAULT_SEQ_LEN, DEFAULT_VOCAB, format_plan, plan
 from genlab.scaling.plots import write_plots
-from genlab.train import distributed
+from genlab.train import distributed, init_from
 from genlab.train.device import resolve_device
+from genlab.train.init_from import is_hf_dir
 from genlab.train.launch import Nodes, train_under_torchrun
 from genlab.train.rundir import RunDir, load_run
 from genlab.train.trainer import prepare_training
@@ -48,9 +50,21 @@ def cmd_train(args) -> int:
     if args.resume:
         if args.preset or args.config:
             raise GenlabError("--resume continues the run's own config.toml; drop --preset/--config")
+        if args.init_from:
+            raise GenlabError("--init-from starts a new run from weights, --resume continues one in place: use one")
         cfg = None
     else:
+        if args.init_from:
+            if is_hf_dir(args.init_from) and distributed.is_main():
+                import_for_init(args.init_from, log=_print)
+            overrides.append(f"train.init_from={init_from.absolute(args.init_from)}")
         cfg = C.resolve(args.preset, args.config, overrides)
+        if isinstance(cfg.train, LMTrain) and cfg.train.init_from:  # the model section comes from the weights
+            user_model = {**(C.load_toml(args.config).get("model", {}) if args.config else {})}
+            user_model.update(C.parse_overrides(args.overrides).get("model", {}))
+            cfg = init_from.adopt_model(cfg, cfg.train.init_from, user_model)
+        elif args.init_from:
+            raise GenlabError(f"--init-from is for language-model runs; task {cfg.task!r} trains from scratch")
     if (args.nproc > 1 or args.nnodes > 1) and "WORLD_SIZE" not in os.environ:  # launch torchrun, then wait
         return train_under_torchrun(args.nproc, args.out, args.resume, cfg, _torchrun_child_args(args), nodes)
     run, trainer = prepare_training(cfg, args.out, args.resume, not args.no_progress, overrides)
@@ -76,7 +90,7 @@ def cmd_train(args) -> int:
 def _torchrun_child_args(args) -> list[str]:
     """`genlab train` arguments for each torchrun worker: this command's, less --nproc and the node flags."""
     child = [f"--set={o}" for o in args.overrides] + ["--out", str(args.out)]
-    for flag, value in (("--preset", args.preset), ("--config", args.config)):
+    for flag, value in (("--preset", args.preset), ("--config", args.config), ("--init-from", args.init_from)):
         if value:
             child += [flag, value]
     if args.steps:

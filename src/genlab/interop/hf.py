@@ -19,6 +19,7 @@ adapter (families/deepseek/hf.py, families/lm/hf.py), not HF-shaped internals.
 from __future__ import annotations
 
 import json
+import os
 import random
 import shutil
 from pathlib import Path
@@ -43,8 +44,9 @@ from genlab.interop.hf_tokenizer import (
     tokenizer_files,
 )
 from genlab.train import checkpoint
+from genlab.train.init_from import import_cache_dir
 from genlab.train.optim import build_optimizer
-from genlab.train.rundir import RunDir, load_run
+from genlab.train.rundir import CONFIG, RunDir, load_run
 
 DEFAULT_SHARD_SIZE = "2GB"
 
@@ -180,6 +182,24 @@ def import_hf(hf_dir: str | Path, out: str | Path) -> Path:
     RunDir.plan(cfg, out)
     model = _build(cfg, state, vocab)  # every check before the run dir exists
     return write_run_dir(cfg, model, tok, out, hf_chat_template(Path(hf_dir)), str(hf_dir))
+
+
+def import_for_init(src: str | Path, log=print) -> Path:
+    """`genlab train --init-from HF_DIR`: the HF directory imported once into the cache
+    (genlab.train.init_from.import_cache_dir); returns the genlab run dir."""
+    out = import_cache_dir(src)
+    if (out / CONFIG).is_file():
+        return out
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f"{out.name}.tmp{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    log(f"importing {src} (Hugging Face) into {out}")
+    try:
+        import_hf(src, tmp)
+        os.replace(tmp, out)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return out
 
 
 def write_run_dir(cfg, model, tok, out: str | Path, template: str | None = None, source: str = "") -> Path:

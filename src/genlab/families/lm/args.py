@@ -54,6 +54,11 @@ class LMTrain(TrainConfig):
         "Transformer for `genlab sample --infill`",
     )
     mask_prob: float = opt(0.15, "objective masked: share of each sequence's tokens chosen for prediction", 0.01, 1.0)
+    init_from: str = opt(
+        "",
+        "start from weights: a genlab run dir (best or last checkpoint) or a Hugging Face directory; the run takes "
+        "its model section and tokenizer ('' = from scratch; `genlab train --init-from SRC`)",
+    )
 
 
 @dataclass

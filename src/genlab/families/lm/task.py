@@ -23,6 +23,7 @@ from genlab.families.lm.model import count_params
 from genlab.families.lm.objectives import apply_objective, model_vocab
 from genlab.generate import SamplingSettings, generate, infill, parse_infill, speculative_greedy, stream_text
 from genlab.ops.loss import head_loss
+from genlab.train import init_from
 from genlab.train.distributed import batch_line
 from genlab.train.flops import flops_per_token
 from genlab.train.rundir import CONFIG
@@ -93,6 +94,7 @@ class LMTask(Task):
         self.val_data: PackedStream | None = None
         self.mix: MixedStream | None = None  # data.mix: rows drawn from several DATA_DIRs
         self._position: tuple[int, ...] | None = None  # the stream's state after the last next_batch
+        self.fresh = False  # prepare(fresh=True): a new run (train.init_from weights are loaded)
 
     # ------------------------------------------------------------------ data
     def prepare(self, run_dir: Path | None, fresh: bool = True) -> None:
@@ -100,12 +102,17 @@ class LMTask(Task):
         raw text through a cached prepare); the tokenizer is the DATA_DIR's (fresh run) or the run's own
         (resume, checked against the DATA_DIR's)."""
         d, t = self.cfg.data, self.cfg.train
+        self.fresh = fresh
         fresh_tok = "byte" if d.tokenizer == "byte" else ""
         run_tok = Path(run_dir) / TOKENIZER_FILE if run_dir is not None and not fresh else None
-        if run_tok is not None:
+        if run_tok is None and t.init_from:  # a run started from weights reads its corpus in their tokenizer
+            run_tok = init_from.source_tokenizer(t.init_from)
+        if run_tok is not None and not fresh:
             self._check_same_layout(Path(run_dir))
         if d.mix:
             return self._prepare_mix(run_tok)
+        if run_tok is not None and fresh and not is_data_dir(d.path):  # init_from: encode with its tokenizer at once
+            fresh_tok = str(run_tok)
         self.data_dir = prepared_dir(d.path, fresh_tok, d.vocab_size, d.val_fraction)
         if run_tok is not None:
             if not is_data_dir(d.path) and sha256_file(self.data_dir / TOKENIZER_FILE) != sha256_file(run_tok):
@@ -171,12 +178,16 @@ class LMTask(Task):
         return None if self.objective == "causal" else self.tokenizer.vocab_size
 
     def build_model(self) -> torch.nn.Module:
-        return self.cfg.family.build_model(
+        """The family's model; a fresh run with train.init_from starts from those weights."""
+        model = self.cfg.family.build_model(
             self.cfg.model,
             model_vocab(self.tokenizer.vocab_size, self.objective),
             self.cfg.data.packing_length,
             causal=self.objective == "causal",
         )
+        if self.cfg.train.init_from and self.fresh:
+            init_from.load_weights(model, self.cfg.train.init_from)
+        return model
 
     def initial_state(self):
         if self.mix is not None:  # (row, then epoch, block, row, tokens per source): genlab.data.mix
