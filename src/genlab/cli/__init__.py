@@ -194,6 +194,14 @@ def _add_data_parsers(sub) -> None:
         "--verify", action="store_true", help="also check every shard's SHA-256 against the manifest (reads all)"
     )
     ds.add_argument("--out", metavar="PNG", help="the length histogram (default DATA_DIR/length_hist.png)")
+    for name, what in (
+        ("embedded-sft", "instruction conversations ({'messages': [...]}) built from Python's docs"),
+        ("embedded-dpo", "preference pairs ({'prompt', 'chosen', 'rejected'}) built from Python's docs"),
+    ):
+        de = dsub.add_parser(name, help=f"write the embedded {what} as JSONL")
+        de.add_argument("out", metavar="OUT.jsonl", help="the file to write (its directory must exist)")
+        de.add_argument("--split", choices=("train", "val"), default="train", help="which split (by source document)")
+        de.add_argument("--seed", type=int, default=0, help="chooses phrasings, system messages, rejected answers")
 
 
 def _bench_names() -> list[str]:

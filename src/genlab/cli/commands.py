@@ -18,6 +18,7 @@ from genlab.data.stats import HIST_PNG, data_stats, format_stats, plot_lengths
 from genlab.errors import GenlabError
 from genlab.families.detection.features import load_feature_file
 from genlab.families.detection.stream import StreamingDetector, load_detector
+from genlab.families.posttrain import embedded
 from genlab.families.lm.args import LMTrain
 from genlab.generate import SamplingSettings
 from genlab.interop.hf import export_hf, import_for_init, import_hf
@@ -381,7 +382,15 @@ def _bytes_prepared(out: Path) -> int:
 
 
 def cmd_data(args) -> int:
-    """genlab data stats DATA_DIR: counts, shares and a document-length histogram."""
+    """genlab data stats DATA_DIR: counts, shares and a document-length histogram; genlab data
+    embedded-sft / embedded-dpo OUT.jsonl: the embedded post-training data as JSON lines."""
+    if args.data_cmd in ("embedded-sft", "embedded-dpo"):
+        make = embedded.sft_conversations if args.data_cmd == "embedded-sft" else embedded.preference_pairs
+        rows = make(args.split, args.seed)
+        path = embedded.write_jsonl(rows, args.out)
+        kind = "conversations" if args.data_cmd == "embedded-sft" else "preference pairs"
+        _print(f"wrote {len(rows)} {kind} ({args.split} split, seed {args.seed}) to {path}")
+        return 0
     stats = data_stats(args.data_dir, verify="full" if args.verify else "size")
     stats["plot"] = str(plot_lengths(stats, args.out or Path(args.data_dir) / HIST_PNG))
     if args.json:
