@@ -18,8 +18,8 @@ from genlab.data.stats import HIST_PNG, data_stats, format_stats, plot_lengths
 from genlab.errors import GenlabError
 from genlab.families.detection.features import load_feature_file
 from genlab.families.detection.stream import StreamingDetector, load_detector
-from genlab.families.posttrain import embedded
 from genlab.families.lm.args import LMTrain
+from genlab.families.posttrain import embedded
 from genlab.generate import SamplingSettings
 from genlab.interop.hf import export_hf, import_for_init, import_hf
 from genlab.plot import plot_run
