@@ -17,6 +17,7 @@ from genlab.families.density.model import (
     BinaryTransformer,
     IndependentBernoulli,
     MixtureOfBernoullis,
+    build_density,
 )
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # conftest.py: tiny shapes, 1 thread
@@ -114,11 +115,28 @@ def test_made_masks_follow_the_degree_rules():
         for l in (1, 2):
             assert deg[l].min() >= deg[l - 1].min() and deg[l].max() <= 8  # {min previous, ..., D-2}
         assert (model.order_of(s) == torch.argsort(deg[0])).all()
-    assert (model.order_of(0) == torch.arange(10)).all()  # mask 0 keeps the natural order
-    assert len({tuple(model.order_of(s).tolist()) for s in range(5)}) > 1  # "full" resamples orderings
+    assert len({tuple(model.order_of(s).tolist()) for s in range(5)}) == 5  # "full" resamples orderings
     conn = MADE(10, [20], n_masks=3, resample="connectivity", seed=0)
-    assert all((conn.order_of(s) == torch.arange(10)).all() for s in range(3))
+    assert all(torch.equal(conn.order_of(s), conn.order_of(0)) for s in range(3))
     assert not torch.equal(conn.hidden_degrees_0[0], conn.hidden_degrees_0[1])
+
+
+def test_made_mask0_ordering_is_random_unless_natural():
+    """As the reference code: mask 0 draws its ordering (no mask is the natural order by construction);
+    made_order = natural restores the identity for mask 0 only."""
+    natural = torch.arange(10)
+    drawn = [MADE(10, [20], seed=s).order_of(0) for s in range(5)]
+    assert not any(torch.equal(o, natural) for o in drawn)
+    assert len({tuple(o.tolist()) for o in drawn}) == 5  # a function of the seed
+    nat = MADE(10, [20], n_masks=3, seed=0, natural_order=True)
+    assert torch.equal(nat.order_of(0), natural) and not torch.equal(nat.order_of(1), natural)
+    conn = MADE(10, [20], n_masks=3, resample="connectivity", seed=0, natural_order=True)
+    assert all(torch.equal(conn.order_of(s), natural) for s in range(3))
+    cfg = DensityArgs(arch="made", d_model=8, n_layer=1, made_order="natural")
+    assert torch.equal(build_density(cfg, 6).order_of(0), torch.arange(6))
+    assert not torch.equal(
+        build_density(DensityArgs(arch="made", d_model=8, n_layer=1), 6).order_of(0), torch.arange(6)
+    )
 
 
 def _steps(model, s):
@@ -241,3 +259,50 @@ def test_sampling_is_seeded_and_float32_works():
     a, b, c = model.sample(20, seed=1), model.sample(20, seed=1), model.sample(20, seed=2)
     assert torch.equal(a, b) and not torch.equal(a, c) and a.dtype == torch.float32
     assert model.log_prob(a).shape == (20,)
+
+
+def _graph_nodes(fn, seen=None) -> str:
+    """The class names of every node of an autograd graph, joined."""
+    seen = set() if seen is None else seen
+    if fn is None or fn in seen:
+        return ""
+    seen.add(fn)
+    return type(fn).__name__ + " " + "".join(_graph_nodes(f, seen) for f, _ in fn.next_functions)
+
+
+@pytest.mark.parametrize("order", [None, [3, 0, 7, 1, 6, 2, 5, 4, 9, 8]])
+def test_nade_segment_pass_gradients_equal_the_naive_conditionals(order):
+    """Training runs the segment form (no (B, H, D) tensor, its own backward): its logits and the gradients
+    of every parameter equal autograd through the one-conditional-at-a-time definition, on rows with no
+    ones, all ones and random ones."""
+    model = randomized(NADE(10, 6, order=order), seed=3)
+    g = torch.Generator().manual_seed(5)
+    x = (torch.rand(7, 10, generator=g) < 0.3).double()
+    x[0], x[1] = 0.0, 1.0
+    w = torch.randn(7, 10, generator=g, dtype=torch.float64)
+    fast = model.logits(x)
+    assert "SegmentNADE" in _graph_nodes(fast.grad_fn)
+    ref = naive_nade_logits(model, x)
+    torch.testing.assert_close(fast, ref, rtol=1e-12, atol=1e-12)
+    params = [model.W, model.c, model.V, model.b]
+    got = torch.autograd.grad((fast * w).sum(), params)
+    want = torch.autograd.grad((ref * w).sum(), params)
+    for name, a, b in zip("W c V b".split(), got, want):
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12, msg=name)
+    # the comparison can fail: one bit flipped at the first step changes every later conditional
+    bad = x.clone()
+    first = model.order[0]
+    bad[2, first] = 1 - bad[2, first]
+    assert not torch.allclose(torch.autograd.grad((model.logits(bad) * w).sum(), model.W)[0], got[0])
+
+
+def test_nade_dense_path_for_inputs_that_need_it():
+    """x that requires a gradient or holds values other than 0/1 takes the dense cumulative-sum form."""
+    model = randomized(NADE(6, 4), seed=1)
+    x = torch.tensor([[0.0, 1.0, 0.5, 1.0, 0.0, 0.25]], dtype=torch.float64)
+    torch.testing.assert_close(model.logits(x), naive_nade_logits(model, x), rtol=1e-12, atol=1e-12)
+    xb = (x > 0.3).double().requires_grad_()
+    out = model.logits(xb)
+    torch.testing.assert_close(out, naive_nade_logits(model, xb.detach()), rtol=1e-12, atol=1e-12)
+    assert "SegmentNADE" not in _graph_nodes(out.grad_fn)
+    assert "SegmentNADE" in _graph_nodes(model.logits(xb.detach()).grad_fn)

@@ -11,7 +11,9 @@ from genlab.families.lm.args import check_heads
 
 @dataclass
 class DensityData(DataConfig):
-    path: str = opt("", "binary rows: '' = binarized 8x8 digits; else .npz / .npy / .txt / .csv / .amat (see docs)")
+    path: str = opt(
+        "", "binary rows: '' = binarized 8x8 digits, synthetic:dna = 3000 generated 180-bit rows; else a file (docs)"
+    )
     test_fraction: float = opt(0.1, "rows held out for test when a file has no train/valid/test split", 0.0, 0.5)
 
 
@@ -29,6 +31,9 @@ class DensityArgs(ModelArgs):
         "full", "made with n_masks > 1: what a new mask redraws"
     )
     direct_connections: bool = opt(False, "made: masked direct input -> output weights")
+    made_order: Literal["random", "natural"] = opt(
+        "random", "made: ordering of mask 0 (random as the reference code; natural = dimension order)"
+    )
     hidden_activation: Literal["relu", "tanh"] = opt(
         "relu", "made: hidden activation (the MADE authors' Adult run uses tanh)"
     )

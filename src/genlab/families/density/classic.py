@@ -5,8 +5,11 @@
 - FVSBN: p(x_d = 1 | x_<d) = sigmoid(b_d + sum_{j<d} W_dj x_j), one linear layer whose weight is
   masked strictly lower-triangular (in the model's order). D(D + 1)/2 effective parameters.
 - NADE (Larochelle & Murray 2011): h_k = sigmoid(c + W[:, <k] x_<k), p(x_k = 1 | x_<k) =
-  sigmoid(V_k . h_k + b_k), W (H, D) shared by every conditional. All D pre-activations come from one
-  exclusive cumulative sum over the columns of W * x: O(D H) per example, not O(D^2 H).
+  sigmoid(V_k . h_k + b_k), W (H, D) shared by every conditional. Training and evaluation on 0/1 rows
+  run the segment form (nade_fast.py): h_k only changes after a one, so an example with n1 ones has
+  n1 + 1 distinct hidden vectors; no (B, H, D) tensor is formed. The dense form (one exclusive
+  cumulative sum over the columns of W * x, O(D H) per example) is the reference, and the path when x
+  needs a gradient or is not 0/1.
 
 FVSBN and NADE index their parameters by step k of their order (order[k] = the dimension at step k).
 """
@@ -20,6 +23,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from genlab.families.density.base import AutoregressiveModel, DensityModel, bernoulli_log_prob, check_order, logit
+from genlab.families.density.nade_fast import segment_logits
 
 
 class IndependentBernoulli(DensityModel):
@@ -109,9 +113,16 @@ class NADE(AutoregressiveModel):
         a = F.pad(contrib.cumsum(-1)[..., :-1], (1, 0)) + self.c[:, None]  # exclusive cumsum: a_0 = c
         return torch.sigmoid(a)
 
-    def logits(self, x, mask_id=0):
+    def dense_logits(self, x: torch.Tensor) -> torch.Tensor:
+        """The reference form: all hidden states (B, H, D) from one cumulative sum."""
         h = self.hidden_states(x[:, self.order])  # (B, H, D)
         lo = (h * self.V.T).sum(1) + self.b  # (B, D) by step
+        return lo[:, torch.argsort(self.order)]
+
+    def logits(self, x, mask_id=0):
+        if x.requires_grad or not bool(((x == 0) | (x == 1)).all()):
+            return self.dense_logits(x)
+        lo = segment_logits(x[:, self.order].contiguous(), self.W, self.c, self.V, self.b)
         return lo[:, torch.argsort(self.order)]
 
     @torch.no_grad()

@@ -4,6 +4,8 @@ Sources (`data.path`):
 
     ""                         scikit-learn's digits (1797 8x8 images, ints 0..16) binarized at >= 8, split
                                1297 / 200 / 300 by a fixed permutation (independent of train.seed)
+    "synthetic:dna"            a generated stand-in for the UCI DNA set: 2000 / 500 / 500 rows of 180 bits
+                               (synthetic_dna(); "synthetic:dna:SEED" picks another draw, default 0)
     DIR or *train*.amat        Larochelle's binarized MNIST text files: *train*.amat, *valid*.amat and
                                *test*.amat side by side (one row of space-separated 0/1 per line)
     FILE.npz                   train_data / valid_data / test_data (MADE's UCI and MNIST files; also
@@ -118,6 +120,47 @@ def load_digits_binary() -> BinaryData:
     return _finish(x[parts[0]], x[parts[1]], x[parts[2]], "digits (scikit-learn, binarized >= 8)")
 
 
+SYNTHETIC_PREFIX = "synthetic:"
+DNA_SPLIT = (2000, 500, 500)
+_NUCLEOTIDE_BITS = np.array([[1, 0, 0], [0, 1, 0], [0, 0, 1], [0, 0, 0]], dtype=np.float32)  # A C G T
+
+
+def synthetic_dna(n_rows: int = sum(DNA_SPLIT), seed: int = 0, length: int = 60) -> np.ndarray:
+    """(n_rows, 3 * length) float32 0/1 rows shaped like the UCI DNA set (StatLog splice junctions):
+    `length` nucleotides, each three indicator bits (A 100, C 010, G 001, T 000), so about a quarter of
+    the bits are 1. Each row has a hidden class (priors 1/4, 1/4, 1/2, as EI / IE / neither); a class
+    draws its nucleotides from its own position-dependent first-order Markov chain, with a sharply
+    peaked "junction" motif over the middle ten positions for the first two classes. The chains and the
+    rows are a pure function of `seed`."""
+    rng = np.random.default_rng([seed, 180])
+    n_class = 3
+    start = rng.dirichlet(np.full(4, 2.0), size=n_class)  # (K, 4)
+    trans = rng.dirichlet(np.full(4, 0.8), size=(n_class, length, 4))  # (K, L, from, to)
+    mid = length // 2
+    for k in range(2):  # the junction motif: nearly deterministic nucleotides whatever came before
+        for pos in range(mid - 5, mid + 5):
+            trans[k, pos] = rng.dirichlet(np.full(4, 0.1))[None, :] * 0.9 + trans[k, pos] * 0.1
+    cls = rng.choice(n_class, size=n_rows, p=[0.25, 0.25, 0.5])
+    u = rng.random((n_rows, length))
+    seq = np.empty((n_rows, length), dtype=np.int64)
+    seq[:, 0] = (u[:, :1] > start[cls].cumsum(1)).sum(1).clip(max=3)
+    for pos in range(1, length):
+        p = trans[cls, pos, seq[:, pos - 1]]  # (N, 4)
+        seq[:, pos] = (u[:, pos : pos + 1] > p.cumsum(1)).sum(1).clip(max=3)
+    return _NUCLEOTIDE_BITS[seq].reshape(n_rows, 3 * length)
+
+
+def load_synthetic(spec: str) -> BinaryData:
+    """ "synthetic:dna" or "synthetic:dna:SEED": synthetic_dna split 2000 / 500 / 500 (in row order)."""
+    parts = spec[len(SYNTHETIC_PREFIX) :].split(":")
+    if parts[0] != "dna" or len(parts) > 2 or (len(parts) == 2 and not parts[1].isdigit()):
+        raise GenlabError(f"data.path {spec!r}: the generated sets are synthetic:dna and synthetic:dna:SEED")
+    seed = int(parts[1]) if len(parts) == 2 else 0
+    rows = synthetic_dna(sum(DNA_SPLIT), seed)
+    a, b, _ = DNA_SPLIT
+    return _finish(rows[:a], rows[a : a + b], rows[a + b :], f"synthetic DNA-like 180-bit rows (seed {seed})")
+
+
 def _read_amat(path: Path) -> np.ndarray:
     try:
         a = np.loadtxt(path, dtype=np.float32, ndmin=2)
@@ -189,6 +232,8 @@ def load_binary(path: str, val_fraction: float = 0.1, test_fraction: float = 0.1
     """The train / valid / test splits named by `data.path` ("" = the embedded digits)."""
     if not path:
         return load_digits_binary()
+    if path.startswith(SYNTHETIC_PREFIX):
+        return load_synthetic(path)
     p = Path(path)
     if not p.exists():
         raise GenlabError(f"data file {path!r} does not exist")
@@ -215,6 +260,8 @@ def load_binary(path: str, val_fraction: float = 0.1, test_fraction: float = 0.1
 
 def load_eval_rows(path: str, val_fraction: float = 0.1, test_fraction: float = 0.1) -> np.ndarray:
     """Rows to score for `genlab eval --data`: every row of a single-array file, else the test split."""
+    if path.startswith(SYNTHETIC_PREFIX):
+        return load_synthetic(path).test
     p = Path(path)
     if not p.exists():
         raise GenlabError(f"data file {path!r} does not exist")

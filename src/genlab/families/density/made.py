@@ -9,11 +9,14 @@ Degrees (0-based here; the paper counts from 1):
 - output mask: output d reads last-hidden unit k iff deg(d) > m_L(k) (strict);
 - direct input -> output weights (optional): output d reads input d' iff deg(d) > deg(d') (strict).
 
-Connectivity- and order-agnostic training: S masks are drawn once (mask 0 keeps the natural order)
-and stored as degree buffers (saved with the weights); training batch i uses mask i mod S;
-evaluation averages the probabilities of all S: log p(x) = logsumexp_s log p_s(x) - log S.
-`mask_resample` says what differs between masks: "full" (ordering and hidden degrees),
-"ordering" (hidden degrees of mask 0 reused), "connectivity" (natural order everywhere).
+Connectivity- and order-agnostic training: S masks are drawn once and stored as degree buffers
+(saved with the weights); training batch i uses mask i mod S; evaluation averages the probabilities
+of all S: log p(x) = logsumexp_s log p_s(x) - log S. Mask 0's ordering is a random permutation too,
+as in the reference code (karpathy/pytorch-made `natural_ordering=False`), so order-agnostic
+training never gives the natural order a mask of its own; `natural_order=True` (model.made_order =
+natural) makes mask 0 the identity ordering instead. `mask_resample` says what differs between
+masks: "full" (ordering and hidden degrees), "ordering" (hidden degrees of mask 0 reused),
+"connectivity" (mask 0's ordering everywhere).
 """
 
 from __future__ import annotations
@@ -27,7 +30,7 @@ from genlab.families.density.base import AutoregressiveModel, logit
 RESAMPLE = ("full", "ordering", "connectivity")
 
 
-def made_degrees(n_dims: int, hidden: list[int], n_masks: int, resample: str, seed: int):
+def made_degrees(n_dims: int, hidden: list[int], n_masks: int, resample: str, seed: int, natural_order: bool = False):
     """(in_deg (S, D), [hidden degrees (S, H_l) per layer]) as long tensors."""
     if resample not in RESAMPLE:
         raise ValueError(f"resample must be one of {RESAMPLE}")
@@ -35,8 +38,12 @@ def made_degrees(n_dims: int, hidden: list[int], n_masks: int, resample: str, se
     in_deg = torch.empty(n_masks, n_dims, dtype=torch.long)
     hid = [torch.empty(n_masks, h, dtype=torch.long) for h in hidden]
     for s in range(n_masks):
-        new_order = s > 0 and resample in ("full", "ordering")
-        perm = torch.randperm(n_dims, generator=g) if new_order else torch.arange(n_dims)
+        if s == 0:
+            perm = torch.arange(n_dims) if natural_order else torch.randperm(n_dims, generator=g)
+        elif resample in ("full", "ordering"):
+            perm = torch.randperm(n_dims, generator=g)
+        else:  # connectivity: mask 0's ordering
+            perm = torch.argsort(in_deg[0])
         in_deg[s, perm] = torch.arange(n_dims)  # the dimension at step k gets degree k
         lo = 0
         for layer, h in enumerate(hidden):
@@ -59,6 +66,7 @@ class MADE(AutoregressiveModel):
         direct: bool = False,
         seed: int = 0,
         activation: str = "relu",
+        natural_order: bool = False,
     ):
         super().__init__()
         self.n_dims, self.n_masks = n_dims, n_masks
@@ -67,7 +75,7 @@ class MADE(AutoregressiveModel):
         self.layers = nn.ModuleList(nn.Linear(a, b) for a, b in zip(sizes[:-1], sizes[1:]))
         self.out = nn.Linear(sizes[-1], n_dims)
         self.direct = nn.Linear(n_dims, n_dims, bias=False) if direct else None
-        in_deg, hid = made_degrees(n_dims, list(hidden), n_masks, resample, seed)
+        in_deg, hid = made_degrees(n_dims, list(hidden), n_masks, resample, seed, natural_order)
         self.register_buffer("in_degrees", in_deg)  # (S, D)
         for layer, deg in enumerate(hid):
             self.register_buffer(f"hidden_degrees_{layer}", deg)  # (S, H_l)

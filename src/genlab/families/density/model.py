@@ -43,6 +43,7 @@ def build_density(cfg, n_dims: int, seed: int = 0) -> DensityModel:
             cfg.direct_connections,
             seed,
             cfg.hidden_activation,
+            cfg.made_order == "natural",
         )
     if cfg.arch == "transformer":
         return BinaryTransformer(cfg, n_dims)
