@@ -307,6 +307,22 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--eta", type=_nonneg_float, default=0.0, help="diffusion, ddim: noise (0 = deterministic)")
     _add_device(s)
 
+    c = sub.add_parser(
+        "chat",
+        help="talk to a language-model run in the terminal, through its chat template (streamed answers)",
+        description="A terminal chat with RUN: the run's chat_template.jinja (plain User:/Assistant: turns for a run "
+        "without one), history, answers streamed until the end-of-turn token. Commands: /reset, /system TEXT, "
+        "/temperature X, /help, /exit (or Ctrl-D).",
+    )
+    c.add_argument("run")
+    c.add_argument("--max-new-tokens", type=_positive_int, default=256, help="longest answer in tokens")
+    c.add_argument("--temperature", type=_nonneg_float, default=0.7, help="0 = greedy (/temperature X changes it)")
+    c.add_argument("--top-k", type=_nonneg_int, default=0, help="keep the K most likely tokens (0 = all)")
+    c.add_argument("--top-p", type=_unit_float, default=0.9, help="nucleus sampling mass (1 = off)")
+    c.add_argument("--seed", type=int, default=0, help="answer i is sampled with seed + i")
+    c.add_argument("--system", metavar="TEXT", help="a system message to start with (/system TEXT changes it)")
+    _add_device(c)
+
     e = sub.add_parser(
         "eval", help="evaluate a run: LM loss, perplexity, bits/byte; density test NLL; diffusion and detection metrics"
     )

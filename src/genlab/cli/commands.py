@@ -19,7 +19,7 @@ from genlab.errors import GenlabError
 from genlab.families.detection.features import load_feature_file
 from genlab.families.detection.stream import StreamingDetector, load_detector
 from genlab.families.lm.args import LMTrain
-from genlab.families.posttrain import embedded
+from genlab.families.posttrain import chat, embedded
 from genlab.generate import SamplingSettings
 from genlab.interop.hf import export_hf, import_for_init, import_hf
 from genlab.plot import plot_run
@@ -114,6 +114,16 @@ def cmd_sample(args) -> int:
         fields = {f.name for f in dataclasses.fields(task.sample_options)}
         options = task.sample_options(**{k: v for k, v in vars(args).items() if k in fields})
     task.sample(run, model, options)
+    return 0
+
+
+def cmd_chat(args) -> int:
+    """genlab chat RUN: a terminal conversation (genlab.families.posttrain.chat)."""
+    s = SamplingSettings(args.max_new_tokens, args.temperature, args.top_k, args.top_p, args.seed)
+    session = chat.open_session(args.run, resolve_device(args.device), s)
+    if args.system:
+        session.system = args.system
+    chat.chat_loop(session, chat.line_reader())
     return 0
 
 
