@@ -4,4 +4,5 @@ the assistant's tokens only (task = "sft"), preference optimisation (task = "dpo
 the embedded offline data both use.
 
     embedded.py  instruction conversations and preference pairs built from Python's own docs
+    chat.py      `genlab chat RUN`: a terminal chat through the run's chat template (ChatSession)
 """
