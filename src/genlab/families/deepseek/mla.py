@@ -18,6 +18,7 @@ import torch.nn.functional as F
 
 from genlab.families.lm.transformer import RMSNorm
 from genlab.ops.attention import attention, pick_backend
+from genlab.ops.cache import per_sequence
 from genlab.ops.recompute import cheap
 from genlab.ops.rope import apply_rope_interleaved, rope_table, yarn_inv_freq, yarn_mscale
 
@@ -141,10 +142,12 @@ class MLA(nn.Module):
             y = attention(q, k, v, cu_seqlens, max_seqlen, causal=True, scale=self.scale, backend=self.backend)
             return self.wo(y.reshape(T, self.H * self.v))
         q_nope, q_rope, c, k_rope = self._project(x, cos, sin)
-        if cache.mode == "latent":
-            y = self._absorbed(q_nope, q_rope, c, k_rope[:, 0], cache)
+        # one cache, or a CacheBatch of several sequences' caches (genlab serve): attention per sequence
+        mode = getattr(cache, "mode", None) or cache.caches[0].mode
+        if mode == "latent":
+            y = per_sequence(self._absorbed, cache, q_nope, q_rope, c, k_rope[:, 0])
         else:
-            y = self._full_cached(q_nope, q_rope, c, k_rope, cache)
+            y = per_sequence(self._full_cached, cache, q_nope, q_rope, c, k_rope)
         return self.wo(y.reshape(T, self.H * self.v))
 
     def _mask(self, T, S, past, device):

@@ -14,6 +14,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from genlab.ops.attention import attention, pick_backend
+from genlab.ops.cache import advance, cache_end, per_sequence
 from genlab.ops.recompute import cheap
 from genlab.ops.rope import rope_qkv, rope_table
 
@@ -102,8 +103,8 @@ class Attention(nn.Module):
         q, k, v = cheap(rope_qkv, qkv, cos, sin, self.n_head, self.n_kv)
         if cache is None:
             y = attention(q, k, v, cu_seqlens, max_seqlen, causal=self.causal, backend=self.backend)
-        else:
-            y = self._cached(q, k, v, cache)
+        else:  # one cache, or a CacheBatch of several sequences' caches (genlab serve)
+            y = per_sequence(self._cached, cache, q, k, v)
         return self.proj(y.reshape(T, self.n_head * self.head_dim))
 
     def _cached(self, q, k, v, cache: KVCache):
@@ -241,12 +242,12 @@ class DecoderLM(nn.Module):
 
     def _trunk(self, input_ids, position_ids, cu_seqlens, max_seqlen, cache=None):
         """input_ids (T,) -> hidden states (T, d_model) after the final norm; a cache gets the new tokens."""
-        cos, sin = self.rope(position_ids, int(max_seqlen) if cache is None else cache.len + input_ids.shape[0])
+        cos, sin = self.rope(position_ids, int(max_seqlen) if cache is None else cache_end(cache, input_ids.shape[0]))
         x = self.embed(input_ids)
         for block in self.blocks:
             x = block(x, cos, sin, cu_seqlens, max_seqlen, cache)
         if cache is not None:
-            cache.len += input_ids.shape[0]
+            advance(cache, input_ids.shape[0])
         return self.norm(x)
 
 
