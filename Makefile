@@ -12,6 +12,8 @@ $(STAMP): pyproject.toml
 	# from pulling a multi-GB CUDA build to satisfy the plain `torch>=2.4` requirement.
 	$(BIN)/pip install -q torch==2.13.0
 	$(BIN)/pip install -q -e '.[test,bench]'
+	# tests/serve/test_browser.py needs a chromium on PATH (Debian's package; root, as in CI, installs it)
+	command -v chromium >/dev/null || [ "$$(id -u)" != 0 ] || (apt-get update && apt-get install -y chromium)
 	touch $(STAMP)
 
 demo: $(STAMP)

@@ -10,6 +10,7 @@ import sys
 
 import genlab.bench
 from genlab.cli import commands
+from genlab.cli import serve as serve_cli
 from genlab.errors import GenlabError
 from genlab.scaling.laws import LAWS
 from genlab.scaling.sweep import KINDS
@@ -381,6 +382,7 @@ def build_parser() -> argparse.ArgumentParser:
     dt.add_argument("--out", help="also write the (frames, classes) scores to this .npy or .csv file")
     _add_device(dt)
 
+    serve_cli.add_parser(sub, _positive_int, _port)
     _add_data_parsers(sub)
     _add_scaling_parsers(sub)
 

@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from genlab import config as C
+from genlab.cli.serve import cmd_serve  # noqa: F401  (main dispatches cmd_<name> from this module)
 from genlab.data.shards import PrepareSpec, prepare, read_manifest
 from genlab.data.stats import HIST_PNG, data_stats, format_stats, plot_lengths
 from genlab.errors import GenlabError
