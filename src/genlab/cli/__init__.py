@@ -360,6 +360,11 @@ def build_parser() -> argparse.ArgumentParser:
         default="2GB",
         help="split the weights into shards of at most this size + model.safetensors.index.json (default 2GB)",
     )
+    mg = sub.add_parser(
+        "merge", help="fold a LoRA run's adapters into its base weights: a new full-weight run directory"
+    )
+    mg.add_argument("run", help="a run trained with train.lora_rank > 0")
+    mg.add_argument("out", help="the new run directory (must not exist or be empty)")
     im = sub.add_parser("import", help="make a genlab run dir from a Hugging Face directory")
     im.add_argument("hf_dir", help="deepseek_v3 or dense Llama-style: config.json + *.safetensors")
     im.add_argument("out", help="the new run directory")

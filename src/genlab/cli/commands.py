@@ -23,6 +23,7 @@ from genlab.families.lm.args import LMTrain
 from genlab.families.posttrain import chat, embedded
 from genlab.generate import SamplingSettings
 from genlab.interop.hf import export_hf, import_for_init, import_hf
+from genlab.interop.merge import merge_run
 from genlab.plot import plot_run
 from genlab.scaling import sweep
 from genlab.scaling.fit import fit_all, format_fit, read_results
@@ -324,6 +325,12 @@ def cmd_demo(args) -> int:
 def cmd_export(args) -> int:
     out = export_hf(args.run, args.out, shard_size=args.shard_size)
     _print(f"exported {args.run} -> {out} (format {args.format})")
+    return 0
+
+
+def cmd_merge(args) -> int:
+    out = merge_run(args.run, args.out)
+    _print(f"merged the LoRA adapters of {args.run} into its base weights -> run dir {out}")
     return 0
 
 

@@ -21,6 +21,7 @@ from pathlib import Path
 from genlab.config import RunConfig, from_toml_file, to_toml
 from genlab.errors import GenlabError
 from genlab.train import checkpoint, runlock
+from genlab.train.lora import merge_lora
 
 CONFIG = "config.toml"
 METRICS = "metrics.jsonl"
@@ -208,5 +209,6 @@ def load_run(path: str | Path, device: str = "cpu"):
     if ckpt is None:
         raise GenlabError(f"{run.path}: no complete checkpoint (has the run saved one yet?)")
     checkpoint.load(ckpt, model, with_state=False)
+    merge_lora(model)  # a LoRA run (train.lora_rank) is served with its adapters folded in: a plain model
     model.to(device).eval()
     return run, cfg, task, model

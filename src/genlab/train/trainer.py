@@ -17,7 +17,7 @@ from genlab.config import RunConfig, apply_overrides, parse_log, to_dict
 from genlab.errors import GenlabError
 from genlab.ops.fp8 import convert_to_fp8
 from genlab.progress import TrainProgress
-from genlab.train import checkpoint, distributed, loggers, parallel, sharded_checkpoint
+from genlab.train import checkpoint, distributed, loggers, lora, parallel, sharded_checkpoint
 from genlab.train.activation_checkpoint import apply_activation_checkpointing
 from genlab.train.device import autocast, resolve_precision
 from genlab.train.flops import measured_peak_flops
@@ -87,6 +87,8 @@ class Trainer:
         self.task = cfg.family.make_task(cfg)
         self.task.prepare(run.path, fresh=not resume)
         self.model = self.task.build_model().to(self.device)
+        if lora.has_lora(self.model):  # train.lora_rank: trainable share, adapter checkpoint size
+            self.log(lora.summary(self.model))
         if t.precision == "fp8":  # block-scaled E4M3 Linears, fp32 masters (genlab.ops.fp8)
             convert_to_fp8(self.model)
         apply_activation_checkpointing(self.model, t.activation_checkpointing)  # "none": no change

@@ -77,6 +77,13 @@ class MTPModule(nn.Module):
 
 class DeepSeekLM(DecoderLM):
     OUT_PROJ = ("wo.weight", "down.weight", ".w2")
+    # train.lora_targets -> module-name suffixes LoRA adapts (genlab.train.lora), MTP blocks included. MLA's
+    # wkv_b is left out: latent-cache decoding folds its weight into the queries without calling it. "mlp" is
+    # the dense SwiGLU and the MoE's shared experts; routed experts are stacked tensors (refused in LMTrain)
+    LORA_TARGETS = {
+        "attention": ("attn.wq", "attn.wq_a", "attn.wq_b", "attn.wkv_a", "attn.wo"),
+        "mlp": ("mlp.gate_up", "mlp.down", "mlp.shared.gate_up", "mlp.shared.down"),
+    }
 
     def __init__(self, cfg, vocab_size: int, max_len: int = 2048):
         super().__init__()

@@ -11,6 +11,7 @@ from typing import Literal
 from genlab.config import DataConfig, ModelArgs, TrainConfig, opt
 from genlab.errors import GenlabError
 from genlab.train.flops import LayerShapes, attention_shapes, swiglu_shapes
+from genlab.train.lora import parse_targets as parse_lora_targets
 
 
 @dataclass
@@ -48,6 +49,45 @@ class LMData(DataConfig):
 
 @dataclass
 class LMTrain(TrainConfig):
+    lora_rank: int = opt(
+        0, "LoRA adapters' rank r: 0 = off (full fine-tuning); > 0 freezes the base (train.init_from)", 0
+    )
+    lora_alpha: float = opt(16.0, "LoRA scale alpha: the update is (alpha / r) B A", 1e-6)
+    lora_dropout: float = opt(0.0, "dropout on the LoRA adapters' input", 0.0, 0.99)
+    lora_targets: str = opt(
+        "attention,mlp", "projections LoRA adapts, comma-separated: attention, mlp (dense and shared experts), experts"
+    )
+
+    def check(self, cfg) -> None:
+        super().check(cfg)
+        targets = parse_lora_targets(self.lora_targets)
+        if not self.lora_rank:
+            return
+        arch = cfg.model.arch
+        if arch not in ("transformer", "deepseek"):
+            raise GenlabError(
+                f"train.lora_rank = {self.lora_rank}: LoRA adapts Transformer projections; "
+                f"model.arch = {arch!r} has none (use transformer or deepseek, or lora_rank=0)"
+            )
+        if "experts" in targets:
+            why = (
+                "routed experts are stacked tensors run by one grouped kernel: an adapter there needs W + BA built "
+                "each step and a full-size weight gradient, no saving over full fine-tuning"
+                if arch == "deepseek"
+                else "a dense model has no experts"
+            )
+            raise GenlabError(f"train.lora_targets = experts is not supported ({why}); use attention,mlp")
+        if not self.init_from:
+            raise GenlabError(
+                "train.lora_rank > 0 needs train.init_from (the frozen base weights: LoRA checkpoints hold the "
+                "adapters only); `genlab train --init-from RUN_OR_HF_DIR ...`"
+            )
+        if self.parallel == "fsdp":
+            raise GenlabError(
+                "train.lora_rank > 0 with train.parallel = fsdp is not supported (sharded checkpoints hold whole "
+                "models, LoRA's hold adapters); use train.parallel=ddp: only the adapters' gradients are all-reduced"
+            )
+
     objective: Literal["causal", "masked", "any-order"] = opt(
         "causal",
         "next token | BERT's masked tokens | random orderings; the last two train a bidirectional "

@@ -26,6 +26,7 @@ from genlab.ops.loss import head_loss
 from genlab.train import init_from
 from genlab.train.distributed import batch_line
 from genlab.train.flops import flops_per_token
+from genlab.train.lora import apply_lora
 from genlab.train.rundir import CONFIG
 from genlab.train.task import Task
 
@@ -187,6 +188,10 @@ class LMTask(Task):
         )
         if self.cfg.train.init_from and self.fresh:
             init_from.load_weights(model, self.cfg.train.init_from)
+        if self.cfg.train.lora_rank:  # LoRA checkpoints hold adapters: the frozen base is init_from's on every build
+            if not self.fresh:
+                init_from.load_weights(model, self.cfg.train.init_from)
+            model = apply_lora(model, self.cfg.train)
         return model
 
     def initial_state(self):

@@ -253,6 +253,8 @@ class DecoderLM(nn.Module):
 
 class Transformer(DecoderLM):
     OUT_PROJ = ("proj.weight", "down.weight")
+    # train.lora_targets -> module-name suffixes of the projections LoRA adapts (genlab.train.lora)
+    LORA_TARGETS = {"attention": ("attn.qkv", "attn.proj"), "mlp": ("mlp.gate_up", "mlp.down")}
 
     def __init__(self, cfg, vocab_size: int, max_len: int = 2048, causal: bool = True):
         super().__init__()
