@@ -30,7 +30,7 @@ def run(tiny_overrides, tmp_path_factory):
     corpus = root / "corpus.jsonl"
     texts = [f"User: question {i}\nAssistant: the quick brown fox {i}.\n" * (1 + i % 3) for i in range(40)]
     corpus.write_text("".join(json.dumps({"text": t}) + "\n" for t in texts), encoding="utf-8")
-    cfg = resolve(None, None, tiny_overrides(corpus, steps=3, extra=["data.packing_length=128"]))
+    cfg = resolve(None, None, tiny_overrides(corpus, steps=1, extra=["data.packing_length=128"]))
     r, _ = train(cfg, root / "run", progress=False, log=lambda *a: None)
     return r.path
 
@@ -120,7 +120,7 @@ def test_chat_under_a_pseudo_terminal(run):
     session.command("/reset")
     a3 = session.reply("again")
     primary, secondary = pty.openpty()
-    env = {**os.environ, "TERM": "dumb", "PYTHONUNBUFFERED": "1"}
+    env = {**os.environ, "TERM": "dumb", "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}  # as one_thread
     cmd = [sys.executable, "-m", "genlab", "chat", str(run), "--device", "cpu"]
     cmd += ["--temperature", "1", "--top-p", "1", "--max-new-tokens", "12", "--seed", "0"]
     proc = subprocess.Popen(cmd, stdin=secondary, stdout=secondary, stderr=secondary, env=env, close_fds=True)
