@@ -226,7 +226,7 @@ def create_app(
             "object": "list",
             "model": m.name,
             "classes": m.classes,
-            "scores": np.round(scores, 6).tolist(),
+            "scores": np.round(scores.astype(np.float64), 6).tolist(),
             "labels": [m.classes[i] for i in scores.argmax(1)] if len(scores) else [],
         }
 
