@@ -100,7 +100,7 @@ def free_port() -> int:
 class LiveServer:
     """create_app(...) under uvicorn in a thread; `url` is its base URL; stop() shuts it down."""
 
-    def __init__(self, paths, api_key=None, **opts):
+    def __init__(self, paths, api_key=None, cors_origins=None, **opts):
         import uvicorn
 
         from genlab.serve.app import create_app
@@ -109,7 +109,7 @@ class LiveServer:
 
         metrics = Metrics()
         self.models = load_models([str(p) for p in paths], "cpu", ServeOptions(**opts), metrics)
-        app = create_app(self.models, metrics, api_key)
+        app = create_app(self.models, metrics, api_key, cors_origins)
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="error"))
