@@ -16,7 +16,7 @@ from genlab.families.lm.args import LMArgs
 from genlab.ops.fp8 import FP8Linear, convert_to_fp8
 from genlab.train import checkpoint
 from genlab.train.activation_checkpoint import apply_activation_checkpointing
-from genlab.train.lora import LoRA, adapters, apply_lora, lora_state_dict, merge_lora, parse_targets
+from genlab.train.lora import LoRA, adapters, adapters_disabled, apply_lora, lora_state_dict, merge_lora, parse_targets
 from tests.deepseek.helpers import build as build_deepseek
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -71,6 +71,15 @@ def test_merged_equals_unmerged(make):
     assert torch.allclose(logits(model), before, atol=1e-5, rtol=0)
     assert all(p.requires_grad for p in model.parameters())
     assert set(model.state_dict()) == set(make().state_dict())  # a plain model again, hooks gone
+
+
+def test_adapters_disabled_is_the_base():
+    base = dense()
+    model = apply_lora(copy.deepcopy(base), spec())
+    randomize_b(model)
+    with adapters_disabled(model):
+        assert torch.equal(logits(model), logits(base))
+    assert not torch.allclose(logits(model), logits(base))
 
 
 def test_merge_is_w_plus_scaled_ba():

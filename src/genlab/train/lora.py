@@ -25,6 +25,7 @@ removes them and both hooks: a plain model again.
 from __future__ import annotations
 
 import math
+from contextlib import contextmanager
 
 import torch
 import torch.nn as nn
@@ -54,6 +55,7 @@ class LoRA(nn.Module):
         super().__init__()
         self.rank, self.alpha, self.p = rank, alpha, dropout
         self.scale = alpha / rank
+        self.enabled = True  # adapters_disabled() turns it off for a while
         self.A = nn.Parameter(torch.empty(rank, d_in, device=device, dtype=dtype))
         self.B = nn.Parameter(torch.zeros(d_out, rank, device=device, dtype=dtype))
         nn.init.kaiming_uniform_(self.A, a=math.sqrt(5))  # as nn.Linear (and the paper's loralib)
@@ -70,9 +72,24 @@ class LoRA(nn.Module):
         return f"rank={self.rank}, alpha={self.alpha}, dropout={self.p}"
 
 
-def _add_adapter(module: nn.Module, args, out: torch.Tensor) -> torch.Tensor:
-    """Forward hook of a target: its output plus its adapter's."""
+def _add_adapter(module: nn.Module, args, out: torch.Tensor) -> torch.Tensor | None:
+    """Forward hook of a target: its output plus its adapter's (None = the output as it is)."""
+    if not module.lora.enabled:
+        return None
     return out + module.lora(args[0])
+
+
+@contextmanager
+def adapters_disabled(model: nn.Module):
+    """Run `model` as its frozen base inside the block (e.g. DPO's reference model without a second copy)."""
+    found = [m.lora for _, m in adapters(model)]
+    for a in found:
+        a.enabled = False
+    try:
+        yield model
+    finally:
+        for a in found:
+            a.enabled = True
 
 
 def _drop_frozen(module: nn.Module, state_dict: dict, prefix: str, local_metadata) -> None:
