@@ -180,14 +180,19 @@ class ChatTemplate:
     def encode(self, tokenizer, messages: list[dict], add_generation_prompt: bool = True) -> list[int]:
         return encode_text(tokenizer, self.render(messages, add_generation_prompt))[0]
 
-    def encode_with_mask(self, tokenizer, messages: list[dict]) -> tuple[list[int], np.ndarray]:
-        """(token ids, bool mask: True on assistant tokens, i.e. those inside a generation block)."""
+    def encode_with_mask(
+        self, tokenizer, messages: list[dict], last_turn: bool = False
+    ) -> tuple[list[int], np.ndarray]:
+        """(token ids, bool mask: True on assistant tokens, i.e. those inside a generation block; `last_turn`:
+        the last block only, the answer a preference pair compares)."""
         if not self.has_generation:
             raise GenlabError(
                 "the chat template has no {% generation %} block, so the assistant tokens cannot be found; "
                 "wrap the assistant's text in {% generation %}...{% endgeneration %}"
             )
         text, spans = self.render_spans(messages)
+        if last_turn:
+            spans = spans[-1:]
         ids, starts, ends = encode_text(tokenizer, text)
         mask = np.zeros(len(ids), dtype=bool)
         for a, b in spans:  # a token belongs to the answer when it overlaps the block

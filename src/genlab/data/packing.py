@@ -316,3 +316,44 @@ def make_batch_from(store: DocStore, rows: list[list[Span]], L: int, padded: boo
         flat_rows.append(r)
     tokens = np.concatenate(flat) if flat else np.zeros(0, dtype=np.int64)
     return make_batch(tokens, flat_rows, L, padded=padded)
+
+
+class MaskedStore(MemoryStore):
+    """Documents in memory with a per-token loss mask (chat: True on the assistant's tokens)."""
+
+    def __init__(self, docs: list[list[int]], masks: list[np.ndarray]):
+        keep = [i for i, d in enumerate(docs) if len(d) > 0]
+        super().__init__([docs[i] for i in keep])
+        self.mask_flat = np.concatenate([np.asarray(masks[i], dtype=bool) for i in keep])
+        if len(self.mask_flat) != len(self.flat):
+            raise ValueError("one mask entry per token")
+
+    def mask(self, k: int, start: int, end: int) -> np.ndarray:
+        return self.mask_flat[self.offsets[k] + start : self.offsets[k] + end]
+
+
+class MaskedStream(PackedStream):
+    """A PackedStream whose targets are only the tokens its store's mask marks: a position predicts the
+    next token when that token is masked in (supervised fine-tuning's loss on answers only)."""
+
+    def __init__(self, store: MaskedStore, *args, **kwargs):
+        super().__init__(store, *args, **kwargs)
+
+    def materialize(self, rows: list[list[Span]]) -> Batch:
+        return masked_batch(self.store, rows, self.L, self.mode == "padded")
+
+
+def masked_batch(store: MaskedStore, rows: list[list[Span]], L: int, padded: bool = False) -> Batch:
+    """make_batch_from, then targets kept only where the predicted token is masked in."""
+    b = make_batch_from(store, rows, L, padded=padded)
+    keep = []
+    for row in rows:
+        for d, s, e in row:
+            m = np.zeros(e - s, dtype=bool)
+            m[:-1] = store.mask(d, s, e)[1:]
+            keep.append(m)
+        if padded:
+            keep.append(np.zeros(L - sum(e - s for _, s, e in row), dtype=bool))
+    keep_t = torch.from_numpy(np.concatenate(keep)) if keep else torch.zeros(0, dtype=torch.bool)
+    b.targets = torch.where(keep_t, b.targets, torch.full_like(b.targets, IGNORE))
+    return b

@@ -3,7 +3,7 @@
 Order matters only for listings: presets and tasks appear in this order."""
 
 from genlab.config import family_of_args
-from genlab.families import deepseek, density, detection, diffusion, lm  # noqa: F401 - each registers itself
+from genlab.families import deepseek, density, detection, diffusion, lm, posttrain  # noqa: F401 - each registers itself
 
 
 def build_lm(args, vocab_size: int, max_len: int = 2048, causal: bool = True):

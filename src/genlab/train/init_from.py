@@ -122,6 +122,15 @@ def load_weights(model: torch.nn.Module, src: str) -> None:
         raise GenlabError(f"train.init_from = {src!r}: checkpoint {ckpt.name} cannot be used: {problem}")
     sd = load_file(str(ckpt / "model.safetensors"))
     own = model.state_dict()
+    # tied weights (a shared embedding and head) are one tensor, saved under one of their names
+    by_storage: dict[int, list[str]] = {}
+    for k, t in own.items():
+        by_storage.setdefault(t.data_ptr(), []).append(k)
+    for names in by_storage.values():
+        saved = next((k for k in names if k in sd), None)
+        for k in names:
+            if saved is not None and k not in sd and own[k].numel():
+                sd[k] = sd[saved]
     missing, unexpected = sorted(set(own) - set(sd)), sorted(set(sd) - set(own))
     if missing or unexpected:
         raise GenlabError(

@@ -1,0 +1,50 @@
+"""Presets of post-training (`genlab presets`): each starts from weights given by --init-from."""
+
+from __future__ import annotations
+
+from genlab.config import Preset
+
+_PRESETS = {
+    "sft-small": (
+        "SFT of an lm-small run (--init-from RUN, e.g. the demo's) on the embedded Python-docs conversations; "
+        "a few minutes",
+        {
+            "task": "sft",
+            "data": {"packing_length": 512},
+            "train": {
+                "steps": 300,
+                "batch_rows": 4,
+                "lr": 3e-4,
+                "schedule": "cosine",
+                "warmup_steps": 20,
+                "weight_decay": 0.0,
+                "eval_every": 50,
+                "eval_batches": 16,
+                "ckpt_every": 100,
+            },
+        },
+    ),
+    "dpo-small": (
+        "DPO of an sft-small run (--init-from RUN) on the embedded preference pairs; a few minutes",
+        {
+            "task": "dpo",
+            "data": {"packing_length": 512},
+            "train": {
+                "steps": 150,
+                "batch_rows": 8,
+                "lr": 1e-5,
+                "schedule": "cosine",
+                "warmup_steps": 10,
+                "weight_decay": 0.0,
+                "beta": 0.1,
+                "eval_every": 50,
+                "eval_batches": 8,
+                "ckpt_every": 50,
+            },
+        },
+    ),
+}
+
+PRESETS = tuple(Preset(name, desc, settings) for name, (desc, settings) in _PRESETS.items())
+SFT_PRESETS = tuple(p for p in PRESETS if p.settings["task"] == "sft")
+DPO_PRESETS = tuple(p for p in PRESETS if p.settings["task"] == "dpo")
