@@ -82,15 +82,15 @@ def test_real_fp8_gemm_selection_and_fallback_run_on_this_cpu(monkeypatch):
     import genlab.ops.fp8 as fp8
 
     monkeypatch.setattr(fp8, "REAL_GEMM_DEVICES", {"cpu"})
-    monkeypatch.setattr(fp8, "_CUDA_ORDER", ["blockwise", "rowwise"])
-    monkeypatch.setitem(fp8._GEMM, "mode", None)
+    monkeypatch.setattr(fp8, "_SITE_MODES", {})
+    monkeypatch.setattr(fp8, "_VERIFIED", set())
     g = torch.Generator().manual_seed(0)
     a, b = torch.randn(40, 300, generator=g), torch.randn(70, 300, generator=g)
     aq, a_s = quantize_tiles(a)
     bq, b_s = quantize_blocks(b)
     ref = dequantize(aq, a_s) @ dequantize(bq, b_s).t()
     out = fp8_gemm(aq, a_s, bq, b_s)
-    assert gemm_mode() == "rowwise" and fp8._CUDA_ORDER == ["rowwise"]
+    assert gemm_mode() == "rowwise" and set(fp8.gemm_modes().values()) == {"rowwise"}
     rel = float((out - ref).norm() / ref.norm())
     assert 1e-5 < rel < 0.1  # a real (row-scaled) FP8 GEMM ran, close to the tile/block recipe
 
@@ -103,13 +103,74 @@ def test_real_fp8_gemm_selection_and_fallback_run_on_this_cpu(monkeypatch):
     ref_x = x.detach().clone().requires_grad_()
     got = lin(x)
     got.square().sum().backward()
-    assert gemm_mode() == "rowwise"
+    # per site: fprop and dgrad (inner dims 300 and 70) fall back to row-wise; wgrad's inner dimension is
+    # the 16 tokens, one 1x128 tile per row, so its tile scales are row scales and block mode runs
+    modes = {k.site: v for k, v in fp8.gemm_modes().items()}
+    assert modes == {"gemm": "rowwise", "fprop": "rowwise", "dgrad": "rowwise", "wgrad": "blockwise"}
     monkeypatch.setattr(fp8, "REAL_GEMM_DEVICES", set())  # the emulated recipe as the reference
     want = ref_lin(ref_x)
     want.square().sum().backward()
     assert gemm_mode() == "emulated"
     for u, v in ((got, want), (x.grad, ref_x.grad), (lin.weight.grad, ref_lin.weight.grad)):
         assert float((u - v).norm() / v.norm()) < 0.1
+
+
+def test_fp8_fallback_is_per_call_site_and_shape_and_logged(monkeypatch, caplog):
+    """One site whose real GEMM fails falls back alone: the other sites (and the same site at another
+    shape) keep the faster mode, and the log says which mode each site runs. The failure is simulated
+    (row-wise refuses one shape, as a kernel refuses unaligned or unsupported shapes)."""
+    import logging
+
+    import genlab.ops.fp8 as fp8
+
+    monkeypatch.setattr(fp8, "REAL_GEMM_DEVICES", {"cpu"})
+    monkeypatch.setattr(fp8, "_SITE_MODES", {})
+    monkeypatch.setattr(fp8, "_VERIFIED", set())
+    rowwise = fp8._CUDA_FNS["rowwise"]
+
+    def picky(aq, a_s, bq, b_s):
+        if bq.shape[0] == 70:
+            raise RuntimeError("unsupported shape (simulated)")
+        return rowwise(aq, a_s, bq, b_s)
+
+    monkeypatch.setitem(fp8._CUDA_FNS, "rowwise", picky)
+    g = torch.Generator().manual_seed(1)
+
+    def run(m, n, k, site):
+        aq, a_s = quantize_tiles(torch.randn(m, k, generator=g))
+        bq, b_s = quantize_blocks(torch.randn(n, k, generator=g))
+        out = fp8_gemm(aq, a_s, bq, b_s, site=site)
+        ref = dequantize(aq, a_s) @ dequantize(bq, b_s).t()
+        return out, ref, gemm_mode()
+
+    with caplog.at_level(logging.INFO, logger="genlab.fp8"):
+        out, ref, mode = run(32, 70, 256, "fprop")  # the failing shape: blockwise refused, rowwise refused
+        assert mode == "emulated" and torch.equal(out, ref)  # the emulation is exact dequantized fp32
+        out, ref, mode = run(32, 64, 256, "fprop")  # same site, another shape: still real FP8
+        assert mode == "rowwise" and 1e-5 < float((out - ref).norm() / ref.norm()) < 0.1
+        assert run(48, 64, 256, "dgrad")[2] == "rowwise"  # another site: untouched by the failure
+        assert run(32, 70, 256, "fprop")[2] == "emulated"  # the failing site stays emulated (no retry)
+    modes = {(k.site, k.shape): v for k, v in fp8.gemm_modes().items()}
+    assert modes == {("fprop", (70, 256)): "emulated", ("fprop", (64, 256)): "rowwise", ("dgrad", (64, 256)): "rowwise"}
+    text = caplog.text
+    assert "fprop on cpu, 70 x 256: rowwise failed (unsupported shape (simulated)); using emulated" in text
+    assert "fprop on cpu, 64 x 256: rowwise" in text and "dgrad on cpu, 64 x 256: rowwise" in text
+    # the old behaviour (one module-level list) would have left every later call emulated
+    assert sum("blockwise failed" in r.getMessage() for r in caplog.records) == 3
+
+
+def test_fp8_wgrad_key_ignores_the_token_count(monkeypatch):
+    """Wgrad's inner dimension is the tokens: batches of other lengths reuse the site's verified mode."""
+    import genlab.ops.fp8 as fp8
+
+    monkeypatch.setattr(fp8, "REAL_GEMM_DEVICES", {"cpu"})
+    monkeypatch.setattr(fp8, "_SITE_MODES", {})
+    monkeypatch.setattr(fp8, "_VERIFIED", set())
+    for tokens in (32, 48, 64):
+        gq, gs = quantize_tiles(torch.randn(20, tokens))
+        xq, xs = quantize_tiles(torch.randn(30, tokens))
+        fp8_gemm(gq, gs, xq, xs, site="wgrad")
+    assert list(fp8.gemm_modes()) == [fp8.GemmKey("wgrad", "cpu", (20, 30), True)]
 
 
 def test_fp8_linear_three_gemms_against_reference():

@@ -15,7 +15,11 @@ gradient lands on the fp32 master weight. On CPU (and wherever real FP8 GEMMs ar
 GEMM is emulated: quantize, dequantize, fp32 matmul, so the numerics are testable anywhere. On CUDA
 it tries torch._scaled_mm with the block scales (supported by recent torch on Hopper), else with
 row-wise scales (one scale per row over the whole inner dimension: coarser than 1 x 128 tiles, so a
-single outlier costs a whole row precision), else it emulates. `gemm_mode()` says which ran.
+single outlier costs a whole row precision), else it emulates. The choice is made per call site and
+shape (`GemmKey`: which GEMM (fprop / dgrad / wgrad / expert ...), N, K and whether M is a multiple of
+16): a refusal or a mismatch at one site never downgrades another. Each site's first call is checked
+against the emulation and logged (logger "genlab.fp8": the mode it settled on, and why a faster one
+was dropped). `gemm_mode()` says what the last GEMM used, `gemm_modes()` what every site uses.
 
 convert_to_fp8(model) turns eligible nn.Linear modules into FP8Linear in place (same parameters,
 same state_dict), and switches DeepSeekMoE's routed experts (stacked weights, not Linears) to the
@@ -24,6 +28,9 @@ embeddings, the output head, MoE router gates, norms and attention's core (score
 """
 
 from __future__ import annotations
+
+import logging
+from typing import NamedTuple
 
 import torch
 import torch.nn as nn
@@ -36,6 +43,7 @@ AMAX_FLOOR = 1e-12  # an all-zero group: avoid 0/0 (DeepSeek's inference kernel 
 KEEP_HIGH_PRECISION = ("head", "lm_head", "gate", "router")  # module names (last part) never converted
 
 _GEMM = {"mode": None}  # "emulated" | "blockwise" | "rowwise": what the last GEMM used
+log = logging.getLogger("genlab.fp8")
 
 
 def _pad_to(x: torch.Tensor, dim: int, mult: int) -> torch.Tensor:
@@ -96,35 +104,93 @@ def _rowwise(aq, a_s, bq, b_s) -> torch.Tensor:
     )
 
 
-_CUDA_ORDER = ["blockwise", "rowwise"]  # tried in turn on CUDA; a failure drops the mode for the process
+_CUDA_ORDER = ("blockwise", "rowwise")  # tried in turn on CUDA, per call site and shape (GemmKey)
 _CUDA_FNS = {"blockwise": _blockwise, "rowwise": _rowwise}
 # devices whose tensors try the real FP8 GEMMs. Tests add "cpu": this torch's CPU _scaled_mm takes
 # row-wise (not block) scales, so the selection and fallback path runs here exactly as on a GPU.
 REAL_GEMM_DEVICES = {"cuda"}
 
 
-def fp8_gemm(aq, a_s, bq, b_s) -> torch.Tensor:
-    """(M, K) x (N, K) quantized operands -> fp32 (M, N) = deq(a) @ deq(b)^T."""
-    while aq.device.type in REAL_GEMM_DEVICES and _CUDA_ORDER:
-        mode = _CUDA_ORDER[0]
-        try:
-            out = _CUDA_FNS[mode](aq, a_s, bq, b_s)
-            if _GEMM["mode"] != mode:  # first use: must agree with the emulation (fp32 accumulation order)
-                ref = _emulated(aq, a_s, bq, b_s)
-                tol = 1e-3 if mode == "blockwise" else 0.1
-                if (out - ref).norm() > tol * ref.norm().clamp_min(1e-30):
-                    raise ValueError(f"{mode} _scaled_mm disagrees with the emulation")
-            _GEMM["mode"] = mode
-            return out
-        except (RuntimeError, TypeError, ValueError, AttributeError):
-            _CUDA_ORDER.pop(0)
+class GemmKey(NamedTuple):
+    """What a mode choice holds for: one call site with one weight shape. The token count changes every
+    varlen batch, so only its alignment to 16 is part of the key (kernels refuse unaligned shapes).
+    `shape` is the GEMM's two weight-side dimensions: (N, K) for fprop / dgrad (tokens = M), (M, N)
+    of the output for wgrad (tokens = the inner dimension)."""
+
+    site: str
+    device: str
+    shape: tuple[int, int]
+    tokens_aligned: bool
+
+
+def _key(site: str, aq: torch.Tensor, bq: torch.Tensor) -> GemmKey:
+    if site == "wgrad":
+        shape, tokens = (int(aq.shape[0]), int(bq.shape[0])), int(aq.shape[1])
+    else:
+        shape, tokens = (int(bq.shape[0]), int(aq.shape[1])), int(aq.shape[0])
+    return GemmKey(site, aq.device.type, shape, tokens % 16 == 0)
+
+
+# per key: the modes still to try (the first is in use once `verified` holds the key)
+_SITE_MODES: dict[GemmKey, list[str]] = {}
+_VERIFIED: set[GemmKey] = set()
+
+
+def fp8_gemm(aq, a_s, bq, b_s, site: str = "gemm") -> torch.Tensor:
+    """(M, K) x (N, K) quantized operands -> fp32 (M, N) = deq(a) @ deq(b)^T.
+
+    `site` names the caller's GEMM (fprop, dgrad, wgrad, or any other name, whose tokens are M): a
+    real-FP8 mode that fails or disagrees with the emulation is dropped for that site and shape only."""
+    if aq.device.type in REAL_GEMM_DEVICES:
+        key = _key(site, aq, bq)
+        modes = _SITE_MODES.setdefault(key, list(_CUDA_ORDER))
+        while modes:
+            mode = modes[0]
+            try:
+                out = _CUDA_FNS[mode](aq, a_s, bq, b_s)
+                if key not in _VERIFIED:  # first use: must agree with the emulation (fp32 accumulation order)
+                    ref = _emulated(aq, a_s, bq, b_s)
+                    tol = 1e-3 if mode == "blockwise" else 0.1
+                    if (out - ref).norm() > tol * ref.norm().clamp_min(1e-30):
+                        raise ValueError(f"{mode} _scaled_mm disagrees with the emulation")
+                    _VERIFIED.add(key)
+                    log.info("fp8 GEMM %s: %s", _describe(key), mode)
+                _GEMM["mode"] = mode
+                return out
+            except (RuntimeError, TypeError, ValueError, AttributeError) as e:
+                modes.pop(0)
+                nxt = modes[0] if modes else "emulated"
+                log.warning("fp8 GEMM %s: %s failed (%s); using %s", _describe(key), mode, _first_line(e), nxt)
+                if not modes:
+                    log.info("fp8 GEMM %s: emulated", _describe(key))
     _GEMM["mode"] = "emulated"
     return _emulated(aq, a_s, bq, b_s)
+
+
+def _describe(key: GemmKey) -> str:
+    aligned = "" if key.tokens_aligned else ", tokens not a multiple of 16"
+    return f"{key.site} on {key.device}, {key.shape[0]} x {key.shape[1]}{aligned}"
+
+
+def _first_line(e: BaseException) -> str:
+    return (str(e).splitlines() or [type(e).__name__])[0][:200]
 
 
 def gemm_mode() -> str | None:
     """What the last FP8 GEMM used: emulated | blockwise | rowwise (None before the first)."""
     return _GEMM["mode"]
+
+
+def gemm_modes() -> dict[GemmKey, str]:
+    """The mode of every call site and shape that has run a real-FP8 attempt (emulated where all failed)."""
+    return {k: (v[0] if v else "emulated") for k, v in _SITE_MODES.items() if k in _VERIFIED or not v}
+
+
+def reset_gemm_modes() -> None:
+    """Forget every site's choice (tests; a new device)."""
+    _SITE_MODES.clear()
+    _VERIFIED.clear()
+    _GEMM["mode"] = None
 
 
 class FP8LinearFn(torch.autograd.Function):
@@ -133,7 +199,7 @@ class FP8LinearFn(torch.autograd.Function):
         """x (M, K), weight (N, K) fp32 master -> y (M, N) in x's dtype."""
         xq, xs = quantize_tiles(x)
         wq, ws = quantize_blocks(weight)
-        y = fp8_gemm(xq, xs, wq, ws)
+        y = fp8_gemm(xq, xs, wq, ws, site="fprop")
         ctx.save_for_backward(xq, xs, wq, ws)  # the activation kept in FP8
         ctx.dtypes = (x.dtype, weight.dtype)
         # a fresh tensor, not the GEMM output: callers may add into it in place (residual .add_), which a
@@ -148,11 +214,11 @@ class FP8LinearFn(torch.autograd.Function):
         dx = dw = None
         if ctx.needs_input_grad[0]:  # Dgrad: inner dim N; W's 128x128 blocks serve W^T as well
             gq, gs = quantize_tiles(gy)
-            dx = fp8_gemm(gq, gs, wq.t().contiguous(), ws.t().contiguous()).to(x_dtype)
+            dx = fp8_gemm(gq, gs, wq.t().contiguous(), ws.t().contiguous(), site="dgrad").to(x_dtype)
         if ctx.needs_input_grad[1]:  # Wgrad: inner dim = tokens; both operands re-grouped along tokens
             gtq, gts = quantize_tiles(gy.t())  # (N, M)
             xtq, xts = quantize_tiles(dequantize(xq, xs).t())  # (K, M)
-            dw = fp8_gemm(gtq, gts, xtq, xts).to(w_dtype)
+            dw = fp8_gemm(gtq, gts, xtq, xts, site="wgrad").to(w_dtype)
         return dx, dw
 
 
