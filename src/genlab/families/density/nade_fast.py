@@ -40,16 +40,25 @@ class Segments:
         cnt = ones.cumsum(1)  # (B, D) inclusive count of ones
         seg = cnt - ones.long()  # (B, D) the segment each step reads
         self.B, self.D = B, D
-        self.S = int(cnt[:, -1].max()) + 1 if D else 1
+        self.S = S = int(cnt[:, -1].max()) + 1 if D else 1
         dev = xo.device
-        self.rowid = seg + torch.arange(B, device=dev)[:, None] * self.S  # (B, D) row of the flat (B*S, H)
-        b1, self.j1 = ones.nonzero(as_tuple=True)  # the ones, example-major then step
-        self.row1 = b1 * self.S + cnt[b1, self.j1]  # flat row of the segment each one opens
+        self.rowid = seg + torch.arange(B, device=dev)[:, None] * S  # (B, D) row of the flat (B*S, H)
+        # what segment (b, s) adds to the pre-activation: row D = c opens every example, then the
+        # column of W of each one; rows past an example's last one add row D + 1 = 0 (padding)
+        b1, j1 = ones.nonzero(as_tuple=True)
+        self.add_row = torch.full((B, S), D + 1, dtype=torch.long, device=dev)
+        self.add_row[:, 0] = D
+        self.add_row[b1, cnt[b1, j1]] = j1
+        # dW's bags: column j of W collects the suffix sums at the segments its ones open
+        j2, b2 = ones.T.nonzero(as_tuple=True)  # the ones, step-major
+        self.rows_by_step = b2 * S + cnt[b2, j2]
+        per_step = ones.sum(0)
+        self.step_offsets = torch.cumsum(per_step, 0) - per_step
         # the sampled product's CSR mask (D, B*S): row k holds column rowid[b, k] for every b (increasing in b)
         self.crow = torch.arange(0, B * D + 1, B, device=dev)
         self.col = self.rowid.T.reshape(-1)
         # embedding bags over the (b, k) flattening: bag (b, s) = its segment's steps, consecutive
-        counts = torch.bincount(self.rowid.reshape(-1), minlength=B * self.S)
+        counts = torch.bincount(self.rowid.reshape(-1), minlength=B * S)
         self.seg_offsets = torch.cumsum(counts, 0) - counts  # start of each bag
         self.step_of = torch.arange(D, device=dev).repeat(B)  # (B*D,) step k of each (b, k)
 
@@ -80,18 +89,19 @@ class SegmentNADE(torch.autograd.Function):
     def forward(ctx, xo, W, c, V, bias):
         seg = Segments(xo)
         B, S, H = seg.B, seg.S, W.shape[0]
-        a = W.new_zeros(B * S, H).index_add_(0, seg.row1, W.T.contiguous().index_select(0, seg.j1))
-        h = torch.sigmoid_(_cumsum_segments_(a.view(B, S, H)).add_(c))  # (B, S, H)
+        table = torch.cat([W.T, c[None], W.new_zeros(1, H)])  # (D + 2, H): W's columns, c, 0
+        a = F.embedding(seg.add_row, table)  # (B, S, H): what each segment adds
+        h = torch.sigmoid_(_cumsum_segments_(a))  # (B, S, H)
         hf = h.view(B * S, H)
         logits = _sampled_logits(seg, V, hf) + bias
         ctx.seg = seg
-        ctx.save_for_backward(h, V)
+        ctx.save_for_backward(h, V.detach())
         return logits
 
     @staticmethod
     def backward(ctx, g):
         seg: Segments = ctx.seg
-        h, V = ctx.saved_tensors
+        h, V = ctx.saved_tensors  # V: saved detached (a weight that requires grad slows embedding_bag)
         B, S, H = h.shape
         g = g.contiguous()
         hf = h.view(B * S, H)
@@ -108,9 +118,9 @@ class SegmentNADE(torch.autograd.Function):
         if need_w:  # bag (b, s) = the steps k of segment s weighted by g[b, k]
             dh = F.embedding_bag(seg.step_of, V, seg.seg_offsets, mode="sum", per_sample_weights=g.reshape(-1))
             da = torch.ops.aten.sigmoid_backward(dh, hf).view(B, S, H)  # dh * h * (1 - h)
-            dc = da.sum((0, 1))
-            suffix = _cumsum_segments_(da, reverse=True).view(B * S, H)  # sum_{s' >= s} da[b, s']
-            dWt = h.new_zeros(seg.D, H).index_add_(0, seg.j1, suffix.index_select(0, seg.row1))
+            suffix = _cumsum_segments_(da, reverse=True)  # sum_{s' >= s} da[b, s']
+            dc = suffix[:, 0].sum(0)  # every segment reads c
+            dWt = F.embedding_bag(seg.rows_by_step, suffix.view(B * S, H), seg.step_offsets, mode="sum")
             dW = dWt.T
         if ctx.needs_input_grad[4]:
             db = g.sum(0)
