@@ -187,3 +187,46 @@ def test_model_guidance_matches_separate_conditional_and_unconditional_passes():
         got = m.sample(prompts, DDIMScheduler(num_train_timesteps=50, clip_sample=False), steps=5, guidance=scale)
         assert torch.allclose(got, manual(scale), atol=1e-5), scale
     assert not torch.allclose(manual(1.0), manual(3.0), atol=1e-3)
+
+
+@pytest.mark.slow  # ~5 s: the digits and a preset-sized model
+def test_denoiser_trains_on_posterior_samples_and_their_scale():
+    """As CompVis LDM and diffusers: the denoiser's data and the scale factor come from posterior samples
+    mean + exp(logvar / 2) * eps of the frozen autoencoder, not from the mean; checked against the
+    formula with the same random draws."""
+    from genlab.config import resolve
+    from genlab.families.diffusion.task import SCALE_IMAGES, DiffusionTask, ImageBatch
+
+    torch.manual_seed(0)
+    cfg = resolve("ldm-digits", None, ["model.vae_channels=8", "model.unet_channels=8", "model.d_model=8"])
+    task = DiffusionTask(cfg)
+    task.prepare(None)
+    m = task.build_model()
+    with torch.no_grad():  # a posterior with a visible spread; a denoiser whose output reads its input
+        m.vae.encoder[-1].bias[m.latent_channels :].fill_(-1.0)
+        torch.nn.init.normal_(m.denoiser.unet.conv_out.weight, std=0.3)
+        x = task.train_data.images[:SCALE_IMAGES]
+        mean, logvar = m.vae.encode(x)
+    eps = torch.randn(mean.shape, generator=torch.Generator().manual_seed(cfg.train.seed))
+    assert float(logvar.exp().mean()) > 0.1
+    task._start_denoiser_phase(m)
+    want = 1.0 / float((mean + (0.5 * logvar).exp() * eps).std())
+    assert float(m.scale_factor) == pytest.approx(want, rel=1e-5)
+    assert float(m.scale_factor) != pytest.approx(1.0 / float(mean.std()), rel=1e-3)  # the mean's would differ
+
+    images, ids = x[:4], encode_prompts(["a handwritten 1"] * 4)
+    batch = ImageBatch(images, ids, "denoiser", 4 * m.latent_channels * m.latent_size**2)
+    torch.manual_seed(7)
+    got, _ = task.loss(m, batch)
+    torch.manual_seed(7)  # the same draws in the same order: posterior eps, noise, t
+    with torch.no_grad():
+        mu, lv = m.vae.encode(images)
+        z0 = (mu + (0.5 * lv).exp() * torch.randn(mu.shape)) * m.scale_factor
+        noise = torch.randn(z0.shape)
+        t = torch.randint(0, cfg.model.diffusion_steps, (4,))
+        eps_hat = m.denoiser(task.scheduler().add_noise(z0, noise, t), t, ids)
+    assert float(got) == pytest.approx(float((eps_hat - noise).pow(2).sum()), rel=1e-5)
+    z_mean = mu * m.scale_factor  # the old recipe gives another loss with the same draws
+    with torch.no_grad():
+        eps_mean = m.denoiser(task.scheduler().add_noise(z_mean, noise, t), t, ids)
+    assert float(got) != pytest.approx(float((eps_mean - noise).pow(2).sum()), rel=1e-3)

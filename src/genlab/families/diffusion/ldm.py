@@ -3,7 +3,10 @@
 The trainer and the checkpoints see one nn.Module; the task decides which part a batch trains
 (autoencoder first, then the denoiser on the frozen autoencoder's latents). `scale_factor` is a
 buffer: 0 until the denoiser phase starts, then 1 / std of the training latents (the role of SD's
-0.18215, computed from the data).
+0.18215, computed from the data). Latents are posterior samples z = mean + std * eps of the frozen
+autoencoder, for the scale factor and for the denoiser's training data alike, as CompVis LDM
+(`encode_first_stage(x).sample()`) and diffusers' training scripts (`latent_dist.sample() *
+scaling_factor`) do.
 """
 
 from __future__ import annotations
@@ -57,10 +60,17 @@ class LatentDiffusion(nn.Module):
         self.register_buffer("ema_updates", torch.zeros((), dtype=torch.int64))
 
     @torch.no_grad()
-    def latents(self, x: torch.Tensor) -> torch.Tensor:
-        """Scaled latents of images (B, C, H, W) -> (B, c, H/f, W/f): the posterior mean times scale_factor."""
-        mean, _ = self.vae.encode(x)
-        return mean * self.scale_factor
+    def posterior_sample(self, x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+        """Unscaled latents of images (B, C, H, W) -> (B, c, H/f, W/f): one draw from N(mean, exp(logvar)).
+        eps comes from `generator` (on CPU), else from the global RNG (training: saved with checkpoints)."""
+        mean, logvar = self.vae.encode(x)
+        eps = torch.randn(mean.shape, generator=generator, dtype=mean.dtype).to(mean.device)
+        return mean + (0.5 * logvar).exp() * eps
+
+    @torch.no_grad()
+    def latents(self, x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+        """Scaled latents: a posterior sample times scale_factor."""
+        return self.posterior_sample(x, generator) * self.scale_factor
 
     @torch.no_grad()
     def decode(self, z: torch.Tensor) -> torch.Tensor:

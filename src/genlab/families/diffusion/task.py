@@ -122,8 +122,8 @@ class DiffusionTask(Task):
     @torch.no_grad()
     def _start_denoiser_phase(self, model: LatentDiffusion) -> None:
         x = self.train_data.images[:SCALE_IMAGES].to(model.scale_factor.device)
-        mean, _ = model.vae.encode(x)
-        model.scale_factor.fill_(1.0 / float(mean.float().std().clamp(min=1e-6)))
+        z = model.posterior_sample(x, torch.Generator().manual_seed(self.cfg.train.seed))
+        model.scale_factor.fill_(1.0 / float(z.float().std().clamp(min=1e-6)))
         ema_copy_(model.ema, model.denoiser)
 
     def batch_units(self, batch: ImageBatch) -> tuple[int, int]:
@@ -157,7 +157,7 @@ class DiffusionTask(Task):
         """Held-out ε-prediction MSE at fixed noise and evenly spread t (seed 0), so runs compare."""
         g = torch.Generator().manual_seed(0)
         dev = model.scale_factor.device
-        z0 = model.latents(images.to(dev))
+        z0 = model.latents(images.to(dev), generator=g)
         noise = torch.randn(z0.shape, generator=g).to(dev)
         T = self.cfg.model.diffusion_steps
         t = (torch.arange(len(z0)) * T // len(z0)).to(dev)
