@@ -132,3 +132,36 @@ def test_cli_bad_density_data_one_line_no_run_dir(tmp_path, capsys):
     code = main(["train", "--preset", "made-digits", "--set", "model.arch=lstm", "--out", str(out)])
     err = capsys.readouterr().err
     assert code == 2 and "is not allowed for task 'density'" in err and not out.exists()
+
+
+def test_synthetic_dna_shape_sparsity_and_determinism():
+    """The generated UCI-DNA stand-in: 180 bits = 60 nucleotides x 3 indicator bits (T = 000, so at
+    most one 1 per triple), about a quarter ones, a pure function of the seed, split 2000 / 500 / 500."""
+    from genlab.families.density.data import synthetic_dna
+
+    x = synthetic_dna(3000, seed=0)
+    assert x.shape == (3000, 180) and x.dtype == np.float32 and set(np.unique(x)) == {0.0, 1.0}
+    triples = x.reshape(3000, 60, 3).sum(-1)
+    assert triples.max() == 1  # one-hot or all-zero per nucleotide
+    assert 0.2 < x.mean() < 0.3
+    assert np.array_equal(x, synthetic_dna(3000, seed=0)) and not np.array_equal(x, synthetic_dna(3000, seed=1))
+    assert np.array_equal(synthetic_dna(10, seed=0), synthetic_dna(10, seed=0))
+    # structure, not noise: neighbouring nucleotides are dependent (a Markov chain per class)
+    nuc = np.where(triples == 0, 3, x.reshape(3000, 60, 3).argmax(-1))
+    joint = np.zeros((4, 4))
+    np.add.at(joint, (nuc[:, :-1].ravel(), nuc[:, 1:].ravel()), 1)
+    joint /= joint.sum()
+    indep = joint.sum(1, keepdims=True) * joint.sum(0, keepdims=True)
+    assert np.abs(joint - indep).sum() > 0.05
+    d = load_binary("synthetic:dna")
+    assert (d.train.shape, d.valid.shape, d.test.shape) == ((2000, 180), (500, 180), (500, 180))
+    assert np.array_equal(np.concatenate([d.train, d.valid, d.test]), x)
+    assert not np.array_equal(load_binary("synthetic:dna:3").train, d.train)
+    assert np.array_equal(load_eval_rows("synthetic:dna"), d.test)
+
+
+@pytest.mark.parametrize("spec", ["synthetic:mnist", "synthetic:dna:x", "synthetic:dna:1:2", "synthetic:"])
+def test_synthetic_bad_spec_is_one_line(spec):
+    with pytest.raises(GenlabError, match="synthetic:dna and synthetic:dna:SEED") as e:
+        load_binary(spec)
+    assert "\n" not in str(e.value)
