@@ -30,7 +30,7 @@ def test_bench_train_quick():
     ):
         assert key in r, key
     assert {"cpu", "torch", "date", "threads"} <= set(r["machine"])
-    assert set(r["results"]) == {"genlab", "hf", "genlab_packed"}
+    assert set(r["results"]) == {"genlab", "hf", "genlab_packed", "hf_packed_flat", "hf_packed_rows"}
     for res in r["results"].values():
         for key in ("median_step_s", "tokens_per_s", "gflops", "gflops_causal", "mfu", "loss_first", "loss_last"):
             assert math.isfinite(res[key]) and res[key] > 0, key
@@ -48,6 +48,11 @@ def test_bench_train_quick():
     assert r["equivalence"]["ok"]
     assert r["equivalence"]["loss_first_diff"] < 1e-4 and r["equivalence"]["loss_last_diff"] < 1e-3
     assert r["equivalence"]["max_abs_logit_diff"] <= r["equivalence"]["tolerance"] < r["equivalence"]["max_abs_logit"]
+    # Hugging Face's padding-free path sees the same packed documents: same first loss as genlab's packed model
+    assert r["equivalence"]["packed_loss_first_diff"] < 1e-4
+    assert r["results"]["genlab_packed"]["n_sequences"] > r["shape"]["rows"]  # several documents per row
+    for key in ("packed_vs_fixed", "packed_vs_hf_packed", "packed_vs_hf_packed_flat"):
+        assert all(math.isfinite(v) and v > 0 for v in r["ratios"][key].values()), key
     assert r["flops_per_token"]["train_causal"] < r["flops_per_token"]["train"]
 
 

@@ -46,7 +46,7 @@ import time
 
 import torch
 
-from genlab.bench.common import interleaved_times, machine_info, median, print_table, timeit_steps
+from genlab.bench.common import interleaved_times, machine_info, median, print_table
 from genlab.data.packing import IGNORE, Batch, TokenDataset
 from genlab.families.lm.args import LMArgs
 from genlab.families.lm.task import LMTask
@@ -61,12 +61,11 @@ FULL = dict(
     vocab=8192,
     rows=8,
     seq_len=512,
-    warmup=3,
-    steps=7,
-    packed_warmup=2,
-    packed_steps=3,
+    warmup=2,
+    steps=5,
     tokenizer="bpe",
     corpus_docs=None,
+    mix_median=120,
 )
 QUICK = dict(
     d_model=64,
@@ -78,14 +77,13 @@ QUICK = dict(
     seq_len=64,
     warmup=1,
     steps=2,
-    packed_warmup=1,
-    packed_steps=2,
     tokenizer="byte",
     corpus_docs=8,
+    mix_median=16,
 )
 THREADS = 2
 SEED = 0
-TARGET_RATIO = 1.1
+TARGET_RATIO = 1.3
 LOGIT_TOL = 1e-4
 OPTIM = dict(lr=1e-3, betas=(0.9, 0.95), eps=1e-8, weight_decay=0.1, fused=True)
 
@@ -97,7 +95,7 @@ def model_config(p: dict) -> LMArgs:
     )
 
 
-def build_hf(p: dict):
+def build_hf(p: dict, max_len: int | None = None):
     from transformers import LlamaConfig, LlamaForCausalLM
 
     cfg = LlamaConfig(
@@ -107,7 +105,7 @@ def build_hf(p: dict):
         num_hidden_layers=p["n_layer"],
         num_attention_heads=p["n_head"],
         num_key_value_heads=p["n_head"],
-        max_position_embeddings=p["seq_len"],
+        max_position_embeddings=max_len or p["seq_len"],
         rms_norm_eps=1e-5,
         rope_theta=10000.0,
         tie_word_embeddings=False,
@@ -115,6 +113,10 @@ def build_hf(p: dict):
         mlp_bias=False,
         attention_dropout=0.0,
         attn_implementation="sdpa",
+        # training: no KV cache. With transformers' default (use_cache=True) the forward makes a DynamicCache even
+        # in train mode, and with a cache create_causal_mask skips its packed-sequence detection, so
+        # position_ids-packed documents would attend to each other (measured: logits 0.37 off per-document ones)
+        use_cache=False,
     )
     model = LlamaForCausalLM(cfg)
     assert model.config._attn_implementation == "sdpa", model.config._attn_implementation
@@ -166,9 +168,15 @@ def rows_batch(ids: torch.Tensor) -> Batch:
     return Batch(ids.reshape(-1).clone(), targets.reshape(-1), torch.arange(L).repeat(R), cu, L, R * L, R * L, R)
 
 
-def packed_batch(p: dict) -> Batch:
-    """The first batch (seeded) of packed rows of the embedded corpus: several documents per
-    row, each attending only to itself."""
+MIX = dict(sigma=1.0, n_docs=600)  # the packed rows' document lengths: log-normal, median p["mix_median"]
+
+
+def mixed_documents(p: dict) -> list[list[int]]:
+    """Documents of a realistic length mix: lengths log-normal (median p["mix_median"] tokens, sigma
+    MIX['sigma'], clipped to [4, 8 L]; seeded), tokens consecutive stretches of the tokenized embedded
+    corpus, so the text is real."""
+    import numpy as np
+
     from genlab.data.text import embedded_corpus
     from genlab.data.tokenizer import build_tokenizer
 
@@ -176,9 +184,51 @@ def packed_batch(p: dict) -> Batch:
     if p["corpus_docs"]:
         docs = docs[: p["corpus_docs"]]
     tok = build_tokenizer(p["tokenizer"], docs, p["vocab"])
-    ds = TokenDataset(tok.encode_batch(docs), p["seq_len"], p["rows"], mode="packed", seed=SEED)
-    batch, _ = ds.batch_at((0, 0, 0))
-    return batch
+    stream = np.concatenate([np.asarray(d, dtype=np.int64) for d in tok.encode_batch(docs)])
+    rng = np.random.default_rng(SEED)
+    lens = np.clip(rng.lognormal(np.log(p["mix_median"]), MIX["sigma"], MIX["n_docs"]), 4, 8 * p["seq_len"]).astype(int)
+    out, at = [], 0
+    for n in lens.tolist():
+        if at + n > len(stream):
+            at = 0
+        out.append(stream[at : at + n].tolist())
+        at += n
+    return out
+
+
+def packed_batch(p: dict) -> tuple[Batch, list[list[list[int]]]]:
+    """The first batch of genlab's packer (best-fit-decreasing, seeded) over `mixed_documents`:
+    several documents per row, each attending only to itself. Also returns the batch's rows as
+    lists of documents (token lists), for the Hugging Face side."""
+    ds = TokenDataset(mixed_documents(p), p["seq_len"], p["rows"], mode="packed", seed=SEED)
+    rows, _ = ds.layout_at((0, 0, 0))
+    batch = ds.materialize(rows)
+    docs = [[ds.store.tokens(d, s, e).astype("int64").tolist() for d, s, e in row] for row in rows]
+    return batch, docs
+
+
+def hf_flattened(docs: list[list[int]]) -> dict:
+    """Hugging Face's padding-free batch of these documents: `DataCollatorWithFlattening` (one row of
+    every document back to back, position_ids restarting per document, labels -100 at each
+    document's first token; the model shifts labels inside its loss)."""
+    from transformers import DataCollatorWithFlattening
+
+    return DataCollatorWithFlattening(return_position_ids=True)([{"input_ids": d} for d in docs], return_tensors="pt")
+
+
+def hf_packed_rows(rows: list[list[list[int]]], L: int) -> dict:
+    """The same packed rows for Hugging Face, one batch row per packed row: each row flattened as
+    DataCollatorWithFlattening does, then padded to L (padding: its own position run, labels -100)."""
+    import torch as t
+
+    ids, labels, pos = [], [], []
+    for row in rows:
+        f = hf_flattened(row)
+        n = f["input_ids"].shape[1]
+        ids.append(t.cat([f["input_ids"][0], t.zeros(L - n, dtype=t.long)]))
+        labels.append(t.cat([f["labels"][0], t.full((L - n,), IGNORE, dtype=t.long)]))
+        pos.append(t.cat([f["position_ids"][0], t.arange(L - n)]))
+    return {"input_ids": t.stack(ids), "labels": t.stack(labels), "position_ids": t.stack(pos)}
 
 
 # ------------------------------------------------------------------------------ FLOPs and peak
@@ -267,7 +317,6 @@ def run(steps: int | None = None, quick: bool = False) -> dict:
     p = dict(QUICK if quick else FULL)
     if steps:
         p["steps"] = steps
-        p["packed_steps"] = max(2, steps // 2)
     old_threads = torch.get_num_threads()
     torch.set_num_threads(THREADS)
     try:
@@ -276,62 +325,73 @@ def run(steps: int | None = None, quick: bool = False) -> dict:
         torch.set_num_threads(old_threads)
 
 
+NAMES = ("genlab", "hf", "genlab_packed", "hf_packed_flat", "hf_packed_rows")
+HF_PACKED = ("hf_packed_flat", "hf_packed_rows")
+
+
 def _run(p: dict, quick: bool) -> dict:
     R, L, V = p["rows"], p["seq_len"], p["vocab"]
     cfg = model_config(p)
     torch.manual_seed(SEED)
-    genlab = Transformer(cfg, V, L).train()
-    hf = build_hf(p).train()
-    copy_weights_to_hf(genlab, hf)
+    models = {"genlab": Transformer(cfg, V, L).train(), "hf": build_hf(p).train()}
+    copy_weights_to_hf(models["genlab"], models["hf"])
 
     ids = torch.randint(0, V, (R, L), generator=torch.Generator().manual_seed(SEED))
     batch = rows_batch(ids)
-    packed = packed_batch(p)
+    packed, packed_docs = packed_batch(p)
     assert int(packed.input_ids.max()) < V
+    flat = hf_flattened([d for row in packed_docs for d in row])
+    hf_rows = hf_packed_rows(packed_docs, L)
+    assert int(flat["input_ids"].shape[1]) == packed.n_real
     torch.manual_seed(SEED)
-    packed_model = Transformer(cfg, V, L).train()
+    models["genlab_packed"] = Transformer(cfg, V, L).train()
+    for name in HF_PACKED:  # Hugging Face's padding-free path, from the packed model's weights
+        models[name] = build_hf(p, max_len=packed.n_real).train()
+        copy_weights_to_hf(models["genlab_packed"], models[name])
 
     # --- fairness check: the same function (one row, same weights)
     with torch.no_grad():
         row = rows_batch(ids[:1])
-        lg = genlab.head(genlab(row.input_ids, row.position_ids, row.cu_seqlens, row.max_seqlen))
-        lh = hf(input_ids=ids[:1]).logits[0]
+        g = models["genlab"]
+        lg = g.head(g(row.input_ids, row.position_ids, row.cu_seqlens, row.max_seqlen))
+        lh = models["hf"](input_ids=ids[:1]).logits[0]
         logit_diff = float((lg - lh).abs().max())
         logit_scale = float(lh.abs().max())
 
     peak = measure_peak(cfg, V, R * L, reps=3 if quick else 5)
 
-    opts = {"genlab": make_optimizer(genlab), "hf": make_optimizer(hf), "genlab_packed": make_optimizer(packed_model)}
-    losses: dict[str, list[float]] = {k: [] for k in opts}
+    opts = {k: make_optimizer(m) for k, m in models.items()}
+    losses: dict[str, list[float]] = {k: [] for k in NAMES}
 
-    def step_genlab():
-        opt = opts["genlab"]
-        loss_sum, n = LMTask.loss(genlab, batch)
-        loss = loss_sum / max(1, n)
-        loss.backward()
-        opt.step()
-        opt.zero_grad(set_to_none=True)
-        losses["genlab"].append(float(loss.detach()))
+    def genlab_step(name, b):
+        def step():
+            loss_sum, n = LMTask.loss(models[name], b)
+            loss = loss_sum / max(1, n)
+            loss.backward()
+            opts[name].step()
+            opts[name].zero_grad(set_to_none=True)
+            losses[name].append(float(loss.detach()))
 
-    def step_hf():
-        opt = opts["hf"]
-        loss = hf(input_ids=ids, labels=ids).loss
-        loss.backward()
-        opt.step()
-        opt.zero_grad(set_to_none=True)
-        losses["hf"].append(float(loss.detach()))
+        return step
 
-    def step_packed():
-        opt = opts["genlab_packed"]
-        loss_sum, n = LMTask.loss(packed_model, packed)
-        loss = loss_sum / max(1, n)
-        loss.backward()
-        opt.step()
-        opt.zero_grad(set_to_none=True)
-        losses["genlab_packed"].append(float(loss.detach()))
+    def hf_step(name, inputs):
+        def step():
+            loss = models[name](**inputs).loss
+            loss.backward()
+            opts[name].step()
+            opts[name].zero_grad(set_to_none=True)
+            losses[name].append(float(loss.detach()))
 
-    names = ["genlab", "hf", "genlab_packed"]
-    cpu: dict[str, list[float]] = {k: [] for k in names}
+        return step
+
+    fns = {
+        "genlab": genlab_step("genlab", batch),
+        "hf": hf_step("hf", {"input_ids": ids, "labels": ids}),
+        "genlab_packed": genlab_step("genlab_packed", packed),
+        "hf_packed_flat": hf_step("hf_packed_flat", flat),
+        "hf_packed_rows": hf_step("hf_packed_rows", hf_rows),
+    }
+    cpu: dict[str, list[float]] = {k: [] for k in NAMES}
 
     def cpu_timed(name, fn):  # also record the process's CPU seconds (both threads) per step
         def step():
@@ -341,24 +401,19 @@ def _run(p: dict, quick: bool) -> dict:
 
         return step
 
-    times = interleaved_times([cpu_timed("genlab", step_genlab), cpu_timed("hf", step_hf)], p["warmup"], p["steps"])
-    times.append(timeit_steps(cpu_timed("genlab_packed", step_packed), p["packed_warmup"], p["packed_steps"]))
-    warm = {"genlab": p["warmup"], "hf": p["warmup"], "genlab_packed": p["packed_warmup"]}
+    # every configuration in turns, so that machine noise falls on all alike
+    times = interleaved_times([cpu_timed(n, fns[n]) for n in NAMES], p["warmup"], p["steps"])
     peak = measure_peak(cfg, V, R * L, reps=3 if quick else 5, prior=peak)
 
     rows_lens = [L] * R
     packed_lens = (packed.cu_seqlens[1:] - packed.cu_seqlens[:-1]).tolist()
-    flops = {
-        "genlab": train_flops(cfg, V, rows_lens),
-        "hf": train_flops(cfg, V, rows_lens),
-        "genlab_packed": train_flops(cfg, V, packed_lens),
-    }
-    tokens = {"genlab": R * L, "hf": R * L, "genlab_packed": packed.n_real}
+    flops = {n: train_flops(cfg, V, rows_lens if n in ("genlab", "hf") else packed_lens) for n in NAMES}
+    tokens = {n: R * L if n in ("genlab", "hf") else packed.n_real for n in NAMES}
     results = {}
-    for name, ts in zip(names, times):
+    for name, ts in zip(NAMES, times):
         med = median(ts)
         f_full, f_causal = flops[name]
-        cpu_med = median(cpu[name][warm[name] :])
+        cpu_med = median(cpu[name][p["warmup"] :])
         results[name] = {
             "step_times_s": [round(t, 4) for t in ts],
             "median_step_s": med,
@@ -373,16 +428,35 @@ def _run(p: dict, quick: bool) -> dict:
             "loss_first": losses[name][0],
             "loss_last": losses[name][-1],
         }
+    t_idx = {n: i for i, n in enumerate(NAMES)}
+
+    def ratio(a: str, b: str) -> dict:
+        """tokens/s of a over b: ratio of medians, median of per-round ratios, ratio of CPU seconds."""
+        ta, tb = times[t_idx[a]], times[t_idx[b]]
+        per_round = [(tokens[a] / x) / (tokens[b] / y) for x, y in zip(ta, tb)]
+        return {
+            "medians": results[a]["tokens_per_s"] / results[b]["tokens_per_s"],
+            "paired": median(per_round),
+            "cpu": results[a]["tokens_per_cpu_s"] / results[b]["tokens_per_cpu_s"],
+        }
+
+    best_hf_packed = max(HF_PACKED, key=lambda n: results[n]["tokens_per_s"])
+    ratios = {
+        "genlab_vs_hf": ratio("genlab", "hf"),
+        "packed_vs_fixed": ratio("genlab_packed", "genlab"),
+        "packed_vs_hf_packed": ratio("genlab_packed", best_hf_packed),
+        "packed_vs_hf_packed_flat": ratio("genlab_packed", "hf_packed_flat"),
+        "packed_vs_hf_packed_rows": ratio("genlab_packed", "hf_packed_rows"),
+    }
     results["genlab_packed"].update(
         n_sequences=len(packed_lens),
         real_fraction=packed.real_fraction,
         seq_len_mean=sum(packed_lens) / len(packed_lens),
+        seq_len_median=median(packed_lens),
+        seq_len_max=max(packed_lens),
+        mix=f"log-normal lengths, median {p['mix_median']} tokens, sigma {MIX['sigma']}, clipped to [4, {8 * L}]; "
+        f"packed by genlab's best-fit-decreasing into {R} rows of {L}",
     )
-    ratio = results["genlab"]["tokens_per_s"] / results["hf"]["tokens_per_s"]
-    # noise-robust companions: the median over rounds of HF time / genlab time within the same
-    # round, and the ratio of CPU seconds per step (time the process actually ran)
-    paired = median([h / g for g, h in zip(times[0], times[1])])
-    cpu_ratio = results["hf"]["median_cpu_s"] / results["genlab"]["median_cpu_s"]
     ftok = flops_per_token(cfg, V, L)
     out = {
         "benchmark": "train",
@@ -393,7 +467,6 @@ def _run(p: dict, quick: bool) -> dict:
         "threads": THREADS,
         "warmup_steps": p["warmup"],
         "timed_steps": p["steps"],
-        "packed_timed_steps": p["packed_steps"],
         "optimizer": {"name": "torch.optim.AdamW", **{k: v for k, v in OPTIM.items()}, "no_decay": "vectors"},
         "flops_per_token": {
             "train": ftok["train_flops_per_token"],
@@ -409,13 +482,19 @@ def _run(p: dict, quick: bool) -> dict:
             "ok": logit_diff <= LOGIT_TOL,
             "loss_first_diff": abs(results["genlab"]["loss_first"] - results["hf"]["loss_first"]),
             "loss_last_diff": abs(results["genlab"]["loss_last"] - results["hf"]["loss_last"]),
+            "packed_loss_first_diff": max(
+                abs(results["genlab_packed"]["loss_first"] - results[n]["loss_first"]) for n in HF_PACKED
+            ),
         },
         "results": results,
-        "ratio_genlab_vs_hf": ratio,
+        "ratios": ratios,
+        "best_hf_packed": best_hf_packed,
+        "ratio_genlab_vs_hf": ratios["genlab_vs_hf"]["medians"],
         "target_ratio": TARGET_RATIO,
-        "target_met": ratio >= TARGET_RATIO,
-        "ratio_paired_median": paired,
-        "ratio_cpu_time": cpu_ratio,
+        "target_met": ratios["genlab_vs_hf"]["medians"] >= TARGET_RATIO,
+        "ratio_paired_median": ratios["genlab_vs_hf"]["paired"],
+        "ratio_cpu_time": ratios["genlab_vs_hf"]["cpu"],
+        "targets": {"genlab_vs_hf": TARGET_RATIO, "packed_vs_fixed": 0.95, "packed_vs_hf_packed": 1.3},
         "versions": {"torch": torch.__version__, "transformers": _transformers_version()},
     }
     _report(out)
@@ -431,23 +510,26 @@ def _transformers_version() -> str:
 def _report(r: dict) -> None:
     s, res, pk = r["shape"], r["results"], r["peak"]
     hf_tps = res["hf"]["tokens_per_s"]
+    gp = res["genlab_packed"]
     labels = {
         "hf": f"HF LlamaForCausalLM (sdpa), {s['rows']} rows x {s['seq_len']}",
         "genlab": f"genlab, {s['rows']} single-document rows x {s['seq_len']}",
-        "genlab_packed": f"genlab, {s['rows']} packed corpus rows ({res['genlab_packed']['n_sequences']} documents)",
+        "genlab_packed": f"genlab, {s['rows']} packed rows ({gp['n_sequences']} documents), varlen",
+        "hf_packed_flat": "HF padding-free: DataCollatorWithFlattening, 1 row (sdpa, position_ids)",
+        "hf_packed_rows": f"HF padding-free per packed row: {s['rows']} rows (sdpa, position_ids)",
     }
     rows = []
-    for name in ("hf", "genlab", "genlab_packed"):
+    for name in NAMES:
         x = res[name]
         rows.append(
             [
                 labels[name],
                 f"{x['median_step_s']:.3f}",
                 f"{x['median_cpu_s']:.2f}",
+                f"{x['tokens_per_step']}",
                 f"{x['tokens_per_s']:,.0f}",
                 f"{x['tokens_per_s'] / hf_tps:.2f}x",
                 f"{x['gflops']:.1f}",
-                f"{x['gflops_causal']:.1f}",
                 f"{100 * x['mfu']:.1f}%",
                 f"{100 * x['mfu_causal']:.1f}%",
                 f"{x['loss_first']:.5f} -> {x['loss_last']:.5f}",
@@ -457,21 +539,24 @@ def _report(r: dict) -> None:
     print_table(
         f"genlab bench train: d{s['d_model']} x {s['n_layer']} layers, {s['n_head']} heads, "
         f"SwiGLU {s['ffn_hidden']}, vocab {s['vocab']}; fp32, {r['threads']} threads, "
-        f"median of {r['timed_steps']} interleaved steps (packed: {r['packed_timed_steps']}, after) "
-        f"({m['cpu']}, torch {m['torch']})",
+        f"median of {r['timed_steps']} interleaved steps ({m['cpu']}, torch {m['torch']})",
         [
             "configuration",
             "step s",
             "CPU s",
+            "tokens",
             "tokens/s",
             "vs HF",
             "GFLOP/s",
-            "GFLOP/s causal",
             "MFU",
             "MFU causal",
             "loss first -> last",
         ],
         rows,
+    )
+    print(
+        f"packed mix: {gp['mix']}; {gp['n_sequences']} documents, length median {gp['seq_len_median']:.0f}, "
+        f"mean {gp['seq_len_mean']:.0f}, max {gp['seq_len_max']}; {100 * gp['real_fraction']:.2f}% real tokens"
     )
     print_table(
         f"fp32 GEMM peak over the model's shapes: best {pk['peak_gflops']:.1f} GFLOP/s "
@@ -483,16 +568,24 @@ def _report(r: dict) -> None:
     print(
         f"same function: max |logit diff| {eq['max_abs_logit_diff']:.2e} (logits up to "
         f"{eq['max_abs_logit']:.2f}; tolerance {eq['tolerance']:g}) -> {'ok' if eq['ok'] else 'MISMATCH'}; "
-        f"loss diff first step {eq['loss_first_diff']:.1e}, last step {eq['loss_last_diff']:.1e}"
+        f"loss diff first step {eq['loss_first_diff']:.1e}, last step {eq['loss_last_diff']:.1e}; "
+        f"packed: first-step loss diff genlab vs HF padding-free {eq['packed_loss_first_diff']:.1e}"
     )
     print(
         f"FLOPs/token (training): {r['flops_per_token']['train'] / 1e6:.1f} M full-context attention, "
         f"{r['flops_per_token']['train_causal'] / 1e6:.1f} M causal"
     )
-    verdict = "met" if r["target_met"] else "NOT met"
-    print(
-        f"genlab / HF tokens/s = {r['ratio_genlab_vs_hf']:.3f} (target >= {r['target_ratio']}: {verdict}); "
-        f"median of per-round ratios {r['ratio_paired_median']:.3f}, CPU-time ratio {r['ratio_cpu_time']:.3f}; "
-        f"load average at the end {m.get('load_avg_1m', '?')}",
-        flush=True,
-    )
+    tg = r["targets"]
+    for key, label in (
+        ("genlab_vs_hf", "genlab / HF, fixed rows"),
+        ("packed_vs_fixed", "genlab packed / genlab fixed rows"),
+        ("packed_vs_hf_packed", f"genlab packed / HF padding-free (best: {r['best_hf_packed']})"),
+        ("packed_vs_hf_packed_flat", "genlab packed / HF DataCollatorWithFlattening"),
+    ):
+        x = r["ratios"][key]
+        target = f" (target >= {tg[key]})" if key in tg else ""
+        print(
+            f"{label}: tokens/s {x['medians']:.3f}{target}; per-round {x['paired']:.3f}, CPU time {x['cpu']:.3f}",
+            flush=True,
+        )
+    print(f"load average at the end {m.get('load_avg_1m', '?')}", flush=True)
