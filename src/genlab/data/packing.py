@@ -340,7 +340,9 @@ class MaskedStream(PackedStream):
         super().__init__(store, *args, **kwargs)
 
     def materialize(self, rows: list[list[Span]]) -> Batch:
-        return masked_batch(self.store, rows, self.L, self.mode == "padded")
+        if self.mode == "padded":  # padded to the batch's longest row (dynamic padding, not to L)
+            return masked_batch(self.store, rows, max((e - s for r in rows for _, s, e in r), default=1), True)
+        return masked_batch(self.store, rows, self.L)
 
 
 def masked_batch(store: MaskedStore, rows: list[list[Span]], L: int, padded: bool = False) -> Batch:

@@ -31,7 +31,9 @@ class SFTData(DataConfig):
     overlong: Literal["truncate", "drop"] = opt(
         "truncate", "a conversation over packing_length tokens: keep its first tokens, or drop it (counted)"
     )
-    padded: bool = opt(False, "one conversation per row, padded (the baseline of `genlab bench posttrain`)")
+    padded: bool = opt(
+        False, "one conversation per row, padded to the batch's longest (the baseline of `genlab bench posttrain`)"
+    )
 
 
 @dataclass
