@@ -96,18 +96,17 @@ _PRESETS = {
         },
     ),
     "nade-uci": (
-        "density: NADE as the paper's UCI runs (500 sigmoid units, SGD, decreasing lr); --set data.path=X.npz",
+        "density: NADE, 500 sigmoid units, on UCI-style binary sets (Adam 3e-3: measured, docs); --set data.path=X.npz",
         {
             "task": "density",
             "data": _DENSITY_DATA,
             "model": {"arch": "nade", "d_model": 500},
-            "train": {
+            "train": {  # optimizer and lr from the curves in docs/benchmarks.md (bench/_explore_nade_lr.py)
                 "steps": 200_000,
                 "batch_rows": 100,
-                "optimizer": "sgd",
-                "lr": 5e-3,
-                "schedule": "inverse",
-                "lr_decay": 1e-6,
+                "optimizer": "adamw",
+                "lr": 3e-3,
+                "schedule": "constant",
                 "warmup_steps": 0,
                 "weight_decay": 0.0,
                 "grad_clip": 0.0,
