@@ -13,7 +13,7 @@ import torch
 from genlab.config import resolve
 from genlab.data.chat import DEFAULT_TEMPLATE, ChatTemplate, add_chat_tokens
 from genlab.data.packing import IGNORE
-from genlab.data.tokenizer import EOT, BPETokenizer
+from genlab.data.tokenizer import EOT, BPETokenizer, load_tokenizer
 from genlab.families.posttrain.dpo import dpo_loss
 from genlab.train import checkpoint
 from genlab.train.trainer import prepare_training, train
@@ -118,12 +118,25 @@ def test_sft_batches_have_targets_on_answers_only(base, tmp_path):
 
 
 @pytest.mark.slow
-def test_sft_and_dpo_runs_resume_bitwise(base, tmp_path):
+def test_sft_and_dpo_runs_resume_bitwise(base, tmp_path, capsys):
+    from transformers import AutoTokenizer
+
+    from genlab.data.chat import load_chat_template
+    from genlab.interop.hf import export_hf
+
     data = conv_file(tmp_path / "c.jsonl", CONVS)
     full, last = train(sft_cfg(base, data, 4), tmp_path / "sft", progress=False, log=quiet)
     recs = [json.loads(x) for x in (full.path / "metrics.jsonl").read_text().splitlines()]
     assert recs[-1]["epoch"] > 0 and "val_loss" not in last  # val_fraction 0: no held-out split
     _cut_and_resume(full.path, tmp_path / "sft-part", 2)
+    # the Hugging Face export renders and tokenizes conversations as genlab does
+    export_hf(full.path, tmp_path / "hf")
+    hf = AutoTokenizer.from_pretrained(str(tmp_path / "hf"))
+    ours = load_chat_template(full.path, bos_token=EOT)
+    tok = load_tokenizer(full.path / "tokenizer.json")
+    for conv in CONVS:
+        assert hf.apply_chat_template(conv, return_dict=True)["input_ids"] == ours.encode(tok, conv, False)
+    capsys.readouterr()
     pairs = tmp_path / "p.jsonl"
     rows = [
         {"prompt": "Say amet.", "chosen": "amet", "rejected": "lorem lorem"},
@@ -136,6 +149,7 @@ def test_sft_and_dpo_runs_resume_bitwise(base, tmp_path):
     ov = sft_overrides(full.path, pairs, 4) + ["train.lr=1e-3"]
     cfg = adopt_model(resolve("dpo-small", None, ov), str(full.path), {})
     dpo, _ = train(cfg, tmp_path / "dpo", progress=False, log=quiet)
+    assert "12 pairs (8 train, 0 held out), 4 with identical chosen and rejected skipped" in capsys.readouterr().out
     recs = [json.loads(x) for x in (dpo.path / "metrics.jsonl").read_text().splitlines()]
     assert abs(recs[0]["loss"] - math.log(2)) < 1e-4  # the policy starts at the reference: h = 0
     assert {"reward_acc", "reward_margin", "reward_chosen", "reward_rejected"} <= set(recs[0])

@@ -90,7 +90,9 @@ def tokenizer_files(tok, max_len: int, chat_template: str | None) -> dict[str, d
         "pad_token": special.get("pad_token"),
         "add_bos_token": tok.bos_id is not None,  # the post-processor does it; informative for other readers
         "add_eos_token": False,
-        "split_special_tokens": True,  # "<|endoftext|>" typed in text is text, as in genlab
+        # "<|endoftext|>" typed in text is text, as in genlab's corpora; a run with a chat template reads its
+        # rendered special tokens (<|user|>, <|end|>, ...) as special, as genlab's chat encoding does
+        "split_special_tokens": chat_template is None,
         "clean_up_tokenization_spaces": False,
     }
     if tok.bos_id is not None:
