@@ -70,11 +70,10 @@ def sft_overrides(base, data, steps=4, extra=()):
     ]
 
 
-def sft_cfg(base, data, steps=4, extra=()):
-    from genlab.train.init_from import adopt_model
+def sft_cfg(base, data, steps=4, extra=(), preset="sft-small"):
+    from genlab.train.init_from import resolve_config
 
-    cfg = resolve("sft-small", None, sft_overrides(base, data, steps, extra))
-    return adopt_model(cfg, str(base), {})
+    return resolve_config(preset, None, sft_overrides(base, data, steps, extra))
 
 
 def test_template_matches_transformers_and_mask_is_token_exact():
@@ -144,10 +143,7 @@ def test_sft_and_dpo_runs_resume_bitwise(base, tmp_path, capsys):
         {"prompt": "Same?", "chosen": "yes", "rejected": "yes"},  # identical: counted, skipped
     ]
     pairs.write_text("".join(json.dumps(r) + "\n" for r in rows * 4), encoding="utf-8")
-    from genlab.train.init_from import adopt_model
-
-    ov = sft_overrides(full.path, pairs, 4) + ["train.lr=1e-3"]
-    cfg = adopt_model(resolve("dpo-small", None, ov), str(full.path), {})
+    cfg = sft_cfg(full.path, pairs, 4, ["train.lr=1e-3"], preset="dpo-small")
     dpo, _ = train(cfg, tmp_path / "dpo", progress=False, log=quiet)
     assert "12 pairs (8 train, 0 held out), 4 with identical chosen and rejected skipped" in capsys.readouterr().out
     recs = [json.loads(x) for x in (dpo.path / "metrics.jsonl").read_text().splitlines()]
@@ -283,3 +279,24 @@ def test_bad_sources_and_templates(base, tmp_path, capsys, tiny_overrides):
     assert not (tmp_path / "r").exists()
     err = one_line(capsys, ["train", "--init-from", str(base), "--resume", "--out", str(base)])
     assert "use one" in err
+
+
+@pytest.mark.slow
+def test_sft_and_dpo_of_a_deepseek_run(tmp_path, tiny_overrides):
+    """MLA + MoE + MTP: the sft and dpo tasks take the deepseek model section from the source run."""
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text("\n\n".join(f"lorem ipsum {i} dolor sit amet filler text" for i in range(40)), encoding="utf-8")
+    extra = ["model.arch=deepseek", "model.mtp_depth=1", "data.tokenizer=bpe", "data.vocab_size=300"]
+    base, _ = train(resolve(None, None, tiny_overrides(corpus, 2, extra)), tmp_path / "b", progress=False, log=quiet)
+    cfg = sft_cfg(base.path, conv_file(tmp_path / "c.jsonl", CONVS), 2, ["model.balance_gamma=0.01"])
+    assert cfg.family.name == "deepseek-sft" and cfg.model.mtp_depth == 1 and cfg.model.balance_gamma == 0.01
+    sft, last = train(cfg, tmp_path / "sft", progress=False, log=quiet)
+    assert math.isfinite(last["loss"])
+    pairs = tmp_path / "p.jsonl"
+    pairs.write_text(
+        json.dumps({"prompt": "Say amet.", "chosen": "amet", "rejected": "lorem"}) + "\n", encoding="utf-8"
+    )
+    cfg = sft_cfg(sft.path, pairs, 2, preset="dpo-small")
+    assert cfg.family.name == "deepseek-dpo"
+    _, last = train(cfg, tmp_path / "dpo", progress=False, log=quiet)
+    assert abs(last["loss"] - math.log(2)) < 0.1

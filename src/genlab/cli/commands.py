@@ -61,12 +61,8 @@ def cmd_train(args) -> int:
             if is_hf_dir(args.init_from) and distributed.is_main():
                 import_for_init(args.init_from, log=_print)
             overrides.append(f"train.init_from={init_from.absolute(args.init_from)}")
-        cfg = C.resolve(args.preset, args.config, overrides)
-        if isinstance(cfg.train, LMTrain) and cfg.train.init_from:  # the model section comes from the weights
-            user_model = {**(C.load_toml(args.config).get("model", {}) if args.config else {})}
-            user_model.update(C.parse_overrides(args.overrides).get("model", {}))
-            cfg = init_from.adopt_model(cfg, cfg.train.init_from, user_model)
-        elif args.init_from:
+        cfg = init_from.resolve_config(args.preset, args.config, overrides)  # = C.resolve without init_from
+        if args.init_from and not isinstance(cfg.train, LMTrain):
             raise GenlabError(f"--init-from is for language-model runs; task {cfg.task!r} trains from scratch")
     if (args.nproc > 1 or args.nnodes > 1) and "WORLD_SIZE" not in os.environ:  # launch torchrun, then wait
         return train_under_torchrun(args.nproc, args.out, args.resume, cfg, _torchrun_child_args(args), nodes)

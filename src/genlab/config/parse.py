@@ -145,14 +145,19 @@ def preset(name: str) -> RunConfig:
     return build([(f"preset {name}", preset_settings(name), False)])
 
 
-def resolve(preset_name: str | None, config_file: str | None, overrides: list[str] | None) -> RunConfig:
-    """Preset, then config file, then --set overrides; validated."""
+def resolve(
+    preset_name: str | None, config_file: str | None, overrides: list[str] | None, skip_model: bool = False
+) -> RunConfig:
+    """Preset, then config file, then --set overrides; validated. `skip_model`: the config file's and
+    --set's model keys are left out (a run started from weights takes its model section from them)."""
     layers: list[Layer] = []
     if preset_name:
         layers.append((f"preset {preset_name}", preset_settings(preset_name), True))
     if config_file:
         layers.append((config_file, load_toml(config_file), False))
     layers.append(("--set", parse_overrides(overrides or []), False))
+    if skip_model:
+        layers = [(o, {k: v for k, v in st.items() if k != "model"}, lenient) for o, st, lenient in layers]
     return build(layers).validate()
 
 

@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file
 
-from genlab.config import RunConfig, apply_settings, from_toml_file, to_dict
+from genlab.config import RunConfig, build, from_toml_file, load_toml, parse_overrides, resolve, to_dict
 from genlab.data.corpus import cache_root
 from genlab.errors import GenlabError
 from genlab.train import checkpoint
@@ -88,7 +88,7 @@ def adopt_model(cfg: RunConfig, src: str, user_model: dict) -> RunConfig:
         raise GenlabError(f"train.init_from = {src!r} is a LoRA run (adapters only): `genlab merge` it first")
     settings = to_dict(cfg)
     settings["model"] = {**to_dict(src_cfg)["model"], **user_model}
-    new = apply_settings(RunConfig(task=cfg.task, preset=cfg.preset), settings, "--init-from").validate()
+    new = build([("--init-from", settings, False)]).validate()
     before, after = _shapes(src_cfg), _shapes(new)
     if before != after:
         changed = sorted(k for k, v in user_model.items() if to_dict(src_cfg)["model"].get(k) != v)
@@ -97,6 +97,17 @@ def adopt_model(cfg: RunConfig, src: str, user_model: dict) -> RunConfig:
             "weights; a run started from weights keeps the source's shape (drop those model keys)"
         )
     return new
+
+
+def resolve_config(preset: str | None, config_file: str | None, overrides: list[str]) -> RunConfig:
+    """The config of a run started from weights: preset, --config and --set without their model keys,
+    then SRC's model section with the user's model keys (--config, then --set) on top (adopt_model)."""
+    cfg = resolve(preset, config_file, overrides, skip_model=True)
+    if not isinstance(getattr(cfg.train, "init_from", None), str) or not cfg.train.init_from:
+        return resolve(preset, config_file, overrides)
+    user_model = dict(load_toml(config_file).get("model", {})) if config_file else {}
+    user_model.update(parse_overrides(overrides).get("model", {}))
+    return adopt_model(cfg, cfg.train.init_from, user_model)
 
 
 def _shapes(cfg: RunConfig) -> dict[str, tuple[int, ...]]:
