@@ -59,7 +59,7 @@ def main(epochs: int = 40) -> None:
         rows.append([label, *(f"{v:.2f}" for v in marks), f"{r['best']:.2f}", f"{r['wall_s']:.0f}"])
         print(label, marks, r["best"], flush=True)
     print_table(
-        f"nade-uci on the synthetic DNA-like set, validation NLL (nats) by epoch (20 steps of 100 rows), {epochs} epochs",
+        f"nade-uci, synthetic DNA-like set: validation NLL (nats) by epoch of 20 steps, {epochs} epochs",
         ["optimizer, lr", *(f"epoch {e}" for e in (*MARKS, epochs)), "best", "wall s"],
         rows,
     )
