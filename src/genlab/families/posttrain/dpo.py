@@ -233,7 +233,8 @@ class DPOTask(ChatRunMixin, LMTask):
             digest = (f.metadata() or {}).get("pairs_sha256")
         if digest != self._digest():
             raise GenlabError(
-                f"{run_dir}: the preference data changed since the run started ({REF_FILE} is for other pairs)"
+                f"{run_dir}: the preference pairs differ from those the run started with ({REF_FILE} is for "
+                "those; the embedded pairs depend on the Python version's docs): use the same data.path"
             )
         return load_file(str(path))
 
