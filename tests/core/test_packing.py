@@ -127,3 +127,13 @@ def test_pack_rows_capacity():
     rows = pack_rows(spans, 64, buffer=10)
     assert sorted(s for r in rows for s in r) == spans
     assert all(sum(e - s for s, e in r) <= 64 for r in rows)
+
+
+def test_batch_row_boundaries():
+    from genlab.data.packing import make_batch
+
+    tokens = np.arange(20)
+    rows = [[(0, 3), (3, 8)], [(8, 12)], [(12, 20)]]
+    b = make_batch(tokens, rows, 8)
+    assert b.row_cu.tolist() == [0, 8, 12, 20] and b.cu_seqlens.tolist() == [0, 3, 8, 12, 20]
+    assert make_batch(tokens, rows, 8, padded=True).row_cu.tolist() == [0, 8, 16, 24]

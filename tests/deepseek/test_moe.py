@@ -205,3 +205,24 @@ def test_aux_modes_set_losses_only_in_training():
     m.eval()
     m(x, cu)
     assert m.aux_loss is None
+
+
+def test_sequence_balance_loss_is_per_packed_row():
+    """seq_aux: T of Eqs. 17-20 is one training sequence = one packed row, not one document chunk."""
+    m = _moe(balance="seq_aux", alpha=1e-2)
+    x = torch.randn(20, 16)
+    cu = torch.tensor([0, 3, 8, 12, 20], dtype=torch.int32)  # four documents ...
+    rows = torch.tensor([0, 8, 20])  # ... in two packed rows
+    m(x, cu)
+    per_doc = m.aux_loss
+    got = m.row_balance_loss(rows)
+    scores, idx = m._routing
+    want = 0.0  # written out per row
+    E, k = scores.shape[1], idx.shape[1]
+    for lo, hi in ((0, 8), (8, 20)):
+        for i in range(E):
+            f = E / (k * (hi - lo)) * sum(int(i in idx[t].tolist()) for t in range(lo, hi))
+            p = sum(float(scores[t, i] / scores[t].sum()) for t in range(lo, hi)) / (hi - lo)
+            want += f * p
+    assert abs(float(got.detach()) - 1e-2 * want / 2) < 1e-6
+    assert abs(float(got.detach()) - float(per_doc.detach())) > 1e-6  # the rows are not the documents

@@ -39,6 +39,7 @@ class Batch:
     # loss is divided by (the sequences' tokens rather than the predicted ones)
     weights: torch.Tensor | None = None
     target_count: int | None = None
+    row_cu: torch.Tensor | None = None  # (n_rows + 1,) row boundaries in the stream: the training sequences
 
     @property
     def real_fraction(self) -> float:
@@ -65,6 +66,7 @@ class Batch:
             self.n_rows,
             w,
             self.target_count,
+            self.row_cu.to(device) if self.row_cu is not None else None,
         )
 
 
@@ -118,6 +120,7 @@ def make_batch(
     """Flatten rows of spans into one Batch. `padded`: each row becomes one length-L sequence."""
     ids, tgt, pos, cu = [], [], [], [0]
     n_real = 0
+    row_cu = [0]
     for row in rows:
         row_ids, row_tgt, row_pos = [], [], []
         for s, e in row:
@@ -140,6 +143,7 @@ def make_batch(
         ids += row_ids
         tgt += row_tgt
         pos += row_pos
+        row_cu.append(row_cu[-1] + sum(len(c) for c in row_ids))
     cu_t = torch.tensor(cu, dtype=torch.int32)
     max_seqlen = int((cu_t[1:] - cu_t[:-1]).max()) if len(cu) > 1 else 0
     return Batch(
@@ -151,6 +155,7 @@ def make_batch(
         n_real,
         len(rows) * L,
         len(rows),
+        row_cu=torch.tensor(row_cu, dtype=torch.int64),
     )
 
 

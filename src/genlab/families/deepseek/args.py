@@ -38,7 +38,7 @@ class DeepSeekArgs(DecoderArgs):
     balance_gamma_schedule: Literal["constant", "lr"] = opt(
         "constant", "aux_free: gamma constant or following the lr schedule"
     )
-    balance_alpha: float = opt(0.0, "balance-loss weight (seq_aux: per document, aux: per micro-batch)", 0.0, 100.0)
+    balance_alpha: float = opt(0.0, "balance-loss weight (seq_aux: per packed row, aux: per micro-batch)", 0.0, 100.0)
     mtp_depth: int = opt(0, "multi-token prediction modules D (0 = none)", 0, 16)
     mtp_lambda: float = opt(0.3, "loss = main + lambda / D * sum of MTP losses", 0.0, 100.0)
     mtp_lambda_late: float = opt(0.1, "lambda from step mtp_lambda_until on", 0.0, 100.0)

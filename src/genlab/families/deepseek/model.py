@@ -151,18 +151,21 @@ class DeepSeekLM(DecoderLM):
         if not self.training:
             return None
         total = h.new_zeros(())
+        rows = batch.row_cu  # sequence-wise balance: one segment per packed row (the training sequence)
         for _name, moe in self.moe_layers()[: sum(b.is_moe for b in self.blocks)]:
-            if moe.aux_loss is not None:
-                total = total + moe.aux_loss
-                self._note("balance_loss", float(moe.aux_loss.detach()))
+            loss = moe.row_balance_loss(rows) if rows is not None else moe.aux_loss
+            if loss is not None:
+                total = total + loss
+                self._note("balance_loss", float(loss.detach()))
         if self.mtp:
             losses = self.mtp_losses(batch, h)
             for k, loss in enumerate(losses):
                 self._note(f"mtp_loss_{k + 1}", float(loss.detach()))
             total = total + self.mtp_lambda() / len(self.mtp) * sum(losses)
             for _, moe in self.moe_layers()[sum(b.is_moe for b in self.blocks) :]:
-                if moe.aux_loss is not None:
-                    total = total + moe.aux_loss
+                loss = moe.row_balance_loss(rows) if rows is not None else moe.aux_loss
+                if loss is not None:
+                    total = total + loss
         return total
 
     def mtp_losses(self, batch, h: torch.Tensor) -> list[torch.Tensor]:

@@ -242,8 +242,20 @@ class MoE(nn.Module):
         self.register_buffer("bias", torch.zeros(n_experts, dtype=torch.float32))  # selection only
         self.register_buffer("load", torch.zeros(n_experts, dtype=torch.float32), persistent=False)
         self.aux_loss: torch.Tensor | None = None  # set by training forwards that compute one
+        self._routing: tuple[torch.Tensor, torch.Tensor] | None = None  # sequence-wise: for row_balance_loss
         self.use_reference = False  # tests: run loop_experts instead of the grouped dispatch
         self.fp8_experts = False  # set by genlab.ops.fp8.convert_to_fp8: routed-expert GEMMs in FP8
+
+    def row_balance_loss(self, row_cu: torch.Tensor) -> torch.Tensor | None:
+        """The sequence-wise balance loss of the last training forward with one segment per packed row
+        (DeepSeek-V3 Eqs. 17-20: T = the tokens of one training sequence); the forward's own aux_loss has
+        one segment per document chunk (all a bare MoE layer knows). None if the forward had none."""
+        if self._routing is None:
+            return self.aux_loss
+        scores, unbiased = self._routing
+        lens = (row_cu[1:] - row_cu[:-1]).long().to(scores.device)
+        seg = torch.repeat_interleave(torch.arange(len(lens), device=scores.device), lens)
+        return self.alpha * balance_loss(scores, unbiased, seg, len(lens))
 
     def forward(self, x: torch.Tensor, cu_seqlens: torch.Tensor | None = None) -> torch.Tensor:
         T = x.shape[0]
@@ -252,7 +264,7 @@ class MoE(nn.Module):
             # count once per real forward: an activation-checkpoint recompute runs inside backward
             with torch.no_grad():
                 self.load += torch.bincount(idx.reshape(-1), minlength=self.n_experts).float()
-        self.aux_loss = None
+        self.aux_loss, self._routing = None, None
         if self.training and self.alpha > 0 and self.balance != "none":
             unbiased = scores.detach().topk(self.k, dim=-1).indices
             if self.balance != "aux" and cu_seqlens is not None:  # sequence-wise: one segment per document
@@ -262,6 +274,7 @@ class MoE(nn.Module):
             else:  # batch-wise: the whole micro-batch is one segment
                 seg, n_seg = torch.zeros(T, dtype=torch.long, device=x.device), 1
             self.aux_loss = self.alpha * balance_loss(scores, unbiased, seg, n_seg)
+            self._routing = (scores, unbiased) if self.balance != "aux" else None
         if self.use_reference:
             y = loop_experts(x, idx, gates, self.w13, self.w2)
         else:
