@@ -46,7 +46,7 @@ SETTINGS = [
 
 def run_engine(model, jobs, join_at, **kw):
     """Submit job i at engine step join_at[i]; step until everything is done; the ids each produced."""
-    eng = Engine(model, ByteTokenizer(), **kw)
+    eng = Engine(model, ByteTokenizer(), **{"max_len": 64, **kw})
     reqs = [GenRequest(p, s, lambda ev: None) for p, s in jobs]
     step = 0
     while step <= max(join_at) or eng.running or eng.waiting:
@@ -59,12 +59,15 @@ def run_engine(model, jobs, join_at, **kw):
     return [r.out for r in reqs], eng
 
 
-@pytest.mark.parametrize("family", ["dense", "deepseek"])
+@pytest.mark.parametrize("family", ["dense", "dense-unpooled", "deepseek"])
 def test_batched_equals_alone(family):
-    model = dense() if family == "dense" else build_deepseek(vocab=V, mtp_depth=1)
+    """dense: decode steps through the KV pool (one attention call per layer); dense-unpooled and
+    deepseek (MLA latents): attention per sequence over each request's own cache."""
+    model = build_deepseek(vocab=V, mtp_depth=1) if family == "deepseek" else dense()
     jobs = list(zip(PROMPTS, SETTINGS))
     alone = [list(generate(model, p, s)) for p, s in jobs]
-    got, eng = run_engine(model, jobs, join_at=[0, 0, 2, 3, 3, 7], max_batch=8)
+    got, eng = run_engine(model, jobs, join_at=[0, 0, 2, 3, 3, 7], max_batch=8, max_len=None if "-" in family else 64)
+    assert (eng.pool is not None) == (family == "dense")
     assert got == alone
     assert [len(o) for o in got] == [s.max_new_tokens for s in SETTINGS]
     assert not eng.running and eng.steps < sum(len(o) for o in alone)  # decoded together, not one by one

@@ -28,8 +28,9 @@ from dataclasses import dataclass, field
 import torch
 
 from genlab.errors import GenlabError
+from genlab.families.lm.transformer import Transformer
 from genlab.generate import SamplingSettings, model_device, sample_next
-from genlab.ops.cache import CacheBatch
+from genlab.ops.cache import CacheBatch, KVPool, PooledDecode, SlotCache
 
 
 class QueueFull(Exception):
@@ -142,6 +143,7 @@ class Engine:
         metrics=None,
         batched: bool = True,
         speculative: bool = False,
+        max_len: int | None = None,
     ):
         if max_batch < 1 or max_queue < 0 or prefill_chunk < 1:
             raise GenlabError("max_batch and prefill_chunk must be >= 1, max_queue >= 0")
@@ -151,6 +153,11 @@ class Engine:
         self.metrics = metrics or NullMetrics()
         self.speculative = speculative  # greedy requests decode with the model's MTP drafter (deepseek)
         self.drafted = self.accepted = 0
+        self.pool = None  # dense Transformers: every request's KV cache is a slot of one pool (PooledDecode)
+        if batched and max_len and isinstance(model, Transformer) and model.causal:
+            w, c = model.embed.weight, model.cfg
+            n_kv = c.n_kv_head or c.n_head
+            self.pool = KVPool(c.n_layer, max_batch, max_len, n_kv, model.head_dim, w.device, w.dtype)
         self.device = model_device(model)
         self.waiting: deque[GenRequest] = deque()
         self.running: list[GenRequest] = []
@@ -216,7 +223,9 @@ class Engine:
                 continue
             s = r.settings
             spec = self.speculative and s.temperature == 0
-            r.cache = self.model.new_cache(len(r.prompt) + s.max_new_tokens + (2 if spec else 0))
+            need = len(r.prompt) + s.max_new_tokens + (2 if spec else 0)
+            r.cache = self.pool.cache() if self.pool is not None and need <= self.pool.max_len else None
+            r.cache = r.cache or self.model.new_cache(need)
             r.drafter = self.model.new_drafter(len(r.prompt) + s.max_new_tokens + 2) if spec else None
             r.generator = torch.Generator().manual_seed(s.seed)
             r.pending = list(r.prompt)
@@ -299,7 +308,11 @@ class Engine:
     def _forward_batch(self, feeds: list[list[int]]) -> tuple[torch.Tensor, list[int]]:
         """(T, d) hidden states of the fed tokens, and each request's rows bounds[i]:bounds[i + 1]."""
         dev = self.device
-        batch = CacheBatch([r.cache for r in self.running], [len(f) for f in feeds])
+        caches = [r.cache for r in self.running]
+        if all(len(f) == 1 for f in feeds) and PooledDecode.fits(caches):  # a pure decode step: one call per layer
+            batch = PooledDecode(caches)
+        else:
+            batch = CacheBatch(caches, [len(f) for f in feeds])
         ids = torch.tensor([t for f in feeds for t in f], device=dev)
         h = self.model(ids, batch.positions(dev), batch.cu_seqlens(dev), max(batch.counts), batch)
         return h, batch.bounds
@@ -338,6 +351,8 @@ class Engine:
         return False
 
     def _finish(self, r: GenRequest, reason: str, error: str | None = None) -> None:
+        if isinstance(r.cache, SlotCache):
+            r.cache.release()
         r.cache = r.drafter = r.pend_h = None  # the slot's memory goes back at once
         r.on_event(Event(finish=reason, error=error))
 

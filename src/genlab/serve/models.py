@@ -111,6 +111,7 @@ class TextModel(Served):
             metrics=self.metrics,
             batched=isinstance(self.model, DecoderLM),
             speculative=speculative,
+            max_len=self.context,
         ).start()
 
     def describe(self) -> dict:

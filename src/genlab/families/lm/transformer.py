@@ -14,7 +14,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from genlab.ops.attention import attention, pick_backend
-from genlab.ops.cache import advance, cache_end, per_sequence
+from genlab.ops.cache import PooledDecode, advance, cache_end, per_sequence
 from genlab.ops.recompute import cheap
 from genlab.ops.rope import rope_qkv, rope_table
 
@@ -103,6 +103,8 @@ class Attention(nn.Module):
         q, k, v = cheap(rope_qkv, qkv, cos, sin, self.n_head, self.n_kv)
         if cache is None:
             y = attention(q, k, v, cu_seqlens, max_seqlen, causal=self.causal, backend=self.backend)
+        elif isinstance(cache, PooledDecode):  # genlab serve: one token for each of many sequences
+            y = cache.attend(self.layer, q, k, v)
         else:  # one cache, or a CacheBatch of several sequences' caches (genlab serve)
             y = per_sequence(self._cached, cache, q, k, v)
         return self.proj(y.reshape(T, self.n_head * self.head_dim))
