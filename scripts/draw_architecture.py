@@ -76,6 +76,7 @@ def arrow(ax, start, end, color="#333333", style="-|>", lw=1.4, ls="-", rad=0.0,
 LAYERS = [  # (packages, what lives there, colour); top = may import everything below it
     ("genlab.cli", "argument parsing and printing; `genlab train | sample | eval | info | export | bench ...`", CLI),
     ("genlab.bench", "the code behind `genlab bench ...` (kept out of the library below it)", BENCH),
+    ("genlab.serve", "`genlab serve`: OpenAI-compatible API, continuous batching, web page", BENCH),
     (
         "genlab.scaling  |  genlab.interop",
         "plan / sweep / fit (scaling laws)   |   Hugging Face import, export, from_pretrained",
