@@ -103,7 +103,7 @@ def test_still_serving_after_fuzz(live):
     assert r.status_code == 200 and r.json()["usage"]["completion_tokens"] == 3
 
 
-def _serve(run, *extra):
+def _start(run, *extra):
     port = free_port()
     p = subprocess.Popen(
         [sys.executable, "-m", "genlab", "serve", str(run), "--port", str(port), "--device", "cpu", *extra],
@@ -112,12 +112,15 @@ def _serve(run, *extra):
         text=True,
         env={**os.environ, "OMP_NUM_THREADS": "1"},
     )
-    url = f"http://127.0.0.1:{port}"
+    return p, f"http://127.0.0.1:{port}"
+
+
+def _wait_ready(p, url):
     t0 = time.time()
     while True:
         try:
             if httpx.get(url + "/health", timeout=1).status_code == 200:
-                return p, url
+                return
         except httpx.HTTPError:
             pass
         if p.poll() is not None or time.time() - t0 > 90:
@@ -127,24 +130,29 @@ def _serve(run, *extra):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
-def test_signal_ends_with_status_0(runs, sig):
-    p, url = _serve(runs["lm"], "--shutdown-timeout", "5")
+def test_sigterm_and_sigint_end_with_status_0(runs):
+    """Two servers (started together); each gets its signal while a stream is in flight: the stream is
+    finished, not cut off, the server exits 0 and stops listening."""
+    procs = [_start(runs["lm"], "--shutdown-timeout", "5") for _ in range(2)]
     try:
-        body = {"model": "lm", "prompt": "a", "max_tokens": 40, "stream": True, "temperature": 0}
-        with httpx.stream("POST", url + "/v1/completions", json=body, timeout=30) as r:
-            lines = r.iter_lines()
-            next(lines)
-            p.send_signal(sig)
-            rest = list(lines)  # the request in flight is finished, not cut off
-        assert rest[-2:] == ["data: [DONE]", ""] or rest[-1] == "data: [DONE]"
-        assert p.wait(30) == 0
-        with pytest.raises(httpx.HTTPError):
-            httpx.get(url + "/health", timeout=1)
+        for p, url in procs:
+            _wait_ready(p, url)
+        for (p, url), sig in zip(procs, [signal.SIGTERM, signal.SIGINT]):
+            body = {"model": "lm", "prompt": "a", "max_tokens": 40, "stream": True, "temperature": 0}
+            with httpx.stream("POST", url + "/v1/completions", json=body, timeout=30) as r:
+                lines = r.iter_lines()
+                next(lines)
+                p.send_signal(sig)
+                rest = [ln for ln in lines if ln]
+            assert rest[-1] == "data: [DONE]", sig
+            assert p.wait(30) == 0, (sig, p.communicate()[1][-2000:])
+            with pytest.raises(httpx.HTTPError):
+                httpx.get(url + "/health", timeout=1)
     finally:
-        if p.poll() is None:
-            p.kill()
-        p.communicate()
+        for p, _ in procs:
+            if p.poll() is None:
+                p.kill()
+            p.communicate()
 
 
 @pytest.mark.parametrize(
