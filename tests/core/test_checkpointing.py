@@ -41,9 +41,11 @@ def _grads(model, policy):
     h = m(ids, pos, cu, mx)
     loss = torch.nn.functional.cross_entropy(m.head(h), ids.roll(-1))
     if hasattr(m, "aux_loss"):  # MoE balance loss and the MTP loss (through MTP blocks outside m.blocks)
-        extra = m.aux_loss(
-            SimpleNamespace(input_ids=ids, targets=ids.roll(-1), cu_seqlens=cu, position_ids=pos, max_seqlen=mx), h
+        rows = torch.tensor([0, len(ids)])  # one packed row: the sequence-wise balance loss's segment
+        batch = SimpleNamespace(
+            input_ids=ids, targets=ids.roll(-1), cu_seqlens=cu, position_ids=pos, max_seqlen=mx, row_cu=rows
         )
+        extra = m.aux_loss(batch, h)
         loss = loss + (extra if extra is not None else 0)
     loss.backward()
     return m, {n: p.grad for n, p in m.named_parameters() if p.grad is not None}

@@ -12,9 +12,9 @@ _PRESETS = {
             "task": "sft",
             "data": {"packing_length": 512},
             "train": {
-                "steps": 300,
+                "steps": 150,
                 "batch_rows": 4,
-                "lr": 3e-4,
+                "lr": 5e-4,
                 "schedule": "cosine",
                 "warmup_steps": 20,
                 "weight_decay": 0.0,
@@ -30,9 +30,9 @@ _PRESETS = {
             "task": "dpo",
             "data": {"packing_length": 512},
             "train": {
-                "steps": 150,
+                "steps": 100,
                 "batch_rows": 8,
-                "lr": 1e-5,
+                "lr": 2e-5,
                 "schedule": "cosine",
                 "warmup_steps": 10,
                 "weight_decay": 0.0,
