@@ -3,7 +3,7 @@ transformers serve, is minutes long: docs/benchmarks.md)."""
 
 from __future__ import annotations
 
-from genlab.bench.serve import _load, _one_request, _pct
+from genlab.bench.serve import _load, _one_request, _pct, summarize
 
 
 class _Srv:
@@ -19,6 +19,8 @@ def test_percentiles():
 def test_load_measures_every_request(live):
     one = _one_request(live.url, "lm", "def ", 12, {"ignore_eos": True})
     assert one["ttft"] > 0 and len(one["itl"]) == one["chunks"] - 1 and one["latency"] >= one["ttft"]
-    r = _load(_Srv(live.url), k=4, rounds=2, max_tokens=10, extra={})
-    assert r["requests"] == 8 and r["tokens_per_s"] > 0
+    loads = [_load(_Srv(live.url), k=4, rounds=2, max_tokens=10, extra={}) for _ in range(2)]
+    assert all(len(x["ttft"]) == 8 for x in loads)
+    r = summarize(loads)
+    assert r["requests"] == 16 and r["repeats"] == 2 and r["tokens_per_s"] > 0
     assert 0 < r["ttft_p50_ms"] <= r["ttft_p99_ms"] and r["itl_p50_ms"] <= r["itl_p99_ms"]

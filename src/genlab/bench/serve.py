@@ -4,12 +4,17 @@ Face export, with and without its `--continuous-batching`.
 
 One byte-level dense run (lm-small's shape: 4 layers x 256 wide, context 256; a few training steps:
 speed does not depend on quality) is trained, exported with `genlab export --format hf`, and served
-by each server in turn, as a separate process with the default torch threads. A byte tokenizer has
-no end-of-text token, so every server generates exactly max_tokens per request (greedy). For each K
-in (1, 4, 16), K client threads each send `rounds` streaming /v1/completions requests back to back
-(the same prompts for every server); per request the client records the time to the first streamed
-text (TTFT) and the gaps between later chunks (inter-token latency, ITL). Throughput = generated
-tokens (max_tokens x requests) / wall time from the first send to the last [DONE].
+by four server processes that run side by side for the whole benchmark, each with
+OMP_NUM_THREADS=1 (`threads`: on this shared 2-core machine two intra-op threads per process made a
+linear layer up to 100x slower whenever another job held a core; one thread each is the same for
+every server). A byte tokenizer has no end-of-text token, so every server generates exactly
+max_tokens per request (greedy). For each K in (1, 4, 16), K client threads each send `rounds`
+streaming /v1/completions requests back to back (the same prompts for every server); per request the
+client records the time to the first streamed text (TTFT) and the gaps between later chunks
+(inter-token latency, ITL). Throughput = generated tokens (max_tokens x requests) / wall time from
+the first send to the last [DONE]. The measurements alternate between the servers, K by K, the
+order rotating each of `repeats` (`--steps`) repeats; throughput is the median over repeats, the
+percentiles pool every request.
 
 Targets at K = 16: >= 4x genlab's one-at-a-time throughput, >= 1.5x transformers serve's (the better
 of its two modes), p99 ITL no worse than transformers serve's.
@@ -29,8 +34,8 @@ from pathlib import Path
 
 from genlab.bench.common import machine_info, print_table
 
-DEFAULTS = dict(ks=(1, 4, 16), rounds=2, max_tokens=64, steps=20, shape="lm-small", timeout=900)
-QUICK = dict(ks=(1, 4), rounds=1, max_tokens=8, steps=2, shape="tiny", timeout=120)
+DEFAULTS = dict(ks=(1, 4, 16), rounds=1, repeats=3, max_tokens=64, steps=20, shape="lm-small", timeout=900, threads=1)
+QUICK = dict(ks=(1, 4), rounds=1, repeats=1, max_tokens=8, steps=2, shape="tiny", timeout=120, threads=1)
 PROMPTS = [
     "def read_config(path):\n",
     "The quick brown fox",
@@ -69,15 +74,17 @@ def _free_port() -> int:
 class Server:
     """A server process on a free loopback port; ready once GET /health answers."""
 
-    def __init__(self, name: str, argv: list[str], model: str, timeout: float):
-        import httpx
-
+    def __init__(self, name: str, argv: list[str], model: str, env: dict):
         self.name, self.model = name, model
         self.port = _free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         argv = [a.replace("{port}", str(self.port)) for a in argv]
         self.log = tempfile.TemporaryFile()
-        self.proc = subprocess.Popen(argv, stdout=self.log, stderr=subprocess.STDOUT)
+        self.proc = subprocess.Popen(argv, stdout=self.log, stderr=subprocess.STDOUT, env=env)
+
+    def wait_ready(self, timeout: float) -> None:
+        import httpx
+
         t0 = time.time()
         while True:
             try:
@@ -89,7 +96,7 @@ class Server:
                 self.stop()
                 self.log.seek(0)
                 tail = self.log.read()[-1500:].decode(errors="replace")
-                raise RuntimeError(f"{name} did not start: {tail}")
+                raise RuntimeError(f"{self.name} did not start: {tail}")
             time.sleep(0.2)
 
     def stop(self) -> None:
@@ -132,7 +139,7 @@ def _one_request(url: str, model: str, prompt: str, max_tokens: int, extra: dict
 
 
 def _load(srv: Server, k: int, rounds: int, max_tokens: int, extra: dict) -> dict:
-    """K client threads, `rounds` requests each, back to back."""
+    """K client threads, `rounds` requests each, back to back: wall time, every TTFT and ITL."""
     results: list[dict] = []
     errors: list[str] = []
     lock = threading.Lock()
@@ -158,18 +165,31 @@ def _load(srv: Server, k: int, rounds: int, max_tokens: int, extra: dict) -> dic
     wall = time.perf_counter() - t0
     if errors:
         raise RuntimeError(f"{srv.name}, K={k}: {errors[0]}")
-    ttft = [r["ttft"] for r in results]
-    itl = [x for r in results for x in r["itl"]]
     return {
         "k": k,
         "requests": len(results),
-        "wall_s": round(wall, 3),
-        "tokens_per_s": round(len(results) * max_tokens / wall, 1),
+        "tokens_per_s": len(results) * max_tokens / wall,
+        "ttft": [r["ttft"] for r in results],
+        "itl": [x for r in results for x in r["itl"]],
+        "chunks": [r["chunks"] for r in results],
+    }
+
+
+def summarize(loads: list[dict]) -> dict:
+    """Repeats of one (server, K): median throughput over the repeats, percentiles over every request."""
+    ttft = [x for r in loads for x in r["ttft"]]
+    itl = [x for r in loads for x in r["itl"]]
+    return {
+        "k": loads[0]["k"],
+        "requests": sum(r["requests"] for r in loads),
+        "repeats": len(loads),
+        "tokens_per_s": round(statistics.median(r["tokens_per_s"] for r in loads), 1),
+        "tokens_per_s_each": [round(r["tokens_per_s"], 1) for r in loads],
         "ttft_p50_ms": round(_pct(ttft, 50) * 1e3, 1),
         "ttft_p99_ms": round(_pct(ttft, 99) * 1e3, 1),
         "itl_p50_ms": round(_pct(itl, 50) * 1e3, 2) if itl else None,
         "itl_p99_ms": round(_pct(itl, 99) * 1e3, 2) if itl else None,
-        "chunks_per_request": round(statistics.mean(r["chunks"] for r in results), 1),
+        "chunks_per_request": round(statistics.mean(c for r in loads for c in r["chunks"]), 1),
     }
 
 
@@ -181,7 +201,7 @@ def _pct(xs: list[float], q: float) -> float:
 def run(steps: int | None = None, quick: bool = False) -> dict:
     p = dict(QUICK if quick else DEFAULTS)
     if steps:
-        p["rounds"] = steps
+        p["repeats"] = steps
     exe = Path(sys.executable).parent
     with tempfile.TemporaryDirectory(prefix="genlab-bench-serve-") as tmp:
         base = Path(tmp)
@@ -201,16 +221,27 @@ def run(steps: int | None = None, quick: bool = False) -> dict:
              [str(exe / "transformers"), "serve", str(hf), "--port", "{port}", "--device", "cpu",
               "--continuous-batching"], str(hf), {}),
         ]  # fmt: skip
-        out: dict[str, list[dict]] = {}
+        # every server runs for the whole benchmark (an idle one costs nothing); the measurements
+        # alternate between them, the order rotating each repeat, so that load from elsewhere on the
+        # machine lands on all of them alike
+        env = {**os.environ, "OMP_NUM_THREADS": str(p["threads"])}
+        live: list[tuple[Server, dict]] = []
         texts: dict[str, str] = {}
-        for name, argv, model, extra in servers:
-            srv = Server(name, argv, model, p["timeout"])
-            try:
-                warm = _one_request(srv.url, model, PROMPTS[0], p["max_tokens"], extra)  # load, compile, caches
-                texts[name] = warm["text"]
-                out[name] = [_load(srv, k, p["rounds"], p["max_tokens"], extra) for k in p["ks"]]
-            finally:
+        loads: dict[tuple[str, int], list[dict]] = {}
+        try:
+            for name, argv, model, extra in servers:
+                live.append((Server(name, argv, model, env), extra))
+            for srv, extra in live:
+                srv.wait_ready(p["timeout"])
+                texts[srv.name] = _one_request(srv.url, srv.model, PROMPTS[0], p["max_tokens"], extra)["text"]
+            for rep in range(p["repeats"]):
+                for k in p["ks"]:
+                    for srv, extra in live[rep % len(live) :] + live[: rep % len(live)]:
+                        loads.setdefault((srv.name, k), []).append(_load(srv, k, p["rounds"], p["max_tokens"], extra))
+        finally:
+            for srv, _ in live:
                 srv.stop()
+        out = {name: [summarize(loads[(name, k)]) for k in p["ks"]] for name, *_ in servers}
     rows = [
         [name, r["k"], r["requests"], r["tokens_per_s"], r["ttft_p50_ms"], r["ttft_p99_ms"], r["itl_p50_ms"],
          r["itl_p99_ms"]]
@@ -218,7 +249,8 @@ def run(steps: int | None = None, quick: bool = False) -> dict:
         for r in rs
     ]  # fmt: skip
     cols = ["server", "K", "requests", "tokens/s", "TTFT p50 ms", "TTFT p99 ms", "ITL p50 ms", "ITL p99 ms"]
-    print_table(f"genlab bench serve ({p['shape']}, {p['max_tokens']} new tokens, greedy)", cols, rows)
+    title = f"genlab bench serve ({p['shape']}, {p['max_tokens']} new tokens, greedy, {p['threads']} thread(s))"
+    print_table(title, cols, rows)
 
     def at(name, k):
         return next(r for r in out[name] if r["k"] == k)
@@ -246,5 +278,4 @@ def run(steps: int | None = None, quick: bool = False) -> dict:
         "same_greedy_text": len(set(texts.values())) == 1,
         "results": out,
         "summary": ratios,
-        "env_threads": os.environ.get("OMP_NUM_THREADS"),
     }
