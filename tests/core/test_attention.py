@@ -80,3 +80,32 @@ def test_row_with_no_key_outputs_zero():
     assert torch.isfinite(out).all()
     out_s = sdpa_attention(q, k, v, cu, 2, causal=True)
     torch.testing.assert_close(out, out_s, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("mode", ["runs", "rows"])
+@pytest.mark.parametrize("causal,window", [(True, None), (False, None), (True, 3)])
+@pytest.mark.parametrize("lens", [[5, 0, 9, 9, 30, 2, 1, 64, 64], [64, 64], [70, 3]])
+def test_cpu_varlen_layouts_match_per_document_reference(monkeypatch, mode, causal, window, lens):
+    """Both CPU varlen layouts (one flash call per run of equal lengths; all sequences in rows with a
+    block-diagonal mask, padded or dense) against naive attention per document, forward and gradients."""
+    import genlab.ops.attention as A
+
+    monkeypatch.setattr(A, "CPU_VARLEN", mode)
+    q, k, v, cu, ms = _inputs(lens)
+    out = sdpa_attention(q, k, v, cu, ms, causal=causal, window=window)
+    g = torch.randn_like(out)
+    grads = torch.autograd.grad(out, (q, k, v), g)
+    ref = _per_document_reference(q, k, v, cu, causal, window)
+    ref_grads = torch.autograd.grad(ref, (q, k, v), g)
+    torch.testing.assert_close(out, ref, atol=1e-5, rtol=1e-5)
+    for a, b in zip(grads, ref_grads):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
+
+
+def test_row_layout_is_dense_when_rows_are_full():
+    from genlab.ops.attention import _RowLayout
+
+    lay = _RowLayout([0, 40, 64, 128, 150], 64)
+    assert (lay.G, lay.dense) == (3, False)  # rows 40+24, 64, 22 (+ 42 padding)
+    assert _RowLayout([0, 40, 64, 128], 64).dense
+    assert lay.dest.tolist()[:3] == [0, 1, 2] and lay.dest[-1].item() == 2 * 64 + 21

@@ -95,7 +95,10 @@ def sdpa_attention(q, k, v, cu_seqlens, max_seqlen, causal=True, window=None, sc
     cu = cu_seqlens.tolist()
     if _cpu_varlen_ok(q, k, v):
         runs = tuple(r for r in _runs_of_equal_length(cu) if r[2] > 0)  # (zero-length sequences: nothing)
-        return _VarlenSDPA.apply(q, k, v, runs, causal, window, scale)
+        if CPU_VARLEN == "runs" or (CPU_VARLEN == "auto" and len(runs) <= 2):
+            return _VarlenSDPA.apply(q, k, v, runs, causal, window, scale)
+        layout = _row_groups(cu, _group_capacity(cu, max_seqlen))
+        return _RowGroupSDPA.apply(q, k, v, layout, causal, window, scale)
     outs = []
     for start, count, n in _runs_of_equal_length(cu):
         if n == 0:
@@ -202,6 +205,127 @@ class _VarlenSDPA(torch.autograd.Function):
         return dq, dk, dv, None, None, None, None
 
 
+# How varlen attention runs on CPU with torch's flash kernel (sdpa backend):
+#   runs: one call per run of equal-length sequences (fewest FLOPs: each document's own triangle)
+#   rows: the sequences grouped, in order, into rows of a common capacity, all rows in ONE call with a
+#         block-diagonal causal mask (the FLOPs of fixed rows of that length; one kernel call per layer)
+#   auto: runs when there are at most 2 runs (fixed rows, long documents cut into full rows), else rows.
+# Measured in docs/benchmarks.md (`genlab bench train`): with 2 threads on a shared machine, the 2 x 8 x
+# (documents) small calls of `runs` stall on every preempted thread; `rows` costs what fixed rows cost.
+CPU_VARLEN = "auto"
+
+
+def _group_capacity(cu: list[int], max_seqlen: int) -> int:
+    """Row capacity for the `rows` layout: the longest sequence, rounded up to a multiple of 64 (the
+    kernel's block), at least 64."""
+    longest = max((b - a for a, b in zip(cu[:-1], cu[1:])), default=1)
+    return max(64, -(-max(longest, 1) // 64) * 64)
+
+
+class _RowLayout:
+    """Sequences (cu) placed in order into G rows of capacity C: `dest` (T,) is each token's slot in the
+    (G * C) padded grid, `dense` says the grid is the stream itself (every row exactly full), `doc` (G, C)
+    the sequence of each slot (-1 = padding)."""
+
+    def __init__(self, cu: list[int], C: int):
+        rows, fill = [[]], 0
+        for a, b in zip(cu[:-1], cu[1:]):
+            n = b - a
+            if n == 0:
+                continue
+            if fill + n > C:
+                rows.append([])
+                fill = 0
+            rows[-1].append((a, n))
+            fill += n
+        self.G, self.C, self.T = len(rows), C, cu[-1]
+        doc = torch.full((self.G, C), -1, dtype=torch.int64)
+        dest = torch.empty(self.T, dtype=torch.int64)
+        k = 0
+        for g, row in enumerate(rows):
+            o = 0
+            for a, n in row:
+                doc[g, o : o + n] = k
+                dest[a : a + n] = torch.arange(g * C + o, g * C + o + n)
+                k, o = k + 1, o + n
+        self.doc, self.dest = doc, dest
+        self.dense = self.G * C == self.T  # no padding: the stream is the grid, views only
+        self.key = (tuple(cu), C)
+
+    def mask(self, causal: bool, window: int | None, dtype) -> torch.Tensor:
+        """(G, 1, C, C) additive mask: 0 where a query may attend a key (same sequence, causal, window),
+        -inf elsewhere; a padding slot sees itself only (no all-masked row, no NaN)."""
+        d = self.doc
+        pos = torch.arange(self.C)
+        diff = pos[:, None] - pos[None, :]
+        ok = (d[:, :, None] == d[:, None, :]) & (d[:, :, None] >= 0)
+        if causal:
+            ok &= diff >= 0
+        if window:
+            ok &= (diff < window) & (diff > -window)
+        ok |= torch.eye(self.C, dtype=torch.bool)
+        return torch.zeros(ok.shape, dtype=dtype).masked_fill_(~ok, float("-inf")).unsqueeze(1)
+
+
+_LAYOUT_CACHE: dict = {}  # the last layout and its masks: every layer of a step sees the same batch
+
+
+def _row_groups(cu: list[int], C: int) -> _RowLayout:
+    key = (tuple(cu), C)
+    hit = _LAYOUT_CACHE.get("layout")
+    if hit is None or hit.key != key:
+        hit = _RowLayout(cu, C)
+        _LAYOUT_CACHE.clear()
+        _LAYOUT_CACHE["layout"] = hit
+    return hit
+
+
+def _cached_mask(layout: _RowLayout, causal: bool, window, dtype) -> torch.Tensor:
+    key = ("mask", layout.key, causal, window, dtype)
+    m = _LAYOUT_CACHE.get(key)
+    if m is None:
+        m = _LAYOUT_CACHE[key] = layout.mask(causal, window, dtype)
+    return m
+
+
+def _to_grid(x: torch.Tensor, lay: _RowLayout) -> torch.Tensor:
+    """(T, h, d) stream -> (G, h, C, d) rows (a view when dense, else a zero-padded copy)."""
+    if lay.dense:
+        grid = x
+    else:
+        grid = x.new_zeros(lay.G * lay.C, x.shape[1], x.shape[2]).index_copy_(0, lay.dest, x)
+    return grid.view(lay.G, lay.C, x.shape[1], x.shape[2]).transpose(1, 2)
+
+
+def _from_grid(o: torch.Tensor, lay: _RowLayout) -> torch.Tensor:
+    """(G, h, C, d) kernel result -> (T, h, d) stream (its (G, C, h, d) memory as is when dense)."""
+    flat = o.transpose(1, 2).reshape(lay.G * lay.C, o.shape[1], o.shape[3])
+    return flat if lay.dense else flat.index_select(0, lay.dest)
+
+
+class _RowGroupSDPA(torch.autograd.Function):
+    """Varlen attention on CPU as ONE flash-kernel call: sequences grouped in order into rows of
+    capacity C, a block-diagonal causal mask per row (cached for every layer of the batch), causal
+    block skipping kept (is_causal together with the mask). Backward: the kernel's own backward."""
+
+    @staticmethod
+    def forward(ctx, q, k, v, lay, causal, window, scale):
+        mask = _cached_mask(lay, causal, window, q.dtype)
+        qg, kg, vg = _to_grid(q, lay), _to_grid(k, lay), _to_grid(v, lay)
+        o, lse = _FLASH_CPU(qg, kg, vg, 0.0, causal, attn_mask=mask, scale=scale)
+        ctx.save_for_backward(qg, kg, vg, o, lse, mask)
+        ctx.lay, ctx.causal, ctx.scale = lay, causal, scale
+        return _from_grid(o, lay)
+
+    @staticmethod
+    def backward(ctx, g):
+        qg, kg, vg, o, lse, mask = ctx.saved_tensors
+        lay = ctx.lay
+        gg = _to_grid(g.contiguous() if lay.dense else g, lay)
+        dq, dk, dv = _FLASH_CPU_BWD(gg, qg, kg, vg, o, lse, 0.0, ctx.causal, attn_mask=mask, scale=ctx.scale)
+        return _from_grid(dq, lay), _from_grid(dk, lay), _from_grid(dv, lay), None, None, None, None
+
+
 def _tokens_major(*outs: torch.Tensor) -> torch.Tensor:
     """SDPA outputs (count, H, n, Dv) of consecutive runs of sequences -> one (T, H, Dv) tensor."""
     flat = [o.transpose(1, 2).reshape(-1, o.shape[1], o.shape[3]) for o in outs]
@@ -291,6 +415,9 @@ def pick_backend(name: str, device: torch.device | str = "cpu") -> str:
     return name
 
 
+# torch.compile (train.compile) leaves attention to run eagerly: its sequence boundaries are data (cu_seqlens
+# read on the host), which a traced graph would specialise on and recompile for at every new batch layout
+@torch.compiler.disable
 def attention(
     q, k, v, cu_seqlens, max_seqlen, causal=True, window=None, scale=None, backend: str = "sdpa"
 ) -> torch.Tensor:
