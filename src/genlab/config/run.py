@@ -68,6 +68,11 @@ class TrainConfig(Section):
         "Linears (emulated on CPU; + bf16 autocast on CUDA); auto: bf16 on CUDA, fp32 on CPU",
     )
     log: str = opt("jsonl", "live loggers, comma-separated: jsonl (always on), tensorboard (RUN/tensorboard/), wandb")
+    compile: bool = opt(
+        False,
+        "torch.compile each block (dynamic shapes; attention stays eager); falls back to eager with a warning "
+        "where it cannot compile (no C++ compiler, selective checkpointing)",
+    )
 
     def check(self, cfg) -> None:
         parse_policy(self.activation_checkpointing)

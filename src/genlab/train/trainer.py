@@ -19,6 +19,7 @@ from genlab.ops.fp8 import convert_to_fp8
 from genlab.progress import TrainProgress
 from genlab.train import checkpoint, distributed, loggers, lora, parallel, sharded_checkpoint
 from genlab.train.activation_checkpoint import apply_activation_checkpointing
+from genlab.train.compile import compile_model
 from genlab.train.device import autocast, resolve_precision
 from genlab.train.flops import measured_peak_flops
 from genlab.train.guards import SpikeGuard
@@ -92,6 +93,8 @@ class Trainer:
         if t.precision == "fp8":  # block-scaled E4M3 Linears, fp32 masters (genlab.ops.fp8)
             convert_to_fp8(self.model)
         apply_activation_checkpointing(self.model, t.activation_checkpointing)  # "none": no change
+        if t.compile:  # per block, dynamic shapes; eager with a warning where it cannot (train/compile.py)
+            compile_model(self.model, self.device, t.activation_checkpointing, log=self.log)
         self.fwd_model = parallel.wrap(self.model, t.parallel, self.device)  # DDP / FSDP2 / itself
         self.opt = build_optimizer(self.model, t)
         self.step = 0

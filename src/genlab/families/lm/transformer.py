@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from genlab.ops.attention import attention, pick_backend
 from genlab.ops.cache import PooledDecode, advance, cache_end, per_sequence
 from genlab.ops.recompute import cheap
-from genlab.ops.rope import rope_qkv, rope_table
+from genlab.ops.rope import apply_rope, rope_qkv, rope_table
 
 
 def ffn_width(cfg) -> int:
@@ -64,8 +64,9 @@ class RMSNorm(nn.Module):
         self.weight = nn.Parameter(torch.ones(dim))
 
     def forward(self, x):
-        if x.device.type == "cpu" and x.dtype == self.weight.dtype:
+        if x.device.type == "cpu" and x.dtype == self.weight.dtype and not torch.compiler.is_compiling():
             return cheap(_RMSNormFn.apply, x, self.weight, self.eps)
+        # under torch.compile (train.compile) plain ops, which inductor fuses into one kernel
         # fused kernel on GPUs; mixed dtypes (CPU bf16 autocast: train.precision = bf16) promote as torch does
         return cheap(F.rms_norm, x, (x.shape[-1],), self.weight, self.eps)
 
@@ -100,7 +101,11 @@ class Attention(nn.Module):
     def forward(self, x, cos, sin, cu_seqlens, max_seqlen, cache: KVCache | None = None):
         T = x.shape[0]
         qkv = self.qkv(x).view(T, self.n_head + 2 * self.n_kv, self.head_dim)
-        q, k, v = cheap(rope_qkv, qkv, cos, sin, self.n_head, self.n_kv)
+        if torch.compiler.is_compiling():  # plain ops for inductor to fuse (train.compile)
+            q, k, v = qkv.split([self.n_head, self.n_kv, self.n_kv], dim=1)
+            q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+        else:
+            q, k, v = cheap(rope_qkv, qkv, cos, sin, self.n_head, self.n_kv)
         if cache is None:
             y = attention(q, k, v, cu_seqlens, max_seqlen, causal=self.causal, backend=self.backend)
         elif isinstance(cache, PooledDecode):  # genlab serve: one token for each of many sequences
@@ -166,6 +171,9 @@ class SwiGLU(nn.Module):
         self.down = nn.Linear(hidden, d, bias=False)
 
     def forward(self, x):
+        if torch.compiler.is_compiling():  # plain ops for inductor to fuse (train.compile)
+            gate, up = self.gate_up(x).split(self.hidden, dim=-1)
+            return self.down(F.silu(gate) * up)
         return self.down(cheap(_SwiGLUFn.apply, self.gate_up(x), self.hidden))
 
 
@@ -180,6 +188,9 @@ class Block(nn.Module):
     def forward(self, x, cos, sin, cu_seqlens, max_seqlen, cache=None):
         # residual adds in place into the sublayer's output (a fresh tensor that nothing saved
         # for backward): one full-size allocation fewer each
+        if torch.compiler.is_compiling():  # out-of-place adds: inductor fuses them (train.compile)
+            x = self.attn(self.attn_norm(x), cos, sin, cu_seqlens, max_seqlen, cache) + x
+            return self.mlp(self.mlp_norm(x)) + x
         x = self.attn(self.attn_norm(x), cos, sin, cu_seqlens, max_seqlen, cache).add_(x)
         return self.mlp(self.mlp_norm(x)).add_(x)
 
