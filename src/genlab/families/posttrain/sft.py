@@ -151,8 +151,10 @@ class SFTTask(ChatRunMixin, LMTask):
     def on_optimizer_step(self, model, lr_factor: float, skipped: bool) -> dict:
         out = model.on_optimizer_step(lr_factor=lr_factor, skipped=skipped)
         if self._position is not None:  # epochs of the conversations, fractional
-            epoch, block, _ = self._position
-            out = {**out, "epoch": epoch + block / max(1, self.train_data.n_blocks(epoch))}
+            epoch, block, row = self._position
+            n = self.train_data.n_blocks(epoch)
+            rows = len(self.train_data.block_rows(epoch, block)) if block < n else 1
+            out = {**out, "epoch": epoch + (block + row / max(1, rows)) / max(1, n)}
         return out
 
     def eval_dataset(self, path: str, run_dir: Path):
