@@ -329,6 +329,13 @@ NAMES = ("genlab", "hf", "genlab_packed", "hf_packed_flat", "hf_packed_rows")
 HF_PACKED = ("hf_packed_flat", "hf_packed_rows")
 
 
+def _compile_row(quick: bool) -> bool:
+    """The train.compile row: on unless GENLAB_BENCH_COMPILE=0 (off by default with --quick)."""
+    import os
+
+    return os.environ.get("GENLAB_BENCH_COMPILE", "0" if quick else "1") != "0"
+
+
 def _run(p: dict, quick: bool) -> dict:
     R, L, V = p["rows"], p["seq_len"], p["vocab"]
     cfg = model_config(p)
@@ -345,6 +352,17 @@ def _run(p: dict, quick: bool) -> dict:
     assert int(flat["input_ids"].shape[1]) == packed.n_real
     torch.manual_seed(SEED)
     models["genlab_packed"] = Transformer(cfg, V, L).train()
+    names = list(NAMES)
+    if _compile_row(quick):  # train.compile's path: the packed model's blocks compiled (inductor, dynamic shapes)
+        import copy
+
+        from genlab.train.compile import compile_model
+
+        models["genlab_packed_compiled"] = copy.deepcopy(models["genlab_packed"])
+        if compile_model(models["genlab_packed_compiled"], torch.device("cpu"), log=print):
+            names.append("genlab_packed_compiled")
+        else:
+            del models["genlab_packed_compiled"]
     for name in HF_PACKED:  # Hugging Face's padding-free path, from the packed model's weights
         models[name] = build_hf(p, max_len=packed.n_real).train()
         copy_weights_to_hf(models["genlab_packed"], models[name])
@@ -361,7 +379,7 @@ def _run(p: dict, quick: bool) -> dict:
     peak = measure_peak(cfg, V, R * L, reps=3 if quick else 5)
 
     opts = {k: make_optimizer(m) for k, m in models.items()}
-    losses: dict[str, list[float]] = {k: [] for k in NAMES}
+    losses: dict[str, list[float]] = {k: [] for k in names}
 
     def genlab_step(name, b):
         def step():
@@ -390,8 +408,9 @@ def _run(p: dict, quick: bool) -> dict:
         "genlab_packed": genlab_step("genlab_packed", packed),
         "hf_packed_flat": hf_step("hf_packed_flat", flat),
         "hf_packed_rows": hf_step("hf_packed_rows", hf_rows),
+        "genlab_packed_compiled": genlab_step("genlab_packed_compiled", packed),
     }
-    cpu: dict[str, list[float]] = {k: [] for k in NAMES}
+    cpu: dict[str, list[float]] = {k: [] for k in names}
 
     def cpu_timed(name, fn):  # also record the process's CPU seconds (both threads) per step
         def step():
@@ -402,15 +421,15 @@ def _run(p: dict, quick: bool) -> dict:
         return step
 
     # every configuration in turns, so that machine noise falls on all alike
-    times = interleaved_times([cpu_timed(n, fns[n]) for n in NAMES], p["warmup"], p["steps"])
+    times = interleaved_times([cpu_timed(n, fns[n]) for n in names], p["warmup"], p["steps"])
     peak = measure_peak(cfg, V, R * L, reps=3 if quick else 5, prior=peak)
 
     rows_lens = [L] * R
     packed_lens = (packed.cu_seqlens[1:] - packed.cu_seqlens[:-1]).tolist()
-    flops = {n: train_flops(cfg, V, rows_lens if n in ("genlab", "hf") else packed_lens) for n in NAMES}
-    tokens = {n: R * L if n in ("genlab", "hf") else packed.n_real for n in NAMES}
+    flops = {n: train_flops(cfg, V, rows_lens if n in ("genlab", "hf") else packed_lens) for n in names}
+    tokens = {n: R * L if n in ("genlab", "hf") else packed.n_real for n in names}
     results = {}
-    for name, ts in zip(NAMES, times):
+    for name, ts in zip(names, times):
         med = median(ts)
         f_full, f_causal = flops[name]
         cpu_med = median(cpu[name][p["warmup"] :])
@@ -428,7 +447,7 @@ def _run(p: dict, quick: bool) -> dict:
             "loss_first": losses[name][0],
             "loss_last": losses[name][-1],
         }
-    t_idx = {n: i for i, n in enumerate(NAMES)}
+    t_idx = {n: i for i, n in enumerate(names)}
 
     def ratio(a: str, b: str) -> dict:
         """tokens/s of a over b: ratio of medians, median of per-round ratios, ratio of CPU seconds."""
@@ -448,6 +467,8 @@ def _run(p: dict, quick: bool) -> dict:
         "packed_vs_hf_packed_flat": ratio("genlab_packed", "hf_packed_flat"),
         "packed_vs_hf_packed_rows": ratio("genlab_packed", "hf_packed_rows"),
     }
+    if "genlab_packed_compiled" in names:
+        ratios["compiled_vs_eager_packed"] = ratio("genlab_packed_compiled", "genlab_packed")
     results["genlab_packed"].update(
         n_sequences=len(packed_lens),
         real_fraction=packed.real_fraction,
@@ -517,9 +538,10 @@ def _report(r: dict) -> None:
         "genlab_packed": f"genlab, {s['rows']} packed rows ({gp['n_sequences']} documents), varlen",
         "hf_packed_flat": "HF padding-free: DataCollatorWithFlattening, 1 row (sdpa, position_ids)",
         "hf_packed_rows": f"HF padding-free per packed row: {s['rows']} rows (sdpa, position_ids)",
+        "genlab_packed_compiled": "genlab packed, train.compile (inductor C++, per block, dynamic)",
     }
     rows = []
-    for name in NAMES:
+    for name in res:
         x = res[name]
         rows.append(
             [
@@ -581,7 +603,10 @@ def _report(r: dict) -> None:
         ("packed_vs_fixed", "genlab packed / genlab fixed rows"),
         ("packed_vs_hf_packed", f"genlab packed / HF padding-free (best: {r['best_hf_packed']})"),
         ("packed_vs_hf_packed_flat", "genlab packed / HF DataCollatorWithFlattening"),
+        ("compiled_vs_eager_packed", "genlab packed, compiled / eager"),
     ):
+        if key not in r["ratios"]:
+            continue
         x = r["ratios"][key]
         target = f" (target >= {tg[key]})" if key in tg else ""
         print(
