@@ -109,13 +109,14 @@ class Server:
                 self.proc.wait()
 
 
-def _one_request(url: str, model: str, prompt: str, max_tokens: int, extra: dict) -> dict:
+def _one_request(url: str, model: str, prompt: str, max_tokens: int, extra: dict, client=None) -> dict:
     import httpx
 
+    client = client or httpx.Client(timeout=600)
     body = {"model": model, "prompt": prompt, "max_tokens": max_tokens, "temperature": 0, "stream": True, **extra}
     t0 = time.perf_counter()
     stamps, text = [], []
-    with httpx.stream("POST", url + "/v1/completions", json=body, timeout=600) as r:
+    with client.stream("POST", url + "/v1/completions", json=body) as r:
         if r.status_code != 200:
             raise RuntimeError(f"{url}: HTTP {r.status_code}: {r.read()[:300]!r}")
         for line in r.iter_lines():
@@ -140,15 +141,18 @@ def _one_request(url: str, model: str, prompt: str, max_tokens: int, extra: dict
 
 def _load(srv: Server, k: int, rounds: int, max_tokens: int, extra: dict) -> dict:
     """K client threads, `rounds` requests each, back to back: wall time, every TTFT and ITL."""
+    import httpx
+
     results: list[dict] = []
     errors: list[str] = []
     lock = threading.Lock()
+    clients = [httpx.Client(timeout=600) for _ in range(k)]  # made before the clock starts (TLS setup etc.)
 
     def client(c: int):
         for j in range(rounds):
             prompt = PROMPTS[(c * rounds + j) % len(PROMPTS)]
             try:
-                res = _one_request(srv.url, srv.model, prompt, max_tokens, extra)
+                res = _one_request(srv.url, srv.model, prompt, max_tokens, extra, clients[c])
             except Exception as e:  # reported, not raised from a thread
                 with lock:
                     errors.append(str(e))
@@ -163,6 +167,8 @@ def _load(srv: Server, k: int, rounds: int, max_tokens: int, extra: dict) -> dic
     for t in threads:
         t.join()
     wall = time.perf_counter() - t0
+    for cl in clients:
+        cl.close()
     if errors:
         raise RuntimeError(f"{srv.name}, K={k}: {errors[0]}")
     return {

@@ -165,6 +165,7 @@ class Engine:
         self._stop = False
         self._thread: threading.Thread | None = None
         self.steps = 0
+        self.after_step: list[Callable[[], None]] = []  # called by the engine thread after every step
 
     # ------------------------------------------------------------------ public
     def start(self) -> Engine:
@@ -206,6 +207,7 @@ class Engine:
                     for r in [*self.running, *self.waiting]:
                         self._finish(r, "cancelled")
                     self.running, self.waiting = [], deque()
+                    self._after_step()
                     return
                 self._admit()
             try:
@@ -214,6 +216,11 @@ class Engine:
                 for r in self.running:
                     self._finish(r, "error", f"{type(e).__name__}: {e}")
                 self.running = []
+            self._after_step()
+
+    def _after_step(self) -> None:
+        for fn in self.after_step:
+            fn()
 
     def _admit(self) -> None:
         while self.waiting and len(self.running) < self.max_batch:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import threading
 import time
 import uuid
 
@@ -15,7 +16,7 @@ from genlab.data.chat import check_messages
 from genlab.errors import GenlabError
 from genlab.generate import SamplingSettings
 from genlab.serve import params as P
-from genlab.serve.engine import Event, GenRequest, QueueFull, random_seed
+from genlab.serve.engine import GenRequest, QueueFull, random_seed
 from genlab.serve.models import ApiError, TextModel
 
 MAX_N = 16
@@ -100,19 +101,49 @@ def _messages(body: dict) -> list[dict]:
         raise ApiError(400, str(e), "messages") from None
 
 
-def _submit(m: TextModel, jobs: list[tuple[list[int], SamplingSettings]], stop_ids, stop_strings):
-    """Every job into the engine at once (or none: a full queue is a 429); events arrive on the queue."""
-    loop = asyncio.get_running_loop()
-    q: asyncio.Queue = asyncio.Queue()
+class Relay:
+    """Engine thread -> event loop. The engine thread calls `put` for each event of a step; `flush`
+    (the engine's after_step hook) hands the whole step's events over in one wake-up of the loop
+    (one call_soon_threadsafe per step instead of one per request)."""
 
-    def deliver(i):
-        def cb(ev: Event):
+    def __init__(self, loop: asyncio.AbstractEventLoop):
+        self.loop, self.pending, self.lock = loop, [], threading.Lock()
+
+    def put(self, q: asyncio.Queue, item) -> None:
+        with self.lock:
+            self.pending.append((q, item))
+
+    def flush(self) -> None:
+        with self.lock:
+            batch, self.pending = self.pending, []
+        if batch:
             try:
-                loop.call_soon_threadsafe(q.put_nowait, (i, ev))
+                self.loop.call_soon_threadsafe(_deliver, batch)
             except RuntimeError:  # the event loop is gone (server shutting down)
                 pass
 
-        return cb
+
+def _deliver(batch) -> None:
+    for q, item in batch:
+        q.put_nowait(item)
+
+
+def _relay(m: TextModel) -> Relay:
+    loop = asyncio.get_running_loop()
+    relay = getattr(m, "relay", None)
+    if relay is None or relay.loop is not loop:
+        relay = m.relay = Relay(loop)
+        m.engine.after_step = [relay.flush]
+    return relay
+
+
+def _submit(m: TextModel, jobs: list[tuple[list[int], SamplingSettings]], stop_ids, stop_strings):
+    """Every job into the engine at once (or none: a full queue is a 429); events arrive on the queue."""
+    relay = _relay(m)
+    q: asyncio.Queue = asyncio.Queue()
+
+    def deliver(i):
+        return lambda ev: relay.put(q, (i, ev))
 
     reqs = [GenRequest(ids, s, deliver(i), stop_ids, stop_strings) for i, (ids, s) in enumerate(jobs)]
     try:
@@ -128,21 +159,28 @@ def _submit(m: TextModel, jobs: list[tuple[list[int], SamplingSettings]], stop_i
 
 async def _events(request: Request, reqs: list[GenRequest], q: asyncio.Queue, poll: bool):
     """(job index, Event) until every job is finished. Leaving early (a client that went away, a
-    cancelled task) cancels what is still running, which frees its batch slot. `poll`: check for a
-    disconnected client while waiting (Starlette cancels a streaming response itself)."""
+    cancelled task) cancels what is still running, which frees its batch slot. `poll`: watch for a
+    disconnected client (a streaming response is cancelled by Starlette instead)."""
+
+    async def watch():
+        while not await request.is_disconnected():
+            await asyncio.sleep(0.25)
+        q.put_nowait(None)
+
+    watcher = asyncio.create_task(watch()) if poll else None
     left = len(reqs)
     try:
         while left:
-            try:
-                i, ev = await asyncio.wait_for(q.get(), 0.25)
-            except asyncio.TimeoutError:
-                if poll and await request.is_disconnected():
-                    return
-                continue
+            item = await q.get()
+            if item is None:  # the client went away
+                return
+            i, ev = item
             if ev.finish is not None:
                 left -= 1
             yield i, ev
     finally:
+        if watcher is not None:
+            watcher.cancel()
         for r in reqs:
             r.cancel()
 
@@ -183,6 +221,10 @@ async def _respond(request: Request, m: TextModel, body: dict, chat: bool):
     reqs, q = _submit(m, jobs, stop_ids, stop_strings)
     events = _events(request, reqs, q, poll=not stream)
     if stream:
+        # a text chunk is the constant head serialised once plus the index and the text
+        lead = "data: " + json.dumps(head, ensure_ascii=False)[:-1] + ', "choices": [{"index": '
+        tail = ', "logprobs": null, "finish_reason": null}]}\n\n'
+        mid = ', "delta": {"content": ' if chat else ', "text": '
 
         async def gen():
             counts = [0] * len(jobs)
@@ -194,13 +236,17 @@ async def _respond(request: Request, m: TextModel, body: dict, chat: bool):
                     counts[i] += ev.tokens
                     if ev.error:
                         yield _sse({"error": {"message": ev.error, "type": "server_error", "param": None}})
-                    if ev.text or ev.finish:
-                        reason = _reason(ev.finish)
-                        if chat:
-                            delta = {"content": ev.text} if ev.text else {}
-                            yield _sse({**head, "choices": [_chat_choice(i, delta, reason)]})
-                        else:
-                            yield _sse({**head, "choices": [_text_choice(i, ev.text, reason)]})
+                    if ev.finish is None:
+                        if ev.text:
+                            text = json.dumps(ev.text, ensure_ascii=False)
+                            yield f"{lead}{i}{mid}{text}{'}' if chat else ''}{tail}"
+                        continue
+                    reason = _reason(ev.finish)
+                    if chat:
+                        delta = {"content": ev.text} if ev.text else {}
+                        yield _sse({**head, "choices": [_chat_choice(i, delta, reason)]})
+                    else:
+                        yield _sse({**head, "choices": [_text_choice(i, ev.text, reason)]})
             finally:
                 await events.aclose()
             if include_usage:
