@@ -28,6 +28,9 @@ def add_parser(sub, positive_int, port) -> None:
     s.add_argument(
         "--cors-origin", action="append", default=[], help="allow browser pages of this origin (repeatable; off)"
     )
+    s.add_argument(
+        "--threads", type=positive_int, default=None, help="torch intra-op threads (default: torch's, one per core)"
+    )
     s.add_argument("--speculative", action="store_true", help="deepseek runs with MTP: drafted greedy decoding")
     s.add_argument(
         "--shutdown-timeout", type=float, default=10.0, help="seconds SIGINT/SIGTERM waits for requests in flight"
@@ -74,6 +77,10 @@ def cmd_serve(args) -> int:
     except OSError as e:
         raise GenlabError(f"cannot listen on {args.host}:{args.port}: {e.strerror or e}") from None
     device = resolve_device(args.device)
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
     metrics = Metrics()
     opts = ServeOptions(args.max_batch, args.max_queue, args.speculative)
     models = load_models(args.runs, str(device), opts, metrics)
