@@ -280,14 +280,20 @@ class Engine:
         if not rows:
             return
         logits = self.model.head(h[rows]).float().cpu()  # (R, V)
+        best = logits.argmax(-1).tolist()  # every greedy choice at once (sample_next's own for temperature 0)
+        rows_of: dict[int, list[int]] = {}
+        for j, o in enumerate(owners):
+            rows_of.setdefault(o, []).append(j)
         now = time.perf_counter()
         done = set()
         for i, r in enumerate(self.running):
-            mine = [j for j, o in enumerate(owners) if o == i]
+            mine = rows_of.get(i)
             if not mine:
                 continue
             a, b = bounds[i], bounds[i + 1]
-            if r.drafter is None:
+            if r.drafter is None and r.settings.temperature <= 0:
+                toks = [best[mine[0]]]
+            elif r.drafter is None:
                 toks = [sample_next(logits[mine[0]], r.settings, r.generator)]
             elif prefill[i]:
                 toks = [int(logits[mine[0]].argmax())]

@@ -46,26 +46,30 @@ class Metrics:
 
 
 class ModelMetrics:
-    """The engine's hooks (serve.engine.NullMetrics) bound to one served model."""
+    """The engine's hooks (serve.engine.NullMetrics) bound to one served model (the labelled series
+    looked up once: the engine calls these for every token)."""
 
     def __init__(self, m: Metrics, name: str):
-        self.m, self.name = m, name
+        self.name = name
+        self._waiting, self._running = m.queue_length.labels(name), m.running.labels(name)
+        self._batch, self._ttft, self._itl = m.batch_size.labels(name), m.ttft.labels(name), m.itl.labels(name)
+        self._generated, self._prompt = m.generated_tokens.labels(name), m.prompt_tokens.labels(name)
 
     def queue(self, waiting: int, running: int) -> None:
-        self.m.queue_length.labels(self.name).set(waiting)
-        self.m.running.labels(self.name).set(running)
+        self._waiting.set(waiting)
+        self._running.set(running)
 
     def step(self, batch: int, tokens: int) -> None:
-        self.m.batch_size.labels(self.name).observe(batch)
+        self._batch.observe(batch)
 
     def first_token(self, seconds: float) -> None:
-        self.m.ttft.labels(self.name).observe(seconds)
+        self._ttft.observe(seconds)
 
     def inter_token(self, seconds: float) -> None:
-        self.m.itl.labels(self.name).observe(seconds)
+        self._itl.observe(seconds)
 
     def generated(self, n: int) -> None:
-        self.m.generated_tokens.labels(self.name).inc(n)
+        self._generated.inc(n)
 
     def prompt(self, n: int) -> None:
-        self.m.prompt_tokens.labels(self.name).inc(n)
+        self._prompt.inc(n)
