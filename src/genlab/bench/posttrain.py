@@ -1,6 +1,7 @@
 """genlab bench posttrain: the post-training recipe (pretrain -> SFT -> DPO, and LoRA) measured.
 
 1. Base: GENLAB_BENCH_BASE=RUN (e.g. the demo's run dir), else lm-small trained here (its preset).
+   GENLAB_BENCH_OUT=DIR keeps the runs (base, sft, lora, dpo) there instead of a temporary directory.
 2. SFT (sft-small on the embedded conversations): held-out assistant-token loss of the base weights
    and after SFT (every held-out conversation). Target: at least 30% lower.
 3. LoRA rank 8 on attention + MLP, same steps, its own learning rate (LORA_LR): trainable share of
@@ -96,7 +97,7 @@ def run(steps: int | None = None, quick: bool = False) -> dict:
     steps = steps or (3 if quick else 40)  # timed steps of the packed / padded comparison
     short = ["train.steps=3", "train.eval_every=3", "train.ckpt_every=3", "train.warmup_steps=1"] if quick else []
     with bench_thread_scope(quick), tempfile.TemporaryDirectory() as d:
-        tmp = Path(d)
+        tmp = Path(os.environ.get("GENLAB_BENCH_OUT") or d)  # GENLAB_BENCH_OUT=DIR keeps the runs
         src = _base(tmp, quick)
         val = [] if not quick else ["data.packing_length=256"]
         sft_dir, sft0, sft1, n_full = _train(_cfg("sft-small", src, short + val), tmp / "sft")
