@@ -6,6 +6,10 @@
 # 2. the default `auto` attention backend on CUDA (flash-attn varlen when installed, else SDPA) == naive
 # 3. FP8 GEMM path: which _scaled_mm mode runs (blockwise / rowwise / emulated) and its error vs the emulation
 # 4. genlab bench attention on CUDA (bf16): naive, flash (torch reference), sdpa (flash kernel), triton
+# 5. genlab bench gpu_train: training tokens/s and MFU (vs a measured bf16 GEMM peak) of lm-bench and deepseek-tiny
+#    against transformers' LlamaForCausalLM / DeepseekV3ForCausalLM of the same configs (flash_attention_2 when
+#    flash-attn is installed, else sdpa), bf16 autocast, eager and compiled, fixed and packed rows (timeout 7 min)
+#   bash scripts/gpu_bench.sh --dry-run  runs step 5 on the CPU with tiny shapes (no GPU needed: checks the script)
 # Results: ${OUT:-gpu-bench-results}/summary.json (pass/fail, errors, timings) and the raw logs there, and
 # docs/gpu_bench_results.md (RESULTS_MD=...), the page the docs quote. The Triton kernel becomes a candidate
 # for `auto` only after this has passed on a GPU (it stays opt-in: model.attn_backend=triton).
@@ -15,6 +19,13 @@ RESULTS_MD=${RESULTS_MD:-docs/gpu_bench_results.md}
 mkdir -p "$OUT"
 PY=${PY:-python}
 export OUT
+if [ "${1:-}" = "--dry-run" ]; then
+  CUDA_VISIBLE_DEVICES="" $PY -m genlab bench gpu_train --quick --json "$OUT/bench_gpu_train_dry.json" 2>&1 \
+    | tee "$OUT/bench_gpu_train_dry.txt"
+  $PY -c "import json,sys; r=json.load(open(sys.argv[1])); bad=[k for k,v in r['models'].items() if 'error' in v]; \
+print('dry run:', 'errors in ' + ', '.join(bad) if bad else 'ok'); sys.exit(1 if bad else 0)" "$OUT/bench_gpu_train_dry.json"
+  exit $?
+fi
 $PY - <<'PY' 2>&1 | tee "$OUT/gpu_checks.txt"
 import json, os, time
 import torch
@@ -66,6 +77,7 @@ except Exception as e:
 json.dump(res, open(os.path.join(os.environ["OUT"], "checks.json"), "w"), indent=1)
 PY
 $PY -m genlab bench attention --json "$OUT/bench_attention_cuda.json" 2>&1 | tee "$OUT/bench_attention_cuda.txt" || true
+timeout 420 $PY -m genlab bench gpu_train --json "$OUT/bench_gpu_train.json" 2>&1 | tee "$OUT/bench_gpu_train.txt" || true
 RESULTS_MD="$RESULTS_MD" $PY - <<'PY'
 import json, os
 out = os.environ["OUT"]
@@ -74,6 +86,10 @@ try:
     res["bench_attention"] = json.load(open(os.path.join(out, "bench_attention_cuda.json")))
 except (OSError, ValueError) as e:
     res["bench_attention"] = {"error": f"no results ({type(e).__name__})"}
+try:
+    res["bench_gpu_train"] = json.load(open(os.path.join(out, "bench_gpu_train.json")))
+except (OSError, ValueError) as e:
+    res["bench_gpu_train"] = {"error": f"no results ({type(e).__name__})"}
 triton = [c for c in res["checks"] if c["check"].startswith("triton")]
 res["triton_pass"] = bool(triton) and all(c["pass"] for c in triton)
 res["auto_pass"] = all(c["pass"] for c in res["checks"] if c["check"].startswith("auto"))
@@ -90,6 +106,19 @@ for c in res["checks"]:
     lines.append(f"| {c['check']} | {'pass' if c['pass'] else 'FAIL'} | {errs} |")
 lines += ["", "Attention timings (`genlab bench attention` on CUDA, bf16, fwd+bwd seconds):", "", "```",
           json.dumps(res["bench_attention"], indent=1)[:6000], "```", ""]
+gt = res["bench_gpu_train"]
+lines += ["Training tokens/s and MFU (`genlab bench gpu_train`, bf16 autocast, GEMM peak "
+          f"{gt.get('gemm_peak_flops', 0) / 1e12:.1f} TFLOP/s, HF attention {gt.get('hf_attn_implementation', '-')}):", "",
+          "| model | configuration | step ms | tokens/s | MFU |", "|---|---|---|---|---|"]
+for name, m in gt.get("models", {}).items():
+    if "error" in m:
+        lines.append(f"| {name} | error: {m['error'][:200]} | | | |")
+        continue
+    for conf, x in m["results"].items():
+        lines.append(f"| {name} | {conf} | {1e3 * x['median_step_s']:.1f} | {x['tokens_per_s']:,.0f} | {100 * x['mfu']:.1f}% |")
+if "error" in gt:
+    lines.append(f"gpu_train: {gt['error']}")
+lines.append("")
 open(os.environ["RESULTS_MD"], "w").write("\n".join(lines))
 print(f"summary: {out}/summary.json, {os.environ['RESULTS_MD']}; triton {'PASS' if res['triton_pass'] else 'FAIL'}")
 PY
