@@ -21,7 +21,19 @@ def build_optimizer(model: torch.nn.Module, t: TrainConfig) -> torch.optim.Optim
         return torch.optim.Adadelta(groups, lr=t.lr, rho=t.beta2, eps=t.eps)
     if t.optimizer == "sgd":  # NADE (Larochelle & Murray 2011), with schedule = inverse
         return torch.optim.SGD(groups, lr=t.lr)
-    return torch.optim.AdamW(groups, lr=t.lr, betas=(t.beta1, t.beta2), eps=t.eps)
+    return torch.optim.AdamW(groups, lr=t.lr, betas=(t.beta1, t.beta2), eps=t.eps, fused=_fused_ok(decay + no_decay))
+
+
+def _fused_ok(params: list[torch.Tensor]) -> bool:
+    """torch's fused AdamW kernel applies: plain (not DTensor / FSDP-sharded) floating-point tensors on
+    CPU or CUDA. On CPU torch's default is the per-tensor for-loop implementation (about a dozen small
+    kernels per parameter per step): at small shapes that was a visible share of a step (issue 19)."""
+    return bool(params) and all(
+        type(p) is torch.nn.Parameter
+        and p.device.type in ("cpu", "cuda")
+        and p.dtype in (torch.float32, torch.float64, torch.bfloat16, torch.float16)
+        for p in params
+    )
 
 
 def lr_factor(step: int, t: TrainConfig) -> float:
