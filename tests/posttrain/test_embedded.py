@@ -130,3 +130,27 @@ def test_cli_writes_jsonl(tmp_path, capsys, data):
         assert main(argv) == 2
         err = capsys.readouterr().err
         assert msg in err and len(err.strip().splitlines()) == 1
+
+
+def _digest_code(pre: str) -> str:
+    return (
+        f"{pre}\nimport hashlib, json\nfrom genlab.families.posttrain import embedded\n"
+        "rows = [(d.source, d.answer, d.more) for d in embedded.documents()]\n"
+        "print(hashlib.sha256(json.dumps(rows).encode()).hexdigest())"
+    )
+
+
+@pytest.mark.slow
+def test_the_data_is_the_same_in_every_process():
+    """Signatures with object defaults (`<built-in method ... at 0x7f...>`) and methods libraries add to
+    stdlib classes (transformers: logging.Logger.warning_once) once made the data depend on the process:
+    a DPO run's cached reference log-probabilities then did not match its pairs on reload."""
+    import subprocess
+    import sys
+
+    out = [
+        subprocess.run([sys.executable, "-c", _digest_code(pre)], capture_output=True, text=True, check=True).stdout
+        for pre in ("", "import transformers, torch")
+    ]
+    assert out[0] == out[1] and len(out[0].strip()) == 64
+    assert not any(" at 0x" in d.answer for d in E.documents())

@@ -35,6 +35,7 @@ import inspect
 import json
 import random
 import re
+import sys
 import warnings
 from dataclasses import dataclass
 from functools import lru_cache
@@ -264,6 +265,21 @@ def _topic_docs() -> list[Doc]:
     return docs
 
 
+class _Opaque:
+    def __repr__(self) -> str:
+        return "..."
+
+
+_OPAQUE = _Opaque()
+
+
+def _from_stdlib(obj) -> bool:
+    """Defined by Python itself, not added by a library imported into this process (transformers adds
+    methods to logging.Logger, for one): the embedded data must not depend on what else is imported."""
+    mod = getattr(obj, "__module__", None)
+    return mod is None or mod.split(".")[0] in sys.stdlib_module_names
+
+
 def _signature(obj, name: str) -> str:
     """`name(args)` without self / cls; '' when there is none or it is too long to be an answer's head."""
     try:
@@ -272,8 +288,11 @@ def _signature(obj, name: str) -> str:
         return ""
     params = list(sig.parameters.values())
     if params and params[0].name in ("self", "cls"):
-        sig = sig.replace(parameters=params[1:])
-    text = str(sig)
+        params = params[1:]
+    # a default whose repr names an object (`<built-in method match ... at 0x7f...>`) differs from process
+    # to process: written as `...` so the data is the same in every process
+    params = [p.replace(default=_OPAQUE) if p.default is not p.empty and "<" in repr(p.default) else p for p in params]
+    text = str(sig.replace(parameters=params))
     return f"{name}{text}" if len(text) <= 160 else ""
 
 
@@ -305,7 +324,7 @@ def _members(mod, prefix: str) -> list[tuple[str, object, str]]:
     out = []
     for n in sorted(set(names)):
         obj = getattr(mod, n, None)
-        if n.startswith("_") or obj is None or not callable(obj) or inspect.ismodule(obj):
+        if n.startswith("_") or obj is None or not callable(obj) or inspect.ismodule(obj) or not _from_stdlib(obj):
             continue
         q = f"{prefix}{n}"
         if inspect.isclass(obj):
@@ -314,7 +333,7 @@ def _members(mod, prefix: str) -> list[tuple[str, object, str]]:
                 attr = vars(obj)[m]
                 if isinstance(attr, (staticmethod, classmethod)):
                     attr = attr.__func__
-                if not m.startswith("_") and callable(attr):
+                if not m.startswith("_") and callable(attr) and _from_stdlib(attr):
                     out.append((f"{q}.{m}", attr, "method"))
         else:
             out.append((q, obj, "function"))
