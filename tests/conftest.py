@@ -1,8 +1,13 @@
 import os
 
-import numpy as np
-import pytest
-import torch
+# Triton reads TRITON_INTERPRET when it is first imported, and torch.compile's inductor imports it too
+# (tests/lm/test_compile.py, the compile rows of the bench smoke tests): set before anything imports
+# triton, so tests/core/test_triton_interpret.py runs its kernels in the interpreter whatever ran first.
+os.environ.setdefault("TRITON_INTERPRET", "1")
+
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+import torch  # noqa: E402
 
 torch.set_num_threads(min(2, os.cpu_count() or 1))
 
