@@ -125,6 +125,7 @@ def run(steps: int | None = None, quick: bool = False) -> dict:
         "val_chosen_logp": dpo1["val_chosen_logp"],
         "val_ref_chosen_logp": dpo1["val_ref_chosen_logp"],
         "val_loss_before": dpo0["val_loss"],
+        "val_reward_margin_before": dpo0["val_reward_margin"],
         "val_loss": dpo1["val_loss"],
     }
     print_table(
