@@ -143,7 +143,7 @@ def test_sft_and_dpo_runs_resume_bitwise(base, tmp_path, capsys):
         {"prompt": "Same?", "chosen": "yes", "rejected": "yes"},  # identical: counted, skipped
     ]
     pairs.write_text("".join(json.dumps(r) + "\n" for r in rows * 4), encoding="utf-8")
-    cfg = sft_cfg(full.path, pairs, 4, ["train.lr=1e-3"], preset="dpo-small")
+    cfg = sft_cfg(full.path, pairs, 4, ["train.lr=1e-3", "train.sft_weight=0"], preset="dpo-small")
     dpo, _ = train(cfg, tmp_path / "dpo", progress=False, log=quiet)
     assert "12 pairs (8 train, 0 held out), 4 with identical chosen and rejected skipped" in capsys.readouterr().out
     recs = [json.loads(x) for x in (dpo.path / "metrics.jsonl").read_text().splitlines()]
@@ -296,7 +296,7 @@ def test_sft_and_dpo_of_a_deepseek_run(tmp_path, tiny_overrides):
     pairs.write_text(
         json.dumps({"prompt": "Say amet.", "chosen": "amet", "rejected": "lorem"}) + "\n", encoding="utf-8"
     )
-    cfg = sft_cfg(sft.path, pairs, 2, preset="dpo-small")
+    cfg = sft_cfg(sft.path, pairs, 2, ["train.sft_weight=0"], preset="dpo-small")
     assert cfg.family.name == "deepseek-dpo"
     _, last = train(cfg, tmp_path / "dpo", progress=False, log=quiet)
     assert abs(last["loss"] - math.log(2)) < 0.1
