@@ -387,7 +387,7 @@ def build_parser() -> argparse.ArgumentParser:
     dt.add_argument("--out", help="also write the (frames, classes) scores to this .npy or .csv file")
     _add_device(dt)
 
-    serve_cli.add_parser(sub, _positive_int, _port)
+    serve_cli.add_parser(sub, _positive_int, _port, _nonneg_int)
     _add_data_parsers(sub)
     _add_scaling_parsers(sub)
 

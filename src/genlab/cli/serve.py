@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
 import signal
 import sys
 import threading
@@ -11,7 +10,7 @@ from contextlib import contextmanager
 from genlab.errors import GenlabError
 
 
-def add_parser(sub, positive_int, port) -> None:
+def add_parser(sub, positive_int, port, nonneg_int) -> None:
     s = sub.add_parser(
         "serve",
         help="serve runs over an OpenAI-compatible HTTP API with a web page (text, images, samples, detection)",
@@ -22,7 +21,7 @@ def add_parser(sub, positive_int, port) -> None:
     s.add_argument("--api-key", help="require 'Authorization: Bearer KEY' on /v1 and /metrics (else 401)")
     s.add_argument("--max-batch", type=positive_int, default=16, help="sequences decoded together per text run")
     s.add_argument(
-        "--max-queue", type=_nonneg, default=64, help="requests waiting for a batch slot before 429s (default 64)"
+        "--max-queue", type=nonneg_int, default=64, help="requests waiting for a batch slot before 429s (default 64)"
     )
     s.add_argument("--max-body", type=positive_int, default=8 << 20, help="largest request body in bytes (413)")
     s.add_argument(
@@ -40,16 +39,6 @@ def add_parser(sub, positive_int, port) -> None:
         default="auto",
         help="where the models run: auto (cuda when a CUDA GPU is available, else cpu), cpu, cuda, cuda:N",
     )
-
-
-def _nonneg(s: str) -> int:
-    try:
-        v = int(s)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{s!r} is not an integer") from None
-    if v < 0:
-        raise argparse.ArgumentTypeError(f"{s!r} must be >= 0")
-    return v
 
 
 def cmd_serve(args) -> int:

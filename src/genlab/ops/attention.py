@@ -162,8 +162,8 @@ class _VarlenSDPA(torch.autograd.Function):
     def forward(ctx, q, k, v, runs, causal, window, scale):
         T, H, _ = q.shape
         lses, masks = [], []
-        if len(runs) == 1:  # one kernel call: its output, as (T, H, Dv), is the result (no copy)
-            start, count, n = runs[0]
+        out = None if len(runs) == 1 else q.new_empty(T, H, v.shape[-1])
+        for start, count, n in runs:
             mask = _additive_window_mask(n, causal, window, q) if window and window < n else None
             o, lse = _FLASH_CPU(
                 *(_run_views(x, start, count, n) for x in (q, k, v)),
@@ -172,23 +172,12 @@ class _VarlenSDPA(torch.autograd.Function):
                 attn_mask=mask,
                 scale=scale,
             )
-            out = o.transpose(1, 2).reshape(T, H, v.shape[-1])
+            if out is None:  # one kernel call: its output, as (T, H, Dv), is the result (no copy)
+                out = o.transpose(1, 2).reshape(T, H, v.shape[-1])
+            else:
+                _run_views(out, start, count, n).copy_(o)
             lses.append(lse)
             masks.append(mask)
-        else:
-            out = q.new_empty(T, H, v.shape[-1])
-            for start, count, n in runs:
-                mask = _additive_window_mask(n, causal, window, q) if window and window < n else None
-                o, lse = _FLASH_CPU(
-                    *(_run_views(x, start, count, n) for x in (q, k, v)),
-                    0.0,
-                    causal and mask is None,
-                    attn_mask=mask,
-                    scale=scale,
-                )
-                _run_views(out, start, count, n).copy_(o)
-                lses.append(lse)
-                masks.append(mask)
         ctx.save_for_backward(q, k, v, out, *lses)
         ctx.runs, ctx.causal, ctx.scale, ctx.masks = runs, causal, scale, masks
         return out

@@ -287,16 +287,16 @@ class DPOTask(ChatRunMixin, LMTask):
 
     def loss(self, model, batch: DPOBatch) -> tuple[torch.Tensor, int]:
         losses, rw, rl, _ = self._forward(model, batch)
-        if model.training:
-            self._stats.append(torch.stack([(rw > rl).float().sum(), rw.sum(), rl.sum(), (rw - rl).sum()]).cpu())
-            self._stats.append(torch.tensor([len(rw)], dtype=torch.float32))
+        if model.training:  # sums over this micro-batch's pairs: correct, chosen, rejected, margin, count
+            n = torch.tensor(float(len(rw)), device=rw.device)
+            self._stats.append(torch.stack([(rw > rl).float().sum(), rw.sum(), rl.sum(), (rw - rl).sum(), n]).cpu())
         return losses.sum(), batch.n_targets
 
     def on_optimizer_step(self, model, lr_factor: float, skipped: bool) -> dict:
         out = model.on_optimizer_step(lr_factor=lr_factor, skipped=skipped)
         if self._stats:
-            sums = torch.stack(self._stats[0::2]).sum(0)
-            n = float(sum(x.item() for x in self._stats[1::2]))
+            sums = torch.stack(self._stats).sum(0)
+            n = float(sums[4])
             self._stats = []
             out = {
                 **out,
