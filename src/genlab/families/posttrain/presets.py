@@ -7,7 +7,7 @@ from genlab.config import Preset
 _PRESETS = {
     "sft-small": (
         "SFT of an lm-small run (--init-from RUN, e.g. the demo's) on the embedded Python-docs conversations; "
-        "150 steps (about 10 minutes on a loaded 2-core CPU)",
+        "150 steps (10-15 minutes on a loaded 2-core CPU)",
         {
             "task": "sft",
             "data": {"packing_length": 512},
