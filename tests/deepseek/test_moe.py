@@ -126,6 +126,32 @@ def test_fused_gather_and_combine_equal_the_separate_path_and_keep_no_pair_sized
         torch.testing.assert_close(u, v, atol=1e-6, rtol=1e-6)
 
 
+def test_grouped_matmuls_equal_a_per_expert_loop_with_an_idle_expert():
+    """The experts' products run as torch._grouped_mm in float32 (aligned shapes) and as a loop of
+    torch.mm otherwise; both equal per-expert matmuls in float64, idle experts give zero gradients."""
+    from genlab.families.deepseek.moe import _Groups
+
+    g = torch.Generator().manual_seed(3)
+    counts = [5, 0, 7, 4]
+    N, K, M = sum(counts), 8, 12
+    a, c = torch.randn(N, K, generator=g), torch.randn(N, M, generator=g)
+    b = torch.randn(len(counts), K, M, generator=g)
+    groups = _Groups(counts, torch.device("cpu"))
+    assert groups._fused(a, b) == hasattr(torch, "_grouped_mm")
+    assert not groups._fused(torch.randn(N, 7), b[:, :7])  # rows of 7 floats are not 16-byte aligned: the loop
+    want_rows, want_w, start = [], torch.zeros(len(counts), K, M, dtype=torch.float64), 0
+    for e, n in enumerate(counts):
+        want_rows.append(a[start : start + n].double() @ b[e].double())
+        want_w[e] = a[start : start + n].double().t() @ c[start : start + n].double()
+        start += n
+    for dt in (torch.float32, torch.float64):
+        rows = groups.rows(a.to(dt), b.to(dt))
+        w = groups.weights(a.to(dt), c.to(dt), b.to(dt))
+        torch.testing.assert_close(rows.double(), torch.cat(want_rows), atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(w.double(), want_w, atol=1e-5, rtol=1e-5)
+        assert w[1].abs().max() == 0
+
+
 def test_load_counted_once_per_forward_with_checkpointing_and_not_in_eval():
     m = _moe()
     x = torch.randn(30, 16, requires_grad=True)

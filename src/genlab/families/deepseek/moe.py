@@ -47,6 +47,54 @@ def route(
     return scores, idx, gates
 
 
+class _Groups:
+    """Matmuls over contiguous row groups (one group per expert, `counts` rows each). float32 runs
+    torch._grouped_mm (one call per product; on CPU it loops over the groups in C++, measured 2-9%
+    faster than the same loop of torch.mm from Python, bit-identical); other dtypes (float64 in the
+    gradient checks) loop over torch.mm here, each result written in place."""
+
+    def __init__(self, counts: list[int], device: torch.device):
+        self.counts = counts
+        self.offs = torch.tensor(counts, dtype=torch.int32).cumsum(0, dtype=torch.int32).to(device)
+
+    enabled = hasattr(torch, "_grouped_mm")  # False: always the loop (benchmarks compare the two)
+
+    @classmethod
+    def _fused(cls, *ts: torch.Tensor) -> bool:
+        """torch._grouped_mm takes float32 with every non-unit stride and the data 16-byte aligned."""
+        return cls.enabled and all(
+            t.dtype == torch.float32
+            and t.data_ptr() % 16 == 0
+            and all(st % 4 == 0 for st, n in zip(t.stride(), t.shape) if st != 1 and n > 1)
+            for t in ts
+        )
+
+    def rows(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        """a (N, K) rows grouped by expert, b (E, K, M) -> (N, M): group e's rows times b[e]."""
+        if self._fused(a, b):
+            return torch._grouped_mm(a, b, offs=self.offs)
+        out, start = a.new_empty(a.shape[0], b.shape[2]), 0
+        for e, n in enumerate(self.counts):
+            if n:
+                torch.mm(a[start : start + n], b[e], out=out[start : start + n])
+                start += n
+        return out
+
+    def weights(self, a: torch.Tensor, b: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+        """a (N, P), b (N, Q) rows grouped by expert -> (E, P, Q): a_e^T b_e per group (zeros for an
+        idle expert); `like` the (E, P, Q) weight whose gradient this is."""
+        if self._fused(a, b):
+            return torch._grouped_mm(a.t(), b, offs=self.offs)
+        out, start = torch.empty_like(like), 0
+        for e, n in enumerate(self.counts):
+            if n:
+                torch.mm(a[start : start + n].t(), b[start : start + n], out=out[e])
+                start += n
+            else:
+                out[e] = 0
+        return out
+
+
 class _ExpertsFn(torch.autograd.Function):
     """y_e = (g * silu(x_e W1_e^T) * (x_e W3_e^T)) W2_e^T for each expert's contiguous token slice.
 
@@ -57,37 +105,27 @@ class _ExpertsFn(torch.autograd.Function):
     gathered (N, d) input nor the (N, d) expert outputs are kept for backward (the gather is redone
     there; N = k T, so each would cost k times the layer's input). The gate scales the F-wide
     activation before the down projection (the same product as scaling the d-wide output, on a
-    tensor d/F times smaller). Saves x and the (N, 2F) pre-activation; writes every result straight
-    into one preallocated tensor (no cat, no per-expert autograd graph)."""
+    tensor d/F times smaller). Saves x and the (N, 2F) pre-activation; each product is one grouped
+    matmul over all experts (`_Groups`; no cat, no per-expert autograd graph)."""
 
     @staticmethod
     def forward(ctx, x, token_of, w13, w2, counts, g):
         xs = x if token_of is None else x.index_select(0, token_of)
-        N, Fw = xs.shape[0], w2.shape[2]
-        h = xs.new_empty(N, 2 * Fw)  # (N, 2F) gate|up pre-activations
-        ys = xs.new_empty(N, w2.shape[1])
-        start = 0
-        for e, n in enumerate(counts):
-            if n:
-                sl = slice(start, start + n)
-                torch.mm(xs[sl], w13[e].t(), out=h[sl])
-                start += n
+        Fw = w2.shape[2]
+        groups = _Groups(counts, x.device)
+        h = groups.rows(xs, w13.transpose(-2, -1))  # (N, 2F) gate|up pre-activations
         act = silu_mul(*h.split(Fw, dim=1))
         if g is not None:
             act.mul_(g.to(act.dtype)[:, None])
-        start = 0
-        for e, n in enumerate(counts):
-            if n:
-                sl = slice(start, start + n)
-                torch.mm(act[sl], w2[e].t(), out=ys[sl])
-                start += n
+        ys = groups.rows(act, w2.transpose(-2, -1))
         ctx.save_for_backward(x, token_of, w13, w2, h, g)
-        ctx.counts = counts
+        ctx.groups = groups
         return ys if token_of is None else x.new_zeros(x.shape).index_add_(0, token_of, ys)
 
     @staticmethod
     def backward(ctx, dy):
         x, token_of, w13, w2, h, g = ctx.saved_tensors
+        groups = ctx.groups
         xs = x if token_of is None else x.index_select(0, token_of)
         dys = dy.contiguous() if token_of is None else dy.index_select(0, token_of)
         Fw = w2.shape[2]
@@ -95,20 +133,8 @@ class _ExpertsFn(torch.autograd.Function):
         sg = torch.ops.aten.silu.out(gate, out=torch.empty(gate.shape, dtype=h.dtype, device=h.device))
         act = sg * up  # recomputed, before the gate
         act_g = act * g.to(act.dtype)[:, None] if g is not None else act
-        dact = torch.empty_like(act)  # gradient of the gated activation, then of the activation
-        dw2 = torch.empty_like(w2)  # every expert's slice is written below; idle experts get zeros
-        dw13 = torch.empty_like(w13)
-        idle = [e for e, n in enumerate(ctx.counts) if n == 0]
-        if idle:
-            dw2[idle] = 0
-            dw13[idle] = 0
-        start = 0
-        for e, n in enumerate(ctx.counts):
-            if n:
-                sl = slice(start, start + n)
-                torch.mm(dys[sl], w2[e], out=dact[sl])  # (n, F)
-                torch.mm(dys[sl].t(), act_g[sl], out=dw2[e])  # (d, F)
-                start += n
+        dact = groups.rows(dys, w2)  # (N, F): gradient of the gated activation, then of the activation
+        dw2 = groups.weights(dys, act_g, w2)  # (E, d, F)
         dg = None
         if g is not None:
             dg = (dact * act).sum(-1).to(g.dtype) if ctx.needs_input_grad[5] else None
@@ -118,14 +144,8 @@ class _ExpertsFn(torch.autograd.Function):
         torch.mul(dact, sg, out=d_up)
         torch.mul(dact, up, out=d_gate)
         torch.ops.aten.silu_backward.grad_input(d_gate, gate, grad_input=d_gate)
-        dxs = torch.empty_like(xs)
-        start = 0
-        for e, n in enumerate(ctx.counts):
-            if n:
-                sl = slice(start, start + n)
-                torch.mm(dh[sl], w13[e], out=dxs[sl])  # (n, d)
-                torch.mm(dh[sl].t(), xs[sl], out=dw13[e])  # (2F, d)
-                start += n
+        dxs = groups.rows(dh, w13)  # (N, d)
+        dw13 = groups.weights(dh, xs, w13)  # (E, 2F, d)
         dx = dxs if token_of is None else torch.zeros_like(x).index_add_(0, token_of, dxs)
         return dx, None, dw13, dw2, None, dg
 
