@@ -14,6 +14,8 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install -q -e '.[test,bench]'
 	# tests/serve/test_browser.py needs a chromium on PATH (Debian's package; root, as in CI, installs it)
 	command -v chromium >/dev/null || [ "$$(id -u)" != 0 ] || (apt-get update && apt-get install -y chromium)
+	# NADE's fused CPU kernel is built with torch's cpp_extension: g++ and ninja (Debian: g++ ninja-build)
+	{ command -v g++ >/dev/null && command -v ninja >/dev/null; } || [ "$$(id -u)" != 0 ] || (apt-get update && apt-get install -y g++ ninja-build)
 	touch $(STAMP)
 
 demo: $(STAMP)

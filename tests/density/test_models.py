@@ -19,6 +19,7 @@ from genlab.families.density.model import (
     MixtureOfBernoullis,
     build_density,
 )
+from genlab.ops import nade_cpu
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # conftest.py: tiny shapes, 1 thread
 
@@ -270,18 +271,21 @@ def _graph_nodes(fn, seen=None) -> str:
     return type(fn).__name__ + " " + "".join(_graph_nodes(f, seen) for f, _ in fn.next_functions)
 
 
+@pytest.mark.parametrize("kernel", ["FusedNADE", "SegmentNADE"])
 @pytest.mark.parametrize("order", [None, [3, 0, 7, 1, 6, 2, 5, 4, 9, 8]])
-def test_nade_segment_pass_gradients_equal_the_naive_conditionals(order):
-    """Training runs the segment form (no (B, H, D) tensor, its own backward): its logits and the gradients
-    of every parameter equal autograd through the one-conditional-at-a-time definition, on rows with no
-    ones, all ones and random ones."""
+def test_nade_fast_passes_gradients_equal_the_naive_conditionals(order, kernel):
+    """Training runs the fused C++ kernel on the CPU (genlab.ops.nade_cpu) or the segment form (no
+    (B, H, D) tensor, its own backward): their logits and the gradients of every parameter equal autograd
+    through the one-conditional-at-a-time definition, on rows with no ones, all ones and random ones, in
+    float64 and float32. The fused kernel must build here (CI installs g++ and ninja)."""
     model = randomized(NADE(10, 6, order=order), seed=3)
+    model.use_fused_kernel = kernel == "FusedNADE"
     g = torch.Generator().manual_seed(5)
     x = (torch.rand(7, 10, generator=g) < 0.3).double()
     x[0], x[1] = 0.0, 1.0
     w = torch.randn(7, 10, generator=g, dtype=torch.float64)
     fast = model.logits(x)
-    assert "SegmentNADE" in _graph_nodes(fast.grad_fn)
+    assert kernel in _graph_nodes(fast.grad_fn), (nade_cpu.error(), _graph_nodes(fast.grad_fn))
     ref = naive_nade_logits(model, x)
     torch.testing.assert_close(fast, ref, rtol=1e-12, atol=1e-12)
     params = [model.W, model.c, model.V, model.b]
@@ -294,6 +298,15 @@ def test_nade_segment_pass_gradients_equal_the_naive_conditionals(order):
     first = model.order[0]
     bad[2, first] = 1 - bad[2, first]
     assert not torch.allclose(torch.autograd.grad((model.logits(bad) * w).sum(), model.W)[0], got[0])
+    # float32 (what training runs): the same within float32 rounding (accumulations of 6-10 terms)
+    m32 = randomized(NADE(10, 6, order=order), seed=3).float()
+    m32.use_fused_kernel = model.use_fused_kernel
+    f32 = m32.logits(x.float())
+    assert kernel in _graph_nodes(f32.grad_fn)
+    torch.testing.assert_close(f32.double(), ref, rtol=1e-5, atol=1e-5)
+    got32 = torch.autograd.grad((f32 * w.float()).sum(), [m32.W, m32.c, m32.V, m32.b])
+    for name, a, b in zip("W c V b".split(), got32, want):
+        torch.testing.assert_close(a.double(), b, rtol=1e-5, atol=1e-5, msg=name)
 
 
 def test_nade_dense_path_for_inputs_that_need_it():
@@ -304,5 +317,5 @@ def test_nade_dense_path_for_inputs_that_need_it():
     xb = (x > 0.3).double().requires_grad_()
     out = model.logits(xb)
     torch.testing.assert_close(out, naive_nade_logits(model, xb.detach()), rtol=1e-12, atol=1e-12)
-    assert "SegmentNADE" not in _graph_nodes(out.grad_fn)
-    assert "SegmentNADE" in _graph_nodes(model.logits(xb.detach()).grad_fn)
+    assert "SegmentNADE" not in _graph_nodes(out.grad_fn) and "FusedNADE" not in _graph_nodes(out.grad_fn)
+    assert "FusedNADE" in _graph_nodes(model.logits(xb.detach()).grad_fn)

@@ -6,7 +6,9 @@
   masked strictly lower-triangular (in the model's order). D(D + 1)/2 effective parameters.
 - NADE (Larochelle & Murray 2011): h_k = sigmoid(c + W[:, <k] x_<k), p(x_k = 1 | x_<k) =
   sigmoid(V_k . h_k + b_k), W (H, D) shared by every conditional. Training and evaluation on 0/1 rows
-  run the segment form (nade_fast.py): h_k only changes after a one, so an example with n1 ones has
+  on the CPU (float32/64) run one fused C++ kernel (genlab.ops.nade_cpu: per example, the running
+  pre-activation and hidden vector stay in cache); elsewhere, or where that kernel cannot be built,
+  the segment form (nade_fast.py): h_k only changes after a one, so an example with n1 ones has
   n1 + 1 distinct hidden vectors; no (B, H, D) tensor is formed. The dense form (one exclusive
   cumulative sum over the columns of W * x, O(D H) per example) is the reference, and the path when x
   needs a gradient or is not 0/1.
@@ -24,6 +26,7 @@ import torch.nn.functional as F
 
 from genlab.families.density.base import AutoregressiveModel, DensityModel, bernoulli_log_prob, check_order, logit
 from genlab.families.density.nade_fast import segment_logits
+from genlab.ops import nade_cpu
 
 
 class IndependentBernoulli(DensityModel):
@@ -104,6 +107,7 @@ class NADE(AutoregressiveModel):
         self.c = nn.Parameter(torch.zeros(hidden))  # (H,)
         self.V = nn.Parameter(torch.randn(n_dims, hidden) / math.sqrt(hidden))  # (D, H)
         self.b = nn.Parameter(torch.zeros(n_dims))  # (D,)
+        self.use_fused_kernel = True  # False: the segment form on the CPU too (tests, benchmarks)
 
     def hidden_states(self, xo: torch.Tensor) -> torch.Tensor:
         """xo (B, D) in step order -> h (B, H, D), h[:, :, k] = sigmoid(c + sum_{j<k} W[:, j] xo[:, j]).
@@ -122,7 +126,11 @@ class NADE(AutoregressiveModel):
     def logits(self, x, mask_id=0):
         if x.requires_grad or not bool(((x == 0) | (x == 1)).all()):
             return self.dense_logits(x)
-        lo = segment_logits(x[:, self.order].contiguous(), self.W, self.c, self.V, self.b)
+        xo = x[:, self.order].contiguous()
+        if self.use_fused_kernel and x.device.type == "cpu" and self.W.dtype in (torch.float32, torch.float64):
+            if nade_cpu.load(log=print) is not None:
+                return nade_cpu.fused_logits(xo, self.W, self.c, self.V, self.b)[:, torch.argsort(self.order)]
+        lo = segment_logits(xo, self.W, self.c, self.V, self.b)
         return lo[:, torch.argsort(self.order)]
 
     @torch.no_grad()
