@@ -7,7 +7,8 @@ of 100 rows, built by the shared trainer. Both trainers' `train_step` (next batc
 optimizer step: what training does) are timed in turns, A B B A ..., so machine noise falls on both
 alike; reported: each one's median rows/s and the median over rounds of the per-round ratio
 NADE rows/s / MADE rows/s (the target is >= 0.5). `model.d_model` is the hidden size of both
-(GENLAB_BENCH_NADE_HIDDEN, default 500).
+(GENLAB_BENCH_NADE_HIDDEN, default 500). NADE runs its fused CPU kernel (genlab.ops.nade_cpu); a third
+trainer, NADE with the segment form (PyTorch ops), takes its turns too, for the kernel's own speed-up.
 
 With GENLAB_BENCH_NADE_FIT=1 it also trains both presets on the same data to early stopping (as a
 user would: evaluations and checkpoints included) and reports the wall time, the steps, the best
@@ -24,9 +25,12 @@ from pathlib import Path
 import torch
 
 from genlab.bench.common import bench_thread_scope, interleaved_times, machine_info, median, print_table
+from genlab.ops import nade_cpu
 
 DATA = "synthetic:dna"
 PRESETS = (("nade", "nade-uci"), ("made", "made-uci"))
+# timed too, for reference: NADE with the segment form (PyTorch ops) instead of the fused CPU kernel
+SEGMENT = ("nade (segment form)", "nade-uci")
 QUICK = ["model.d_model=32", "model.n_masks=2"]
 
 
@@ -35,10 +39,14 @@ def _trainers(root: Path, hidden: int, quick: bool):
     from genlab.train.trainer import prepare_training
 
     out = []
-    for name, preset in PRESETS:
+    for name, preset in PRESETS + (SEGMENT,):
         over = [f"data.path={DATA}", f"model.d_model={hidden}", "train.threads=0"] + (QUICK if quick else [])
         cfg = resolve(preset, None, over)
-        run, trainer = prepare_training(cfg, root / name, progress=False, log=lambda *a: None)
+        run_dir = root / ("nade-segment" if name == SEGMENT[0] else name)
+        run, trainer = prepare_training(cfg, run_dir, progress=False, log=lambda *a: None)
+        for m in trainer.model.modules():
+            if hasattr(m, "use_fused_kernel"):
+                m.use_fused_kernel = name != SEGMENT[0]
         out.append((name, preset, trainer))
     return out
 
@@ -52,7 +60,8 @@ def throughput(root: Path, hidden: int, steps: int, quick: bool) -> dict:
         for _, _, t in trainers:
             t.run.release()
     rows = {name: batch / median(ts) for (name, _, _), ts in zip(trainers, times)}
-    ratios = [m / n for n, m in zip(*times)]  # per round: NADE rows/s over MADE rows/s = MADE time / NADE time
+    ratios = [m / n for n, m in zip(*times[:2])]  # per round: NADE rows/s over MADE rows/s = MADE time / NADE time
+    seg = [s / n for n, s in zip(times[0], times[2])]  # per round: segment-form time / fused time
     return {
         "hidden": hidden,
         "batch_rows": batch,
@@ -61,6 +70,8 @@ def throughput(root: Path, hidden: int, steps: int, quick: bool) -> dict:
         "ms_per_step": {name: 1e3 * median(ts) for (name, _, _), ts in zip(trainers, times)},
         "nade_over_made": median(ratios),
         "ratio_range": [min(ratios), max(ratios)],
+        "fused_over_segment": median(seg),
+        "fused_kernel": nade_cpu.error() or "built",
         "params": {name: sum(p.numel() for p in t.model.parameters()) for name, _, t in trainers},
     }
 
@@ -86,8 +97,14 @@ def run(steps: int | None = None, quick: bool = False, out_dir: str | Path | Non
     print_table(
         f"NADE vs MADE training throughput, hidden {hidden}, 180-bit rows ({DATA}), {threads} threads",
         ["model", "params", "ms / step", "rows/s"],
-        [[n, f"{tp['params'][n]:,}", f"{tp['ms_per_step'][n]:.2f}", f"{tp['rows_per_s'][n]:,.0f}"] for n, _ in PRESETS]
-        + [["NADE / MADE (median of rounds)", "", "", f"{tp['nade_over_made']:.3f}"]],
+        [
+            [n, f"{tp['params'][n]:,}", f"{tp['ms_per_step'][n]:.2f}", f"{tp['rows_per_s'][n]:,.0f}"]
+            for n, _ in PRESETS + (SEGMENT,)
+        ]
+        + [
+            ["NADE / MADE (median of rounds)", "", "", f"{tp['nade_over_made']:.3f}"],
+            ["NADE fused kernel / segment form", "", "", f"{tp['fused_over_segment']:.2f}"],
+        ],
     )
     if fits:
         print_table(

@@ -127,9 +127,13 @@ void backward_impl(const uint8_t* x, const T* Wt, const T* c, const T* V, const 
         }
         const T* h = hs.data() + s * H;
         const T gk = gb[k];
-        if (gk != T(0)) {
-          axpy(gk, h, tV + k * H, H);
-          axpy(gk, V + k * H, dh.data(), H);
+        T* vk = tV + k * H;
+        const T* Vk = V + k * H;
+        T* d = dh.data();
+#pragma omp simd
+        for (int64_t i = 0; i < H; ++i) {  // dV[k] += g[k] h_s and dh_s += g[k] V[k] in one pass
+          vk[i] += gk * h[i];
+          d[i] += gk * Vk[i];
         }
       }
       const T* h0 = hs.data();
