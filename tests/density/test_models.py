@@ -319,3 +319,20 @@ def test_nade_dense_path_for_inputs_that_need_it():
     torch.testing.assert_close(out, naive_nade_logits(model, xb.detach()), rtol=1e-12, atol=1e-12)
     assert "SegmentNADE" not in _graph_nodes(out.grad_fn) and "FusedNADE" not in _graph_nodes(out.grad_fn)
     assert "FusedNADE" in _graph_nodes(model.logits(xb.detach()).grad_fn)
+
+
+def test_nade_falls_back_to_the_segment_form_when_the_fused_kernel_is_unavailable(monkeypatch, capsys):
+    """No compiler / GENLAB_NADE_KERNEL=off: one warning line, then the segment form (same logits)."""
+    model = randomized(NADE(8, 5), seed=2)
+    x = (torch.rand(4, 8, generator=torch.Generator().manual_seed(0)) < 0.5).double()
+    fused = model.logits(x)
+    assert "FusedNADE" in _graph_nodes(fused.grad_fn)
+    monkeypatch.setattr(nade_cpu, "_state", {})  # as in a fresh process
+    monkeypatch.setenv("GENLAB_NADE_KERNEL", "off")
+    out = model.logits(x)
+    assert "SegmentNADE" in _graph_nodes(out.grad_fn)
+    torch.testing.assert_close(out, fused, rtol=1e-12, atol=1e-12)
+    model.logits(x)  # warned once, not per call
+    err = capsys.readouterr().err.strip().splitlines()
+    why = "GENLAB_NADE_KERNEL turns it off"
+    assert err == [f"warning: NADE: fused CPU kernel unavailable ({why}); using the segment form"]

@@ -219,12 +219,14 @@ def load(log=None):
         reason = why_not()
         if reason is None:
             try:
-                from torch.utils.cpp_extension import load_inline
+                from torch.utils.cpp_extension import _get_build_directory, load_inline
 
-                if log is not None:
+                name = f"genlab_nade_{_cpu_tag()}"
+                built = os.path.exists(os.path.join(_get_build_directory(name, verbose=False), f"{name}.so"))
+                if log is not None and not built:
                     log("building genlab's fused NADE CPU kernel (once per machine, about a minute)")
                 _state["module"] = load_inline(
-                    name=f"genlab_nade_{_cpu_tag()}",
+                    name=name,
                     cpp_sources=[_SOURCE],
                     functions=["nade_forward", "nade_backward"],
                     # -ffast-math lets GCC vectorise exp through glibc's libmvec (a scalar exp per
