@@ -22,6 +22,17 @@ def genlab_cache(tmp_path_factory):
     mp.undo()
 
 
+@pytest.fixture(scope="session", autouse=True)
+def cpu_kernels():
+    """genlab's C++ CPU kernels (genlab.ops.cpu_ext: NADE's fused pass) are built before any test runs
+    (about a minute on a machine that has never built them), so no test's output carries the build
+    message and the subprocesses tests start find them cached. A machine that cannot build them warns
+    once here, and the tests that need them fail, naming the reason."""
+    from genlab.ops import cpu_ext
+
+    cpu_ext.load(log=None)
+
+
 @pytest.fixture
 def one_thread():
     """Tiny shapes only pay for thread synchronisation (badly so on a loaded machine): 1 thread, restored

@@ -19,7 +19,7 @@ from genlab.families.density.model import (
     MixtureOfBernoullis,
     build_density,
 )
-from genlab.ops import nade_cpu
+from genlab.ops import cpu_ext
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # conftest.py: tiny shapes, 1 thread
 
@@ -285,7 +285,7 @@ def test_nade_fast_passes_gradients_equal_the_naive_conditionals(order, kernel):
     x[0], x[1] = 0.0, 1.0
     w = torch.randn(7, 10, generator=g, dtype=torch.float64)
     fast = model.logits(x)
-    assert kernel in _graph_nodes(fast.grad_fn), (nade_cpu.error(), _graph_nodes(fast.grad_fn))
+    assert kernel in _graph_nodes(fast.grad_fn), (cpu_ext.error(), _graph_nodes(fast.grad_fn))
     ref = naive_nade_logits(model, x)
     torch.testing.assert_close(fast, ref, rtol=1e-12, atol=1e-12)
     params = [model.W, model.c, model.V, model.b]
@@ -322,17 +322,31 @@ def test_nade_dense_path_for_inputs_that_need_it():
 
 
 def test_nade_falls_back_to_the_segment_form_when_the_fused_kernel_is_unavailable(monkeypatch, capsys):
-    """No compiler / GENLAB_NADE_KERNEL=off: one warning line, then the segment form (same logits)."""
+    """No compiler / GENLAB_CPU_KERNELS=off: one warning line, then the segment form (same logits)."""
     model = randomized(NADE(8, 5), seed=2)
     x = (torch.rand(4, 8, generator=torch.Generator().manual_seed(0)) < 0.5).double()
     fused = model.logits(x)
     assert "FusedNADE" in _graph_nodes(fused.grad_fn)
-    monkeypatch.setattr(nade_cpu, "_state", {})  # as in a fresh process
-    monkeypatch.setenv("GENLAB_NADE_KERNEL", "off")
+    monkeypatch.setattr(cpu_ext, "_state", {})  # as in a fresh process
+    monkeypatch.setenv("GENLAB_CPU_KERNELS", "off")
     out = model.logits(x)
     assert "SegmentNADE" in _graph_nodes(out.grad_fn)
     torch.testing.assert_close(out, fused, rtol=1e-12, atol=1e-12)
     model.logits(x)  # warned once, not per call
     err = capsys.readouterr().err.strip().splitlines()
-    why = "GENLAB_NADE_KERNEL turns it off"
-    assert err == [f"warning: NADE: fused CPU kernel unavailable ({why}); using the segment form"]
+    why = "GENLAB_CPU_KERNELS=off"
+    assert err == [f"warning: genlab's CPU kernels are unavailable ({why}); running the PyTorch forms"]
+
+
+def test_nade_fused_kernel_passes_nan_through():
+    """The kernel is built with -ffast-math (vectorised exp): a NaN weight still makes NaN logits and
+    gradients, so a blown-up step reaches the loss-spike guard as non-finite."""
+    model = randomized(NADE(6, 4), seed=1)
+    x = torch.tensor([[1.0, 0.0, 1.0, 1.0, 0.0, 0.0]], dtype=torch.float64)
+    with torch.no_grad():
+        model.W[2, model.order[0]] = float("nan")
+    out = model.logits(x)
+    assert "FusedNADE" in _graph_nodes(out.grad_fn)
+    assert torch.isnan(out[0, model.order[1:]]).all() and torch.isfinite(out[0, model.order[0]])
+    out.sum().backward()
+    assert torch.isnan(model.V.grad).any() and torch.isnan(model.c.grad).any()

@@ -25,7 +25,7 @@ from pathlib import Path
 import torch
 
 from genlab.bench.common import bench_thread_scope, interleaved_times, machine_info, median, print_table
-from genlab.ops import nade_cpu
+from genlab.ops import cpu_ext
 
 DATA = "synthetic:dna"
 PRESETS = (("nade", "nade-uci"), ("made", "made-uci"))
@@ -71,7 +71,7 @@ def throughput(root: Path, hidden: int, steps: int, quick: bool) -> dict:
         "nade_over_made": median(ratios),
         "ratio_range": [min(ratios), max(ratios)],
         "fused_over_segment": median(seg),
-        "fused_kernel": nade_cpu.error() or "built",
+        "fused_kernel": cpu_ext.error() or "built",
         "params": {name: sum(p.numel() for p in t.model.parameters()) for name, _, t in trainers},
     }
 

@@ -26,7 +26,7 @@ import torch.nn.functional as F
 
 from genlab.families.density.base import AutoregressiveModel, DensityModel, bernoulli_log_prob, check_order, logit
 from genlab.families.density.nade_fast import segment_logits
-from genlab.ops import nade_cpu
+from genlab.ops import cpu_ext, nade_cpu
 
 
 class IndependentBernoulli(DensityModel):
@@ -128,7 +128,7 @@ class NADE(AutoregressiveModel):
             return self.dense_logits(x)
         xo = x[:, self.order].contiguous()
         if self.use_fused_kernel and x.device.type == "cpu" and self.W.dtype in (torch.float32, torch.float64):
-            if nade_cpu.load(log=print) is not None:
+            if cpu_ext.load() is not None:
                 return nade_cpu.fused_logits(xo, self.W, self.c, self.V, self.b)[:, torch.argsort(self.order)]
         lo = segment_logits(xo, self.W, self.c, self.V, self.b)
         return lo[:, torch.argsort(self.order)]
