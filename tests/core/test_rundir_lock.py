@@ -17,11 +17,16 @@ from genlab.train.rundir import RunDir
 from genlab.train.trainer import prepare_training, train
 
 QUIET = dict(progress=False, log=lambda *a, **k: None)
-ENV = {
-    **os.environ,
-    "OMP_NUM_THREADS": "1",
-    "PYTHONPATH": os.pathsep.join([str(Path(__file__).parents[2] / "src"), os.environ.get("PYTHONPATH", "")]),
-}
+
+
+def child_env() -> dict:
+    """The spawned processes' environment, read at call time (after conftest.py set GENLAB_CACHE)."""
+    return {
+        **os.environ,
+        "OMP_NUM_THREADS": "1",
+        "PYTHONPATH": os.pathsep.join([str(Path(__file__).parents[2] / "src"), os.environ.get("PYTHONPATH", "")]),
+    }
+
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # conftest.py: tiny shapes, 1 thread
 
@@ -48,7 +53,7 @@ def _genlab_train(*args):
         [sys.executable, "-m", "genlab", "train", "--no-progress", *args],
         capture_output=True,
         text=True,
-        env=ENV,
+        env=child_env(),
         timeout=300,
     )
 
@@ -59,7 +64,7 @@ def _hold(path: Path):
         "import sys, time; from genlab.train import runlock; "
         "runlock.RunLock.acquire(sys.argv[1]); print('held', flush=True); time.sleep(600)"
     )
-    proc = subprocess.Popen([sys.executable, "-c", code, str(path)], stdout=subprocess.PIPE, text=True, env=ENV)
+    proc = subprocess.Popen([sys.executable, "-c", code, str(path)], stdout=subprocess.PIPE, text=True, env=child_env())
     assert proc.stdout.readline().strip() == "held"
     return proc
 

@@ -17,6 +17,7 @@ from genlab.families.detection.oadtr import build_detector
 from genlab.families.detection.stream import StreamingDetector, detect_offline, stream_detect
 from genlab.families.detection.synth import SynthSpec, generate
 from genlab.families.detection.task import IGNORE, DetectionTask, make_batch
+from tests import tiny
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # conftest.py: tiny shapes, 1 thread
 
@@ -224,15 +225,8 @@ def detection_run(tmp_path_factory):
     out = base / "run"
     sets = [
         f"data.path={root}",
-        "data.history=8",
-        "model.d_model=16",
-        "model.n_layer=1",
-        "model.n_head=2",
-        "model.dec_layers=1",
-        "model.dec_heads=2",
-        "model.future_steps=2",
+        *tiny.OADTR,
         "train.steps=4",
-        "train.batch_rows=8",
         "train.eval_every=2",
         "train.eval_batches=1",
         "train.ckpt_every=2",
@@ -301,15 +295,8 @@ def test_detection_resume_is_bitwise_exact(detection_run, tmp_path):
     _, root = detection_run
     sets = [
         f"data.path={root}",
-        "data.history=8",
-        "model.d_model=16",
-        "model.n_layer=1",
-        "model.n_head=2",
-        "model.dec_layers=1",
-        "model.dec_heads=2",
-        "model.future_steps=2",
+        *tiny.OADTR,
         "train.steps=6",
-        "train.batch_rows=8",
         "train.eval_every=100",
         "train.ckpt_every=3",
         "train.log_every=1",

@@ -14,19 +14,12 @@ from genlab.families.diffusion import metrics as E
 from genlab.families.diffusion.data import load_digits_set, load_images, split
 from genlab.train import checkpoint
 from genlab.train.trainer import train
+from tests import tiny
 
 TINY = [
     "task=diffusion",
     "model.arch=unet",
-    "data.image_size=8",
-    "model.downsample=2",
-    "model.vae_channels=8",
-    "model.unet_channels=8",
-    "model.d_model=8",
-    "model.n_layer=1",
-    "model.n_head=2",
-    "model.channel_mult=1,2",
-    "model.latent_channels=2",
+    *tiny.LDM,
     "model.diffusion_steps=50",
     "data.val_fraction=0.2",
     "train.batch_rows=8",

@@ -11,6 +11,8 @@ import time
 import numpy as np
 import pytest
 
+from tests import tiny
+
 
 def _quiet(*a, **k):
     pass
@@ -44,15 +46,7 @@ def runs(tmp_path_factory):
     out["ldm"] = _train(
         "ldm-digits",
         [
-            "data.image_size=8",
-            "model.downsample=2",
-            "model.vae_channels=8",
-            "model.unet_channels=8",
-            "model.d_model=8",
-            "model.n_layer=1",
-            "model.n_head=2",
-            "model.channel_mult=1,2",
-            "model.latent_channels=2",
+            *tiny.LDM,
             "model.diffusion_steps=20",
             "train.batch_rows=8",
             "train.steps=3",
@@ -73,19 +67,7 @@ def runs(tmp_path_factory):
     )
     out["oadtr"] = _train(
         "oadtr-synth",
-        [
-            "data.history=8",
-            "model.d_model=16",
-            "model.n_layer=1",
-            "model.n_head=2",
-            "model.dec_layers=1",
-            "model.dec_heads=2",
-            "model.future_steps=2",
-            "train.steps=2",
-            "train.batch_rows=8",
-            "train.ckpt_every=2",
-        ]
-        + TRAIN,
+        [*tiny.OADTR, "train.steps=2", "train.ckpt_every=2"] + TRAIN,
         base / "oadtr",
     )
     return out

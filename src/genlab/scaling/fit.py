@@ -72,7 +72,8 @@ def power_law(x, y) -> tuple[float, float]:
     return float(math.exp(logk)), float(e)
 
 
-def _by_budget(rows: list[dict]) -> dict[float, list[dict]]:
+def by_budget(rows: list[dict]) -> dict[float, list[dict]]:
+    """Sweep result rows grouped by their FLOP budget, budgets ascending."""
     out: dict[float, list[dict]] = {}
     for r in rows:
         out.setdefault(r["budget"], []).append(r)
@@ -82,7 +83,7 @@ def _by_budget(rows: list[dict]) -> dict[float, list[dict]]:
 def near_optimal(rows: list[dict], band: float = NEAR_OPTIMAL) -> list[dict]:
     """Per budget, every point within `band` (relative) of that budget's lowest loss."""
     out = []
-    for group in _by_budget(rows).values():
+    for group in by_budget(rows).values():
         best = min(r["val_loss"] for r in group)
         out += [r for r in group if r["val_loss"] <= best * (1 + band)]
     return out
@@ -100,7 +101,7 @@ def grid_edge_notes(rows: list[dict]) -> list[str]:
     """Budgets whose best lr x batch point sits on the edge of its grid: the true optimum may lie
     outside, and the fitted law then only follows where the grid was centred."""
     notes = []
-    for C, group in _by_budget(rows).items():
+    for C, group in by_budget(rows).items():
         best = min(group, key=lambda r: r["val_loss"])
         for key, name in (("lr", "learning rate"), ("batch_tokens", "batch size")):
             values = sorted({r[key] for r in group})
@@ -128,7 +129,7 @@ def isoflop_minimum(log_m, loss) -> tuple[float, bool]:
 
 def fit_isoflop(rows: list[dict]) -> dict:
     budgets, m_opt, parabola = [], [], []
-    for C, group in _by_budget(rows).items():
+    for C, group in by_budget(rows).items():
         v, ok = isoflop_minimum([math.log10(r["M"]) for r in group], [r["val_loss"] for r in group])
         budgets.append(C)
         m_opt.append(10**v)
@@ -236,7 +237,7 @@ def _ci(values) -> list[float]:
 
 def _resample(rows: list[dict], rng: np.random.Generator) -> list[dict]:
     out = []
-    for group in _by_budget(rows).values():
+    for group in by_budget(rows).values():
         out += [group[i] for i in rng.integers(0, len(group), len(group))]
     return out
 
@@ -272,7 +273,7 @@ def fit_all(rows: list[dict], n_boot: int = 1000, seed: int = 0) -> dict:
         res["hparams"] = h
     else:
         res["hparams"] = {"skipped": "needs lr x batch points at two or more budgets"}
-    iso_budgets = _by_budget(iso)
+    iso_budgets = by_budget(iso)
     if len(iso_budgets) >= 2 and all(len({r["M"] for r in g}) >= 2 for g in iso_budgets.values()):
         s = fit_isoflop(iso)
         boots, skipped = _boot(fit_isoflop, iso, n_boot, rng)
@@ -316,7 +317,7 @@ def _chinchilla_section(pts: list[dict], n_boot: int, rng: np.random.Generator) 
         index = {id(r): i for i, r in enumerate(pts)}
         W = np.zeros((n_boot, len(pts)))
         for j in range(n_boot):
-            for group in _by_budget(pts).values():
+            for group in by_budget(pts).values():
                 for i in rng.integers(0, len(group), len(group)):
                     W[j, index[id(group[i])]] += 1
         # starts: the full-data optimum and the 3 best grid points (by the full data's objective)

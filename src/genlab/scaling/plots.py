@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from genlab.scaling import laws
-from genlab.scaling.fit import _by_budget, near_optimal
+from genlab.scaling.fit import by_budget, near_optimal
 
 
 def _plt():
@@ -77,7 +77,7 @@ def write_plots(rows: list[dict], res: dict, out: Path) -> list[Path]:
     iso = [r for r in rows if r["isoflop"]]
 
     if grid:
-        groups = _by_budget(grid)
+        groups = by_budget(grid)
         near = {id(r) for r in near_optimal(grid)}
         fig, axes = plt.subplots(1, len(groups), figsize=(4.2 * len(groups), 3.6), dpi=110, squeeze=False)
         for ax, (C, g) in zip(axes[0], groups.items()):
@@ -148,7 +148,7 @@ def write_plots(rows: list[dict], res: dict, out: Path) -> list[Path]:
     if "M" in s:
         fig, ax = plt.subplots(figsize=(6.5, 4.2), dpi=110)
         colors = plt.cm.viridis(np.linspace(0, 0.9, len(s["budgets"])))
-        groups = _by_budget(iso)
+        groups = by_budget(iso)
         for color, C, m_opt, ok in zip(colors, s["budgets"], s["M_opt"], s["from_parabola"]):
             g = groups[C]
             lm = np.log10([r["M"] for r in g])
