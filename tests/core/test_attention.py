@@ -102,6 +102,21 @@ def test_cpu_varlen_layouts_match_per_document_reference(monkeypatch, mode, caus
         torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
 
 
+@pytest.mark.parametrize(
+    "lens,layout",
+    [([64, 64], "_VarlenSDPA"), ([40, 30, 50, 25], "_VarlenSDPA"), ([3, 5, 2, 7, 4, 6, 1, 8], "_RowGroupSDPA")],
+)
+def test_cpu_varlen_auto_runs_documents_unless_they_are_tiny(lens, layout):
+    """`auto`: one call per run of equal lengths while the runs average >= RUN_TOKENS tokens (measured faster
+    on a quiet machine), the one-call row layout for many tiny documents (per-call cost wins there)."""
+    import genlab.ops.attention as A
+
+    assert A.CPU_VARLEN == "auto"
+    q, k, v, cu, ms = _inputs(lens)
+    out = sdpa_attention(q, k, v, cu, ms, causal=True)
+    assert type(out.grad_fn).__name__.startswith(layout), type(out.grad_fn).__name__
+
+
 def test_row_layout_is_dense_when_rows_are_full():
     from genlab.ops.attention import _RowLayout
 

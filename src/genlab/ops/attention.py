@@ -95,7 +95,7 @@ def sdpa_attention(q, k, v, cu_seqlens, max_seqlen, causal=True, window=None, sc
     cu = cu_seqlens.tolist()
     if _cpu_varlen_ok(q, k, v):
         runs = tuple(r for r in _runs_of_equal_length(cu) if r[2] > 0)  # (zero-length sequences: nothing)
-        if CPU_VARLEN == "runs" or (CPU_VARLEN == "auto" and len(runs) <= 2):
+        if CPU_VARLEN == "runs" or (CPU_VARLEN == "auto" and (len(runs) <= 2 or T >= RUN_TOKENS * len(runs))):
             return _VarlenSDPA.apply(q, k, v, runs, causal, window, scale)
         layout = _row_groups(cu, _group_capacity(cu, max_seqlen))
         return _RowGroupSDPA.apply(q, k, v, layout, causal, window, scale)
@@ -198,10 +198,15 @@ class _VarlenSDPA(torch.autograd.Function):
 #   runs: one call per run of equal-length sequences (fewest FLOPs: each document's own triangle)
 #   rows: the sequences grouped, in order, into rows of a common capacity, all rows in ONE call with a
 #         block-diagonal causal mask (the FLOPs of fixed rows of that length; one kernel call per layer)
-#   auto: runs when there are at most 2 runs (fixed rows, long documents cut into full rows), else rows.
-# Measured in docs/benchmarks.md (`genlab bench train`): with 2 threads on a shared machine, the 2 x 8 x
-# (documents) small calls of `runs` stall on every preempted thread; `rows` costs what fixed rows cost.
+#   auto: runs when there are at most 2 runs (fixed rows, long documents cut into full rows) or the runs
+#         average at least RUN_TOKENS tokens, else rows.
+# Measured in docs/benchmarks.md (`genlab bench train` and the layout table): on a quiet machine `runs` is
+# 8% faster than `rows` for a whole lm-bench step (21 documents, 1 and 2 threads) and 0.4-0.8x its
+# attention time down to ~20 tokens per run; at ~10 tokens per run the per-call cost wins (1.6x).
+# With 2 threads on an oversubscribed machine the many small calls of `runs` stall on every preempted
+# thread (a step measured 0.68x fixed rows there); `rows` costs what fixed rows cost (set CPU_VARLEN).
 CPU_VARLEN = "auto"
+RUN_TOKENS = 16
 
 
 def _group_capacity(cu: list[int], max_seqlen: int) -> int:
