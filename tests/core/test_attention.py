@@ -104,7 +104,14 @@ def test_cpu_varlen_layouts_match_per_document_reference(monkeypatch, mode, caus
 
 @pytest.mark.parametrize(
     "lens,layout",
-    [([64, 64], "_VarlenSDPA"), ([40, 30, 50, 25], "_VarlenSDPA"), ([3, 5, 2, 7, 4, 6, 1, 8], "_RowGroupSDPA")],
+    [
+        ([64, 64], "_VarlenSDPA"),
+        ([40, 30, 50, 25], "_VarlenSDPA"),
+        ([3, 5, 2, 7, 4, 6, 1, 8], "_RowGroupSDPA"),
+        ([15, 17, 14, 18], "_VarlenSDPA"),  # 64 tokens in 4 runs: exactly RUN_TOKENS each on average
+        ([15, 17, 14, 17], "_RowGroupSDPA"),  # 63 tokens: just below
+        ([15, 0, 17, 14, 0, 18], "_VarlenSDPA"),  # zero-length sequences are not runs
+    ],
 )
 def test_cpu_varlen_auto_runs_documents_unless_they_are_tiny(lens, layout):
     """`auto`: one call per run of equal lengths while the runs average >= RUN_TOKENS tokens (measured faster

@@ -152,6 +152,32 @@ def test_grouped_matmuls_equal_a_per_expert_loop_with_an_idle_expert():
         assert w[1].abs().max() == 0
 
 
+@pytest.mark.parametrize("d,width,T", [(16, 10, 1), (6, 8, 1), (6, 10, 0), (16, 8, 0), (16, 8, 5)])
+def test_moe_grouped_path_takes_odd_widths_and_tiny_batches(d, width, T):
+    """Widths that are not a multiple of 4 floats with one routed pair (a size-1 dimension whose stride
+    torch._grouped_mm still checks) or no tokens at all: the grouped path runs (falling back to the loop
+    where it must) and equals the loop, forward and gradients."""
+    from genlab.families.deepseek.moe import MoE, _Groups
+
+    torch.manual_seed(0)
+    m = MoE(d, 4, 1, width, 1).train()
+    for p in m.parameters():
+        torch.nn.init.normal_(p, std=0.2)
+    x = torch.randn(T, d)
+    res = []
+    for enabled in (True, False):
+        _Groups.enabled = enabled
+        try:
+            xi = x.clone().requires_grad_()
+            y = m(xi)
+            grads = torch.autograd.grad(y.square().sum(), [xi, m.w13, m.w2], allow_unused=True)
+        finally:
+            _Groups.enabled = hasattr(torch, "_grouped_mm")
+        res.append([y.detach()] + [g if g is not None else torch.zeros(0) for g in grads])
+    for a, b in zip(*res):
+        torch.testing.assert_close(a, b, atol=1e-6, rtol=1e-6)
+
+
 def test_load_counted_once_per_forward_with_checkpointing_and_not_in_eval():
     m = _moe()
     x = torch.randn(30, 16, requires_grad=True)

@@ -350,3 +350,38 @@ def test_nade_fused_kernel_passes_nan_through():
     assert torch.isnan(out[0, model.order[1:]]).all() and torch.isfinite(out[0, model.order[0]])
     out.sum().backward()
     assert torch.isnan(model.V.grad).any() and torch.isnan(model.c.grad).any()
+
+
+def test_nade_fused_kernel_saturated_units_in_float32():
+    """A hidden unit far in saturation (pre-activation -100 / +100, where exp(-a) overflows float32) is
+    exactly 0 / 1, as in the dense form; no NaN (under -ffast-math 1 / (1 + inf) would be one)."""
+    model = randomized(NADE(10, 8), seed=4).float()
+    with torch.no_grad():
+        model.c[3], model.c[5] = -100.0, 100.0
+    x = (torch.rand(6, 10, generator=torch.Generator().manual_seed(1)) < 0.4).float()
+    fused = model.logits(x)
+    assert "FusedNADE" in _graph_nodes(fused.grad_fn) and torch.isfinite(fused).all()
+    torch.testing.assert_close(fused, model.dense_logits(x), rtol=1e-5, atol=1e-5)
+    fused.sum().backward()
+    assert all(torch.isfinite(p.grad).all() for p in model.parameters())
+
+
+def test_nade_fused_kernel_threads_give_the_same_gradients():
+    """Examples run in parallel with per-thread dV / dW / dc sums: 1 and 2 threads, same result."""
+    model = randomized(NADE(12, 7), seed=6)
+    x = (torch.rand(9, 12, generator=torch.Generator().manual_seed(2)) < 0.3).double()
+    w = torch.randn(9, 12, generator=torch.Generator().manual_seed(3), dtype=torch.float64)
+    before = torch.get_num_threads()
+    got = []
+    try:
+        for n in (1, 2):
+            torch.set_num_threads(n)
+            out = model.logits(x)
+            assert "FusedNADE" in _graph_nodes(out.grad_fn)
+            got.append(torch.autograd.grad((out * w).sum(), [model.W, model.c, model.V, model.b]))
+    finally:
+        torch.set_num_threads(before)
+    ref = torch.autograd.grad((naive_nade_logits(model, x) * w).sum(), [model.W, model.c, model.V, model.b])
+    for a, b, r in zip(*got, ref):
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
+        torch.testing.assert_close(a, r, rtol=1e-10, atol=1e-12)

@@ -11,9 +11,11 @@ $CXX) and ninja and takes about a minute, once: torch caches it under $TORCH_EXT
 ~/.cache/torch_extensions) with a name that hashes the source, torch's version and the CPU's flags
 (it is compiled with -march=native). `-ffast-math` lets GCC vectorise `exp` through glibc's libmvec (a
 scalar exp per element costs more than everything else here; with `-fno-finite-math-only` GCC keeps
-exp scalar, measured 4-6x slower). The kernel never tests for NaN or infinity, so fast-math's assumption of
-finite values changes nothing here: a NaN in the weights still comes out of the logits (the hardware
-propagates it; tested), and a blown-up step still reaches the loss-spike guard as non-finite.
+exp scalar, measured 4-6x slower). What fast-math changes, and how the kernel copes: divisions become
+approximate reciprocals that turn an infinite operand into NaN, so the sigmoid never forms exp(-a) of a
+large negative a (it uses exp(-|a|): saturated units give exactly 0 and 1; tested at +-100 in float32);
+the kernel never tests for NaN or infinity, so a NaN in the weights still comes out of the logits (the
+hardware propagates it; tested), and a blown-up step still reaches the loss-spike guard as non-finite.
 GENLAB_CPU_KERNELS=off turns all of them off (the PyTorch forms run).
 """
 
@@ -37,8 +39,14 @@ namespace {
 
 template <typename T>
 inline void sigmoid_into(const T* a, T* h, int64_t H) {
+  // exp of -|a| only: exp(-a) overflows to inf for a < -88.7 (float32), and under -ffast-math the
+  // vectorised 1 / (1 + inf) is an approximate reciprocal that turns inf into NaN
 #pragma omp simd
-  for (int64_t i = 0; i < H; ++i) h[i] = T(1) / (T(1) + std::exp(-a[i]));
+  for (int64_t i = 0; i < H; ++i) {
+    const T e = std::exp(-std::abs(a[i]));
+    const T r = T(1) / (T(1) + e);
+    h[i] = a[i] >= T(0) ? r : e * r;
+  }
 }
 
 template <typename T>
@@ -84,6 +92,7 @@ void backward_impl(const uint8_t* x, const T* Wt, const T* c, const T* V, const 
   std::vector<std::vector<T>> accV(nt), accW(nt), accC(nt);
   at::parallel_for(0, B, 1, [&](int64_t lo, int64_t hi) {
     const int t = at::get_thread_num();
+    TORCH_CHECK(t >= 0 && t < nt, "thread id out of range");
     if (accV[t].empty()) {
       accV[t].assign(D * H, T(0));
       accW[t].assign(D * H, T(0));
@@ -140,16 +149,23 @@ void backward_impl(const uint8_t* x, const T* Wt, const T* c, const T* V, const 
   }
 }
 
-void check(const at::Tensor& x, const at::Tensor& Wt, const at::Tensor& V) {
+void check(const at::Tensor& x, const at::Tensor& Wt, const at::Tensor& c, const at::Tensor& V,
+           const at::Tensor& per_step) {
+  TORCH_CHECK(x.device().is_cpu() && Wt.device().is_cpu() && c.device().is_cpu() && V.device().is_cpu() &&
+              per_step.device().is_cpu(), "CPU tensors only");
   TORCH_CHECK(x.dim() == 2 && x.scalar_type() == at::kByte && x.is_contiguous(), "x: contiguous (B, D) uint8");
   TORCH_CHECK(Wt.dim() == 2 && Wt.is_contiguous() && V.is_contiguous(), "Wt, V: contiguous (D, H)");
   TORCH_CHECK(Wt.size(0) == x.size(1) && V.sizes() == Wt.sizes(), "shapes: x (B, D), Wt and V (D, H)");
+  TORCH_CHECK(c.numel() == Wt.size(1), "c: (H,)");
+  TORCH_CHECK(c.scalar_type() == Wt.scalar_type() && V.scalar_type() == Wt.scalar_type() &&
+              per_step.scalar_type() == Wt.scalar_type(), "one floating dtype");
 }
 
 }  // namespace
 
 at::Tensor nade_forward(at::Tensor x, at::Tensor Wt, at::Tensor c, at::Tensor V, at::Tensor bias) {
-  check(x, Wt, V);
+  check(x, Wt, c, V, bias);
+  TORCH_CHECK(bias.numel() == x.size(1), "bias: (D,)");
   const int64_t B = x.size(0), D = x.size(1), H = Wt.size(1);
   at::Tensor out = at::empty({B, D}, Wt.options());
   AT_DISPATCH_FLOATING_TYPES(Wt.scalar_type(), "nade_forward", [&] {
@@ -161,7 +177,8 @@ at::Tensor nade_forward(at::Tensor x, at::Tensor Wt, at::Tensor c, at::Tensor V,
 }
 
 std::vector<at::Tensor> nade_backward(at::Tensor x, at::Tensor Wt, at::Tensor c, at::Tensor V, at::Tensor g) {
-  check(x, Wt, V);
+  check(x, Wt, c, V, g);
+  TORCH_CHECK(g.sizes() == x.sizes(), "g: (B, D)");
   const int64_t B = x.size(0), D = x.size(1), H = Wt.size(1);
   at::Tensor dWt = at::zeros_like(Wt), dV = at::zeros_like(V), dc = at::zeros({H}, Wt.options());
   at::Tensor gc = g.contiguous();
@@ -206,7 +223,11 @@ def why_not() -> str | None:
     return None
 
 
-def load(log=print):
+def _to_stderr(msg: str) -> None:
+    print(msg, file=sys.stderr)  # never stdout: `genlab eval --json` and the like print data there
+
+
+def load(log=_to_stderr):
     """The built extension (building it the first time on this machine), or None, with the reason in
     `error()` and one warning line on stderr. Thread-safe; a failed build is not retried in this process."""
     with _lock:

@@ -61,13 +61,17 @@ class _Groups:
 
     @classmethod
     def _fused(cls, *ts: torch.Tensor) -> bool:
-        """torch._grouped_mm takes float32 with every non-unit stride and the data 16-byte aligned."""
-        return cls.enabled and all(
-            t.dtype == torch.float32
-            and t.data_ptr() % 16 == 0
-            and all(st % 4 == 0 for st, n in zip(t.stride(), t.shape) if st != 1 and n > 1)
-            for t in ts
-        )
+        """torch._grouped_mm takes float32 whose data is 16-byte aligned, with exactly one unit stride and
+        every other stride a multiple of 4 elements, whatever the sizes (it checks a size-1 dimension's
+        stride too)."""
+        return cls.enabled and all(cls._aligned(t) for t in ts)
+
+    @staticmethod
+    def _aligned(t: torch.Tensor) -> bool:
+        if t.dtype != torch.float32 or t.data_ptr() % 16:
+            return False
+        unit = [i for i, st in enumerate(t.stride()) if st == 1]
+        return len(unit) == 1 and all(st % 4 == 0 for i, st in enumerate(t.stride()) if i != unit[0])
 
     def rows(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
         """a (N, K) rows grouped by expert, b (E, K, M) -> (N, M): group e's rows times b[e]."""
