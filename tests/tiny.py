@@ -1,17 +1,10 @@
 """Model shapes small enough to train a run in seconds, shared by the tests that need one."""
 
-# a latent diffusion model on 8x8 digits: autoencoder and U-Net a few channels wide
-LDM = [
-    "data.image_size=8",
-    "model.downsample=2",
-    "model.vae_channels=8",
-    "model.unet_channels=8",
-    "model.d_model=8",
-    "model.n_layer=1",
-    "model.n_head=2",
-    "model.channel_mult=1,2",
-    "model.latent_channels=2",
-]
+from genlab.families.diffusion.presets import TINY_SHAPE
+
+# a latent diffusion model on 8x8 digits: autoencoder and U-Net a few channels wide (the shape the
+# diffusion benchmark's --quick runs too)
+LDM = TINY_SHAPE
 
 # OadTR over 8 frames of history: one encoder and one decoder layer, two future steps
 OADTR = [

@@ -19,16 +19,9 @@ import torch
 
 from genlab.bench.common import machine_info, print_table
 from genlab.config import apply_overrides, preset
+from genlab.families.diffusion.presets import TINY_SHAPE
 
-QUICK_OVERRIDES = [
-    "data.image_size=8",
-    "model.downsample=2",
-    "model.vae_channels=8",
-    "model.unet_channels=8",
-    "model.d_model=8",
-    "model.n_layer=1",
-    "model.n_head=2",
-    "model.latent_channels=2",
+QUICK_OVERRIDES = TINY_SHAPE + [
     "train.batch_rows=16",
     "train.steps=6",
     "train.vae_steps=3",

@@ -49,9 +49,10 @@ def route(
 
 class _Groups:
     """Matmuls over contiguous row groups (one group per expert, `counts` rows each). float32 runs
-    torch._grouped_mm (one call per product; on CPU it loops over the groups in C++, measured 2-9%
-    faster than the same loop of torch.mm from Python, bit-identical); other dtypes (float64 in the
-    gradient checks) loop over torch.mm here, each result written in place."""
+    torch._grouped_mm (one call per product; on CPU it loops over the groups in C++, measured 5-16% faster
+    per product than the same loop of torch.mm from Python, bit-identical; a whole bench step +3% at 2
+    threads, unchanged at 1); other dtypes (float64 in the gradient checks) and unaligned shapes loop over
+    torch.mm here, each result written in place."""
 
     def __init__(self, counts: list[int], device: torch.device):
         self.counts = counts

@@ -49,3 +49,16 @@ _PRESETS = {
 }
 
 PRESETS = tuple(Preset(name, desc, settings) for name, (desc, settings) in _PRESETS.items())
+
+# --set overrides that shrink a latent diffusion run to a few channels on 8x8 images, for runs that
+# only need to work, not to learn (`genlab bench diffusion --quick`, the tests)
+TINY_SHAPE = [
+    "data.image_size=8",
+    "model.downsample=2",
+    "model.vae_channels=8",
+    "model.unet_channels=8",
+    "model.d_model=8",
+    "model.n_layer=1",
+    "model.n_head=2",
+    "model.latent_channels=2",
+]
