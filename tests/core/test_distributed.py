@@ -22,14 +22,7 @@ from genlab.train import checkpoint
 from genlab.train.trainer import train
 
 STEPS = 20
-
-
-def child_env() -> dict:
-    """The environment of the spawned processes, read at call time (after conftest.py points
-    GENLAB_CACHE at the session's temporary directory)."""
-    return {**os.environ, "OMP_NUM_THREADS": "1"}
-
-
+ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
 QUIET = dict(progress=False, log=lambda *a, **k: None)
 PER_RANK = ["train.grad_accum=1"]  # 2 processes x 1 micro-batch = the reference's 1 x 2
 
@@ -68,7 +61,7 @@ def _nproc(n, *args):
     r = subprocess.run(
         [sys.executable, "-m", "genlab", "train", "--no-progress", "--nproc", str(n), *args],
         capture_output=True,
-        env=child_env(),
+        env=ENV,
         timeout=300,
     )
     assert r.returncode == 0, (r.stdout + r.stderr).decode()[-3000:]
@@ -269,7 +262,7 @@ def test_two_nodes_on_the_loopback_equal_two_processes_on_one(runs, overrides, t
     args = ["--out", str(out), "--master-addr", "127.0.0.1", "--master-port", port, "--nnodes", "2"]
     cmd = [sys.executable, "-m", "genlab", "train", "--no-progress", *args, *_sets(overrides(corpus, PER_RANK))]
     procs = [
-        subprocess.Popen([*cmd, "--node-rank", str(r)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=child_env())
+        subprocess.Popen([*cmd, "--node-rank", str(r)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=ENV)
         for r in (0, 1)
     ]
     try:
@@ -296,7 +289,7 @@ def test_presets_run_unchanged_on_two_processes(tmp_path):
     r = subprocess.run(
         [*cmd, "train", "--preset", "lm-tiny", "--steps", "2", "--out", str(lm), "--no-progress"],
         capture_output=True,
-        env=child_env(),
+        env=ENV,
         timeout=300,
     )
     assert r.returncode == 0, (r.stdout + r.stderr).decode()[-3000:]
@@ -306,9 +299,7 @@ def test_presets_run_unchanged_on_two_processes(tmp_path):
     assert recs[-1]["global_batch_tokens"] == cfg.train.batch_rows * cfg.train.grad_accum * 2 * cfg.data.packing_length
     _nproc(2, "--preset", "made-digits", "--steps", "2", "--out", str(tmp_path / "made"))
     assert json.loads((tmp_path / "made" / "run.json").read_text())["status"] == "finished"
-    info = subprocess.run(
-        [sys.executable, "-m", "genlab", "info", str(lm)], capture_output=True, env=child_env()
-    ).stdout
+    info = subprocess.run([sys.executable, "-m", "genlab", "info", str(lm)], capture_output=True, env=ENV).stdout
     assert b"# batch: 8 rows x 1 accumulation x N processes = global 8 x N rows = " in info
 
 
@@ -370,7 +361,7 @@ def test_ctrl_c_under_torchrun_stops_every_rank_at_one_step_with_a_checkpoint(ov
         [sys.executable, "-m", "genlab", "train", "--no-progress", "--nproc", "2", "--out", str(out), *sets],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
-        env=child_env(),
+        env=ENV,
         start_new_session=True,
     )
     metrics = out / "metrics.jsonl"
